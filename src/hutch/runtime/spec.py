@@ -1,0 +1,49 @@
+"""What the server asks the runtime for, and what it gets back.
+
+These two records are the seam between policy (the server decides every value) and mechanism
+(the runtime turns them into an OCI bundle, cgroups, mounts and a network namespace). The
+runtime applies no defaults of its own beyond what is written here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A host path bind-mounted into the sandbox."""
+
+    source: Path
+    destination: str
+    read_only: bool = True
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    id: str                                  # [a-z0-9]+; names every kernel object
+    layers: tuple[Path, ...]                 # read-only rootfs layers, topmost first
+    args: tuple[str, ...]                    # the process started under the init (PID 1)
+    env: tuple[tuple[str, str], ...] = ()    # environment of that process
+    cwd: str = "/"
+    hostname: str = "sandbox"
+    cpu: float = 1.0                         # cores
+    memory_mb: int = 1024                    # hard limit, no swap
+    pids: int = 1024
+    disk_mb: int = 2048                      # hard quota on the writable layer
+    network: str = "internet"                # "internet" (veth + NAT, always-deny) or "none"
+    mounts: tuple[Mount, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class SandboxHandle:
+    """A running sandbox as the runtime knows it."""
+
+    id: str
+    run_dir: Path        # host directory mounted at /run/hutch inside (the agent's socket lives here)
+    address: str | None  # the sandbox's IPv4 address on the bridge, None in network mode "none"
+
+    @property
+    def agent_socket(self) -> Path:
+        return self.run_dir / "agent.sock"
