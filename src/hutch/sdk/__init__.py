@@ -1,1 +1,60 @@
-"""sdk"""
+"""hutch's Python SDK: ``Sandbox`` (blocking) and ``AsyncSandbox`` (asyncio).
+
+The async classes in ``_async`` are the source; the sync ones in ``_sync`` are generated
+from them by ``scripts/unasync.py``. Names and call shapes follow the e2b SDK, so code
+written for E2B runs against hutch by changing the import.
+"""
+
+from hutch.sdk._async.commands import AsyncCommandHandle, AsyncCommands
+from hutch.sdk._async.files import AsyncFilesystem, AsyncWatchHandle
+from hutch.sdk._async.pty import AsyncPty
+from hutch.sdk._async.sandbox import AsyncSandbox, AsyncSandboxPaginator
+from hutch.sdk._config import ConnectionConfig
+from hutch.sdk._models import (
+    CommandResult,
+    EntryInfo,
+    FilesystemEvent,
+    FilesystemEventType,
+    FileType,
+    ProcessInfo,
+    PtySize,
+    SandboxInfo,
+    SandboxMetrics,
+    SandboxQuery,
+    SandboxState,
+    WriteInfo,
+)
+from hutch.sdk._sync.commands import CommandHandle, Commands
+from hutch.sdk._sync.files import Filesystem, WatchHandle
+from hutch.sdk._sync.pty import Pty
+from hutch.sdk._sync.sandbox import Sandbox, SandboxPaginator
+
+__all__ = [
+    "AsyncCommandHandle",
+    "AsyncCommands",
+    "AsyncFilesystem",
+    "AsyncPty",
+    "AsyncSandbox",
+    "AsyncSandboxPaginator",
+    "AsyncWatchHandle",
+    "CommandHandle",
+    "CommandResult",
+    "Commands",
+    "ConnectionConfig",
+    "EntryInfo",
+    "FileType",
+    "Filesystem",
+    "FilesystemEvent",
+    "FilesystemEventType",
+    "ProcessInfo",
+    "Pty",
+    "PtySize",
+    "Sandbox",
+    "SandboxInfo",
+    "SandboxMetrics",
+    "SandboxPaginator",
+    "SandboxQuery",
+    "SandboxState",
+    "WatchHandle",
+    "WriteInfo",
+]

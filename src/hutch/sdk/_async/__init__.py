@@ -1,0 +1,1 @@
+"""The async SDK: the source the sync SDK is generated from."""

@@ -1,0 +1,53 @@
+"""The few concurrency primitives that differ between the async and the sync SDK.
+
+Hand-written on each side (this file and ``_sync/_backend.py``); everything else in the
+package is generated from the async source. Here a background reader is an asyncio task;
+on the sync side it is a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from typing import Any, Awaitable, Callable, Optional
+
+
+class Worker:
+    """Runs ``fn()`` in the background: reading a stream while the caller does other things."""
+
+    def __init__(self, fn: Callable[[], Awaitable[None]], abort: Callable[[], None]) -> None:
+        # ``abort`` unblocks a pending read on the sync side; a task is cancelled instead.
+        self._task = asyncio.get_running_loop().create_task(fn())
+
+    def done(self) -> bool:
+        return self._task.done()
+
+    async def join(self, timeout: Optional[float] = None) -> bool:
+        """Wait for the worker to finish; False if ``timeout`` passed first."""
+        done, _ = await asyncio.wait([self._task], timeout=timeout)
+        return bool(done)
+
+    async def cancel(self) -> None:
+        self._task.cancel()
+        await asyncio.wait([self._task])
+
+
+async def call(callback: Optional[Callable[..., Any]], *args: Any) -> None:
+    """Invoke a user callback; async callbacks are awaited, as in e2b's async SDK."""
+    if callback is None:
+        return
+    result = callback(*args)
+    if inspect.isawaitable(result):
+        await result
+
+
+async def gather(*aws: Awaitable[Any]) -> list:
+    return list(await asyncio.gather(*aws))
+
+
+def abort_response(response: Any) -> None:
+    """Nothing to do: cancelling the reading task interrupts the read."""
+
+
+async def sleep(seconds: float) -> None:
+    await asyncio.sleep(seconds)

@@ -1,0 +1,237 @@
+"""Running commands in a sandbox: ``sbx.commands``, and the handle of a running command.
+
+A command's output arrives as a Connect stream of process events (``start`` with the pid,
+``data`` chunks, one ``end``). The handle reads that stream in the background from the
+moment the command starts, so ``on_stdout``/``on_stderr`` fire as output arrives, and
+``wait()`` only waits for the end.
+"""
+
+from __future__ import annotations
+
+import codecs
+from typing import Any, Callable, Dict, List, Optional, Union
+
+from hutch import errors
+from hutch.sdk import _wire
+from hutch.sdk._async import _backend
+from hutch.sdk._async.transport import AsyncAgent, AsyncEventStream
+from hutch.sdk._models import CommandResult, ProcessInfo
+
+OutputHandler = Callable[[Any], Any]
+
+
+class AsyncCommandHandle:
+    """A running command (or PTY): its pid, output so far, and ways to wait, kill, feed it."""
+
+    def __init__(self, pid: int, stream: AsyncEventStream, commands: "AsyncCommands",
+                 on_stdout: Optional[OutputHandler] = None,
+                 on_stderr: Optional[OutputHandler] = None,
+                 on_pty: Optional[OutputHandler] = None,
+                 input_field: str = "stdin") -> None:
+        self._pid = pid
+        self._stream = stream
+        self._commands = commands
+        self._on_stdout = on_stdout
+        self._on_stderr = on_stderr
+        self._on_pty = on_pty
+        self._input_field = input_field
+        self._stdout: List[str] = []
+        self._stderr: List[str] = []
+        self._out_decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._err_decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._result: Optional[CommandResult] = None
+        self._error: Optional[errors.HutchError] = None
+        self._disconnected = False
+        self._worker = _backend.Worker(self._read, stream.abort)
+
+    @property
+    def pid(self) -> int:
+        return self._pid
+
+    @property
+    def stdout(self) -> str:
+        return "".join(self._stdout)
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self._stderr)
+
+    @property
+    def exit_code(self) -> Optional[int]:
+        """None while the command runs."""
+        return None if self._result is None else self._result.exit_code
+
+    @property
+    def error(self) -> Optional[str]:
+        return None if self._result is None else self._result.error
+
+    async def _read(self) -> None:
+        try:
+            async for message in self._stream.messages:
+                event = message.get("event") or {}
+                if "data" in event:
+                    await self._on_data(event["data"])
+                elif "end" in event:
+                    await self._on_end(event["end"])
+        except errors.HutchError as exc:
+            if not self._disconnected:
+                self._error = exc
+        except Exception as exc:  # a callback failed, or the stream broke unexpectedly
+            if not self._disconnected:
+                self._error = errors.SandboxError(f"reading the output of pid {self._pid}: {exc!r}")
+        await self._flush()
+
+    async def _on_data(self, data: Dict[str, str]) -> None:
+        if "stdout" in data:
+            text = self._out_decoder.decode(_wire.unb64(data["stdout"]))
+            if text:
+                self._stdout.append(text)
+                await _backend.call(self._on_stdout, text)
+        if "stderr" in data:
+            text = self._err_decoder.decode(_wire.unb64(data["stderr"]))
+            if text:
+                self._stderr.append(text)
+                await _backend.call(self._on_stderr, text)
+        if "pty" in data:
+            await _backend.call(self._on_pty, _wire.unb64(data["pty"]))
+
+    async def _flush(self) -> None:
+        """Emit a UTF-8 sequence cut off at the end as replacement characters, not silence."""
+        tail = self._out_decoder.decode(b"", final=True)
+        if tail:
+            self._stdout.append(tail)
+            await _backend.call(self._on_stdout, tail)
+        tail = self._err_decoder.decode(b"", final=True)
+        if tail:
+            self._stderr.append(tail)
+            await _backend.call(self._on_stderr, tail)
+        if self._result is not None:
+            self._result.stdout = self.stdout
+            self._result.stderr = self.stderr
+
+    async def _on_end(self, end: Dict[str, Any]) -> None:
+        self._result = CommandResult(
+            stdout=self.stdout, stderr=self.stderr,
+            exit_code=int(end.get("exitCode", 0)), error=end.get("error") or None,
+        )
+
+    async def wait(self) -> CommandResult:
+        """Wait for the command to end; a non-zero exit code raises ``CommandExitError``."""
+        await self._worker.join()
+        if self._error is not None:
+            raise self._error
+        if self._result is None:
+            raise errors.SandboxError(f"the command (pid {self._pid}) ended without an end event")
+        if self._result.exit_code != 0:
+            raise errors.CommandExitError(self._result)
+        return self._result
+
+    async def disconnect(self) -> None:
+        """Stop receiving output; the command keeps running (``commands.connect`` rejoins it)."""
+        self._disconnected = True
+        await self._worker.cancel()
+
+    async def kill(self) -> bool:
+        """SIGKILL the command; False if it was already gone."""
+        return await self._commands.kill(self._pid)
+
+    async def send_stdin(self, data: Union[str, bytes],
+                         request_timeout: Optional[float] = None) -> None:
+        await self._commands._send_input(self._pid, self._input_field, data, request_timeout)
+
+    async def close_stdin(self, request_timeout: Optional[float] = None) -> None:
+        await self._commands.close_stdin(self._pid, request_timeout)
+
+
+class AsyncCommands:
+    """``sbx.commands``: start, list, connect to, feed and kill processes in the sandbox."""
+
+    def __init__(self, agent: AsyncAgent) -> None:
+        self._agent = agent
+
+    async def list(self, request_timeout: Optional[float] = None) -> List[ProcessInfo]:
+        reply = await self._agent.unary("process.Process/List", {},
+                                        request_timeout=request_timeout)
+        return [ProcessInfo.from_wire(p) for p in reply.get("processes") or []]
+
+    async def kill(self, pid: int, request_timeout: Optional[float] = None) -> bool:
+        """SIGKILL the process; False if there is no such process."""
+        try:
+            await self._agent.unary(
+                "process.Process/SendSignal",
+                {"process": _wire.selector(pid), "signal": "SIGNAL_SIGKILL"},
+                request_timeout=request_timeout,
+            )
+        except errors.NotFoundError:
+            return False
+        return True
+
+    async def send_stdin(self, pid: int, data: Union[str, bytes],
+                         request_timeout: Optional[float] = None) -> None:
+        """Write to the process's stdin (it must have been started with ``stdin=True``)."""
+        await self._send_input(pid, "stdin", data, request_timeout)
+
+    async def _send_input(self, pid: int, field: str, data: Union[str, bytes],
+                          request_timeout: Optional[float]) -> None:
+        await self._agent.unary(
+            "process.Process/SendInput",
+            {"process": _wire.selector(pid), "input": {field: _wire.b64(data)}},
+            request_timeout=request_timeout,
+        )
+
+    async def close_stdin(self, pid: int, request_timeout: Optional[float] = None) -> None:
+        """Close the process's stdin: it reads end-of-file."""
+        await self._agent.unary("process.Process/CloseStdin", {"process": _wire.selector(pid)},
+                                request_timeout=request_timeout)
+
+    async def run(self, cmd: str, background: Optional[bool] = None,
+                  envs: Optional[Dict[str, str]] = None, user: Optional[str] = None,
+                  cwd: Optional[str] = None, on_stdout: Optional[OutputHandler] = None,
+                  on_stderr: Optional[OutputHandler] = None, stdin: Optional[bool] = None,
+                  timeout: Optional[float] = 60,
+                  request_timeout: Optional[float] = None) -> Any:
+        """Run ``cmd`` in a bash login shell.
+
+        Foreground (default): wait and return a ``CommandResult``; a non-zero exit code
+        raises ``CommandExitError``. ``background=True``: return the running
+        ``CommandHandle`` at once. ``timeout`` (seconds, 0 = none) bounds the command: the
+        agent kills it then, and ``wait()`` raises ``TimeoutError_``.
+        """
+        program, args = _wire.shell_command(cmd)
+        request = {
+            "process": _wire.process_config(program, args, envs, cwd),
+            "stdin": bool(stdin),
+        }
+        handle = await self._start(request, user, timeout, request_timeout,
+                                   on_stdout=on_stdout, on_stderr=on_stderr)
+        return handle if background else await handle.wait()
+
+    async def connect(self, pid: int, timeout: Optional[float] = 60,
+                      request_timeout: Optional[float] = None,
+                      on_stdout: Optional[OutputHandler] = None,
+                      on_stderr: Optional[OutputHandler] = None) -> AsyncCommandHandle:
+        """Attach to a running process and receive its output from now on."""
+        stream = await self._agent.stream(
+            "process.Process/Connect", {"process": _wire.selector(pid)},
+            timeout=timeout, request_timeout=request_timeout,
+        )
+        return await self._handle(stream, on_stdout=on_stdout, on_stderr=on_stderr)
+
+    async def _start(self, request: dict, user: Optional[str], timeout: Optional[float],
+                     request_timeout: Optional[float], **callbacks: Any) -> AsyncCommandHandle:
+        stream = await self._agent.stream("process.Process/Start", request, user=user,
+                                          timeout=timeout, request_timeout=request_timeout)
+        return await self._handle(stream, **callbacks)
+
+    async def _handle(self, stream: AsyncEventStream, input_field: str = "stdin",
+                      **callbacks: Any) -> AsyncCommandHandle:
+        try:
+            first = await stream.first()
+            start = (first.get("event") or {}).get("start")
+            if start is None or "pid" not in start:
+                raise errors.SandboxError(f"expected a start event, got {first!r}")
+        except BaseException:
+            await stream.aclose()
+            raise
+        return AsyncCommandHandle(int(start["pid"]), stream, self, input_field=input_field,
+                                  **callbacks)

@@ -1,0 +1,212 @@
+"""The HTTP edge of the SDK: the control plane (REST) and one sandbox's agent (data plane).
+
+Both planes go to the same server URL over one connection pool. Data-plane requests carry
+``E2b-Sandbox-Id`` / ``E2b-Sandbox-Port`` so the server forwards them to the sandbox's
+agent, and ``X-Access-Token`` when the sandbox has one. HTTP/1.1 only: every open stream
+(a running command, a watch) holds its own connection, hence the large pool.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, AsyncIterator, Dict, Optional, Type
+
+import httpx
+
+from hutch import errors
+from hutch.sdk import _errors, _wire
+from hutch.sdk._async import _backend
+from hutch.sdk._config import ConnectionConfig
+
+USER_AGENT = "hutch-python-sdk/0.1.0"
+_LIMITS = httpx.Limits(max_connections=200, max_keepalive_connections=20, keepalive_expiry=30)
+
+
+def _timeout(seconds: Optional[float], read: Optional[float] = -1.0) -> httpx.Timeout:
+    """Connect/write/pool bounded by ``seconds``; ``read`` may differ (streams, uploads)."""
+    return httpx.Timeout(seconds, read=seconds if read == -1.0 else read)
+
+
+class AsyncTransport:
+    """Owns the HTTP client; closes it on ``aclose()`` (or leaving ``async with``)."""
+
+    def __init__(self, config: ConnectionConfig) -> None:
+        self.config = config
+        headers = {"User-Agent": USER_AGENT}
+        self._client = httpx.AsyncClient(
+            base_url=config.url, headers=headers, limits=_LIMITS,
+            timeout=_timeout(config.request_timeout),
+        )
+
+    async def __aenter__(self) -> "AsyncTransport":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        return self._client
+
+    def unreachable(self, exc: httpx.TransportError) -> errors.HutchError:
+        if isinstance(exc, httpx.TimeoutException):
+            return errors.TimeoutError_(f"request to {self.config.url} timed out: {exc!r}")
+        return errors.UnavailableError(f"cannot reach the hutch server at {self.config.url}: {exc!r}")
+
+    async def api(self, method: str, path: str, *, json_body: Any = None,
+                  params: Optional[Dict[str, Any]] = None,
+                  request_timeout: Optional[float] = None,
+                  not_found: Type[errors.HutchError] = errors.SandboxNotFoundError) -> httpx.Response:
+        """One control-plane call; any status >= 300 raises the matching hutch error."""
+        if not self.config.api_key:
+            raise errors.AuthenticationError(
+                "no API key: pass api_key=..., set HUTCH_API_KEY, or run as root next to the server"
+            )
+        try:
+            response = await self._client.request(
+                method, path, json=json_body, params=params,
+                headers={"X-API-KEY": self.config.api_key},
+                timeout=_timeout(self.config.timeout(request_timeout)),
+            )
+        except httpx.TransportError as exc:
+            raise self.unreachable(exc) from None
+        if response.status_code >= 300:
+            raise _errors.from_api(response.status_code, response.content, not_found=not_found)
+        return response
+
+
+class AsyncAgent:
+    """The agent inside one sandbox, reached through the server."""
+
+    def __init__(self, transport: AsyncTransport, sandbox_id: str,
+                 access_token: Optional[str] = None) -> None:
+        self.transport = transport
+        self.sandbox_id = sandbox_id
+        self.headers = {
+            "E2b-Sandbox-Id": sandbox_id,
+            "E2b-Sandbox-Port": str(_wire.AGENT_PORT),
+        }
+        if access_token:
+            self.headers["X-Access-Token"] = access_token
+
+    @property
+    def config(self) -> ConnectionConfig:
+        return self.transport.config
+
+    async def health(self, request_timeout: Optional[float] = None) -> Optional[bool]:
+        """True when the agent answers, False when the sandbox is gone, None when unsure."""
+        try:
+            response = await self.transport.client.get(
+                "/health", headers=self.headers,
+                timeout=_timeout(self.config.timeout(request_timeout)),
+            )
+        except httpx.TransportError:
+            return None
+        if response.status_code < 300:
+            return True
+        if response.status_code == 502 and b"not found" in response.content:
+            return False
+        return None
+
+    async def lost(self, exc: Exception) -> errors.HutchError:
+        """Explain a dropped connection: the sandbox was killed, or the network failed."""
+        if isinstance(exc, httpx.TimeoutException):
+            return errors.TimeoutError_(f"the sandbox {self.sandbox_id} did not answer in time")
+        if await self.health(request_timeout=5) is False:
+            return errors.SandboxNotFoundError(
+                f"the sandbox {self.sandbox_id} was killed or reached its end of life"
+            )
+        return errors.UnavailableError(f"lost the connection to sandbox {self.sandbox_id}: {exc!r}")
+
+    def _rpc_headers(self, content_type: str, user: Optional[str],
+                     timeout: Optional[float]) -> Dict[str, str]:
+        return {
+            **self.headers,
+            "Content-Type": content_type,
+            "Connect-Protocol-Version": "1",
+            **_wire.user_header(user),
+            **_wire.timeout_header(timeout),
+        }
+
+    async def unary(self, method: str, message: dict, *, user: Optional[str] = None,
+                    request_timeout: Optional[float] = None,
+                    not_found: Type[errors.HutchError] = errors.NotFoundError) -> dict:
+        """A unary Connect call, e.g. ``unary("filesystem.Filesystem/Stat", {"path": p})``."""
+        timeout = self.config.timeout(request_timeout)
+        try:
+            response = await self.transport.client.post(
+                "/" + method, content=json.dumps(message).encode(),
+                headers=self._rpc_headers("application/json", user, timeout),
+                timeout=_timeout(timeout),
+            )
+        except httpx.TransportError as exc:
+            raise await self.lost(exc) from None
+        if response.status_code != 200:
+            raise _errors.from_agent(response.status_code, response.content, not_found=not_found)
+        return response.json() if response.content else {}
+
+    async def stream(self, method: str, message: dict, *, user: Optional[str] = None,
+                     timeout: Optional[float] = None, request_timeout: Optional[float] = None,
+                     not_found: Type[errors.HutchError] = errors.NotFoundError) -> "AsyncEventStream":
+        """Open a server-streaming Connect call; ``timeout`` bounds the whole call (0: none)."""
+        headers = self._rpc_headers("application/connect+json", user, timeout)
+        headers["Keepalive-Ping-Interval"] = str(_wire.KEEPALIVE_INTERVAL)
+        request = self.transport.client.build_request(
+            "POST", "/" + method, content=_wire.encode_envelope(message), headers=headers,
+            timeout=_timeout(self.config.timeout(request_timeout), read=_wire.STREAM_READ_TIMEOUT),
+        )
+        try:
+            response = await self.transport.client.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise await self.lost(exc) from None
+        if response.status_code != 200:
+            body = await response.aread()
+            await response.aclose()
+            raise _errors.from_agent(response.status_code, body, not_found=not_found)
+        return AsyncEventStream(self, response, not_found)
+
+
+class AsyncEventStream:
+    """The messages of one server stream; ends quietly, or raises the end-stream error."""
+
+    def __init__(self, agent: AsyncAgent, response: httpx.Response,
+                 not_found: Type[errors.HutchError]) -> None:
+        self._agent = agent
+        self._response = response
+        self._not_found = not_found
+        self.ended = False  # the end-stream message arrived
+        self.messages = self._messages()
+
+    def abort(self) -> None:
+        _backend.abort_response(self._response)
+
+    async def aclose(self) -> None:
+        await self.messages.aclose()
+        await self._response.aclose()
+
+    async def _messages(self) -> AsyncIterator[dict]:
+        decoder = _wire.EnvelopeDecoder()
+        try:
+            async for chunk in self._response.aiter_raw():
+                for flags, message in decoder.feed(chunk):
+                    if flags & _wire.FLAG_END_STREAM:
+                        self.ended = True
+                        error = _errors.from_end_stream(message, not_found=self._not_found)
+                        if error is not None:
+                            raise error
+                        return
+                    yield message
+        except httpx.TransportError as exc:
+            raise await self._agent.lost(exc) from None
+        finally:
+            await self._response.aclose()
+
+    async def first(self) -> dict:
+        """The first message (a stream always starts with a ``start`` event)."""
+        try:
+            return await anext(self.messages)
+        except StopAsyncIteration:
+            raise errors.SandboxError("the stream ended before it started") from None
