@@ -1,0 +1,130 @@
+"""``hutch serve`` (run the server) and ``hutch doctor`` (check this host can run it).
+
+Settings come from the documented table in :mod:`hutch.server.config` (``HUTCH_*`` environment
+variables); the few flags here override the most common ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import click
+
+from hutch.errors import HutchError
+
+
+def _config(**overrides):
+    from hutch.server.config import load
+    try:
+        return load(**overrides)
+    except HutchError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.command()
+@click.option("--host", default=None, help="Listen address (HUTCH_HOST, default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="TCP port (HUTCH_PORT, default 49980).")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+              help="State directory (HUTCH_DATA_DIR, default /var/lib/hutch).")
+def serve(host, port, data_dir):
+    """Run the hutch server (E2B-compatible API and sandbox proxy) until Ctrl-C.
+
+    Sandboxes keep running when the server stops; the next start adopts them.
+    """
+    from hutch.server.app import run
+
+    cfg = _config(host=host, port=port, data_dir=data_dir)
+    logging.basicConfig(level=cfg.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        from hutch.templates import TerminalProgress
+        progress = TerminalProgress()
+    except ImportError:  # pragma: no cover - the templates package always ships it
+        progress = None
+
+    def ready(userver):
+        sock = userver.servers[0].sockets[0].getsockname() if userver.servers else None
+        actual = sock[1] if sock else cfg.port
+        url = f"http://{cfg.host}:{actual}"
+        click.echo(f"hutch is serving on {url}")
+        click.echo(f"  admin API key: {cfg.admin_key_path}")
+        click.echo(f"  use it with:   E2B_API_URL={url} E2B_SANDBOX_URL={url} "
+                   f"E2B_API_KEY=$(cat {cfg.admin_key_path})")
+
+    try:
+        asyncio.run(run(cfg, progress=progress, on_ready=ready))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        pass
+    except HutchError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo("hutch stopped (sandboxes keep running)")
+
+
+@click.command()
+def doctor():
+    """Check that this host can run hutch sandboxes; exit non-zero if something is missing."""
+    cfg = _config()
+    checks: list[tuple[str, bool, str]] = []
+
+    def check(name: str, ok: bool, detail: str = "") -> None:
+        checks.append((name, ok, detail))
+        mark = click.style("ok  ", fg="green") if ok else click.style("FAIL", fg="red")
+        click.echo(f"[{mark}] {name}" + (f": {detail}" if detail else ""))
+
+    check("running as root", os.geteuid() == 0, "" if os.geteuid() == 0 else
+          "the server needs root to make namespaces, cgroups and firewall rules")
+    try:
+        from hutch.runtime.local import LocalRuntime
+        result = LocalRuntime.probe()
+        if inspect.isawaitable(result):
+            result = asyncio.run(result)
+        ok = result is not False and not (isinstance(result, (list, tuple)) and not all(
+            getattr(r, "ok", True) for r in result))
+        check("OCI runtime", ok, _describe(result))
+    except HutchError as exc:
+        check("OCI runtime", False, str(exc))
+    except ImportError as exc:
+        check("OCI runtime", False, f"runtime package unavailable: {exc}")
+    check("OCI runtime binary", shutil.which(cfg.oci_runtime) is not None, cfg.oci_runtime)
+    cg = Path("/sys/fs/cgroup")
+    has_cg = (cg / "cgroup.controllers").exists() or (cg / "memory").is_dir()
+    check("cgroups (memory, pids, cpu)", has_cg, "cgroup v2" if (cg / "cgroup.controllers")
+          .exists() else ("cgroup v1" if has_cg else "no cgroup hierarchy found"))
+    check("nftables (nft)", shutil.which("nft") is not None)
+    try:
+        userns = int(Path("/proc/sys/user/max_user_namespaces").read_text())
+    except (OSError, ValueError):
+        userns = 0
+    check("user namespaces", userns > 0, f"max_user_namespaces={userns}")
+    try:
+        from hutch.server.app import build_templates
+        names = [getattr(t, "name", str(t)) for t in build_templates(cfg).list()]
+        check("templates", True, f"{cfg.templates_dir}: " + (", ".join(names) or
+              "none built yet (the first `hutch serve` builds base)"))
+    except Exception as exc:  # a doctor reports, it does not crash
+        check("templates", False, str(exc))
+    failed = [c for c in checks if not c[1]]
+    if failed:
+        click.echo(f"{len(failed)} check(s) failed")
+        sys.exit(1)
+    click.echo("all checks passed")
+
+
+def _describe(result) -> str:
+    if result is None or result is True:
+        return ""
+    if isinstance(result, dict):
+        return ", ".join(f"{k}={v}" for k, v in result.items())
+    if isinstance(result, (list, tuple)):
+        return "; ".join(str(r) for r in result)
+    return str(result)
+
+
+if __name__ == "__main__":  # pragma: no cover - `hutch serve` is the usual door
+    serve()

@@ -1,0 +1,140 @@
+"""The server assembled: store, runtime, templates, lifecycle, and one ASGI app on one port.
+
+The ASGI entry sends each request either to the data plane (it names a sandbox, by headers or
+by host) or to the control plane. Start-up order matters: the runtime starts and the store is
+reconciled with what runs *before* the port opens, so no request sees a half-known world; the
+``base`` template is ensured before listening so the first create is fast.
+
+Stopping the server leaves every sandbox running: the next start adopts them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from contextlib import suppress
+from typing import Any
+
+from hutch.server.config import Config
+from hutch.server.keys import ensure_admin_key
+from hutch.server.manager import SandboxManager
+from hutch.server.proxy import ABORT_LOG_MESSAGE, DataPlane, route
+from hutch.server.routes import ControlPlane
+from hutch.server.store import Store
+
+log = logging.getLogger("hutch.server")
+
+
+def build_runtime(config: Config):
+    from hutch.runtime.local import LocalRuntime
+    return LocalRuntime(config.state_dir, instance=config.instance, subnet=config.subnet,
+                        oci_runtime=config.oci_runtime, uid_base=config.uid_base)
+
+
+def build_templates(config: Config):
+    from hutch.templates import TemplateStore
+    return TemplateStore(config.templates_dir, uid_base=config.uid_base,
+                         trust_host_cas=config.trust_host_cas)
+
+
+class HutchApp:
+    """The ASGI application: data plane first (cheap header check), else the control plane."""
+
+    def __init__(self, config: Config, manager: SandboxManager, store: Store) -> None:
+        self.domain = config.domain
+        self.data = DataPlane(manager)
+        self.control = ControlPlane(manager, store, client_id=config.instance).app()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return   # lifespan is off: start-up and shut-down happen around uvicorn
+        target = route(scope, self.domain)
+        if target is not None:
+            return await self.data(scope, receive, send, *target)
+        await self.control(scope, receive, send)
+
+
+class _DropAbortNoise(logging.Filter):
+    """Streams of a killed sandbox end abruptly on purpose; that is not a server error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != ABORT_LOG_MESSAGE
+
+
+class Server:
+    """Everything one ``hutch serve`` runs; :meth:`run` serves until SIGINT/SIGTERM."""
+
+    def __init__(self, config: Config, runtime: Any = None, templates: Any = None) -> None:
+        self.config = config
+        self.runtime = runtime if runtime is not None else build_runtime(config)
+        self.templates = templates if templates is not None else build_templates(config)
+        self.store: Store | None = None
+        self.manager: SandboxManager | None = None
+        self.admin_key_created = False
+
+    async def start(self, progress: Any = None) -> None:
+        cfg = self.config
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        cfg.data_dir.chmod(0o700)
+        self.store = Store(cfg.db_path)
+        self.admin_key_created = ensure_admin_key(self.store, cfg.admin_key_path)
+        await self.runtime.start()
+        self.manager = SandboxManager(cfg, self.store, self.runtime, self.templates)
+        await self.manager.start()
+        await self.templates.ensure("base", progress=progress)
+
+    async def close(self) -> None:
+        if self.manager:
+            await self.manager.close()
+        with suppress(Exception):
+            await self.runtime.close()
+        if self.store:
+            self.store.close()
+
+    def asgi(self) -> HutchApp:
+        assert self.manager is not None and self.store is not None
+        return HutchApp(self.config, self.manager, self.store)
+
+    async def serve(self, on_ready=None) -> None:
+        """Listen until a stop signal; the caller has called :meth:`start`."""
+        import uvicorn
+        logging.getLogger("uvicorn.error").addFilter(_DropAbortNoise())
+        uconfig = uvicorn.Config(
+            self.asgi(), host=self.config.host, port=self.config.port, http="h11",
+            ws="none", lifespan="off", log_level=self.config.log_level, access_log=False,
+            timeout_keep_alive=75, server_header=False, date_header=False,
+        )
+        userver = uvicorn.Server(uconfig)
+        if on_ready is not None:
+            async def announce():
+                while not userver.started and not userver.should_exit:
+                    await asyncio.sleep(0.01)
+                if userver.started:
+                    on_ready(userver)
+            watcher = asyncio.create_task(announce())
+        try:
+            await userver.serve()
+        finally:
+            if on_ready is not None:
+                watcher.cancel()
+
+
+async def run(config: Config, progress: Any = None, on_ready=None) -> None:
+    """Start, serve until SIGINT/SIGTERM, stop (leaving the sandboxes running)."""
+    server = Server(config)
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    # Until uvicorn installs its own handlers, a stop signal cancels start-up (which may be a
+    # long first template build) cleanly.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, main.cancel)
+    try:
+        await server.start(progress=progress)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await server.serve(on_ready=on_ready)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await server.close()

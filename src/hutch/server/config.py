@@ -1,0 +1,218 @@
+"""The server's settings: one table, resolved once from the environment.
+
+Every tunable of the server is a row of :data:`SETTINGS` (environment variable, default, meaning).
+:func:`load` reads them once at start-up into a frozen :class:`Config`, which is then passed
+down explicitly; nothing below the server reads the environment. A bad value stops start-up with
+a :class:`~hutch.errors.ConfigError` that names the variable, the value and what was expected.
+
+``markdown_table()`` renders the same rows for the operations guide, so the documentation cannot
+drift from the code.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from hutch.errors import ConfigError
+
+
+def _bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected 1/0, true/false, yes/no or on/off")
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError("expected a TCP port 0-65535 (0 = any free port)")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError("expected a positive integer")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError("expected a positive number")
+    return value
+
+
+def _instance(text: str) -> str:
+    # The instance names host objects (nft table, bridge "<instance>0", cgroup parent), and
+    # interface names are limited to 15 bytes.
+    if not re.fullmatch(r"[a-z][a-z0-9]{0,11}", text):
+        raise ValueError("expected 1-12 lowercase letters/digits starting with a letter")
+    return text
+
+
+def _subnet(text: str) -> str:
+    net = ipaddress.IPv4Network(text, strict=True)
+    if net.prefixlen > 24:
+        raise ValueError("expected an IPv4 network of /24 or larger")
+    return str(net)
+
+
+def _network_mode(text: str) -> str:
+    if text not in ("internet", "none"):
+        raise ValueError("expected 'internet' or 'none'")
+    return text
+
+
+def _log_level(text: str) -> str:
+    low = text.lower()
+    if low not in ("debug", "info", "warning", "error"):
+        raise ValueError("expected debug, info, warning or error")
+    return low
+
+
+def _text(text: str) -> str:
+    return text.strip()
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of the table: where a value comes from and what it means."""
+
+    field: str
+    env: str
+    default: str          # as text, parsed like a user-supplied value; "" = unset
+    parse: Callable[[str], Any]
+    doc: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("data_dir", "HUTCH_DATA_DIR", "/var/lib/hutch", Path,
+            "State directory: the SQLite store, admin.key, the runtime's sandbox state."),
+    Setting("host", "HUTCH_HOST", "127.0.0.1", _text,
+            "Address the HTTP server listens on (control plane and data plane share it)."),
+    Setting("port", "HUTCH_PORT", "49980", _port, "TCP port of the HTTP server."),
+    Setting("instance", "HUTCH_INSTANCE", "hutch", _instance,
+            "Name carried by every host object (nft table, bridge, cgroup parent) so that "
+            "several servers on one host never collide."),
+    Setting("subnet", "HUTCH_SUBNET", "10.11.0.0/16", _subnet,
+            "IPv4 network the sandboxes' addresses are taken from."),
+    Setting("templates_dir", "HUTCH_TEMPLATES_DIR", "", Path,
+            "Where built templates live (default: <data_dir>/templates)."),
+    Setting("oci_runtime", "HUTCH_OCI_RUNTIME", "runc", _text,
+            "The OCI runtime binary that runs sandboxes (runc, crun, runsc)."),
+    Setting("uid_base", "HUTCH_UID_BASE", "100000", _positive_int,
+            "First host uid/gid mapped into sandboxes (root inside = this uid outside)."),
+    Setting("trust_host_cas", "HUTCH_TRUST_HOST_CAS", "1", _bool,
+            "Copy the host's CA certificates into template builds (for TLS-intercepting "
+            "networks)."),
+    Setting("default_timeout", "HUTCH_DEFAULT_TIMEOUT", "300", _positive_int,
+            "Seconds a sandbox lives when the create request names no timeout."),
+    Setting("max_timeout", "HUTCH_MAX_TIMEOUT", "86400", _positive_int,
+            "Longest timeout (seconds) a create, connect or set-timeout call may ask for."),
+    Setting("default_cpu", "HUTCH_DEFAULT_CPU", "1", _positive_float,
+            "CPU cores per sandbox (cgroup quota)."),
+    Setting("default_memory_mb", "HUTCH_DEFAULT_MEMORY_MB", "1024", _positive_int,
+            "Memory limit per sandbox in MiB (no swap)."),
+    Setting("default_disk_mb", "HUTCH_DEFAULT_DISK_MB", "2048", _positive_int,
+            "Hard quota of a sandbox's writable layer in MiB."),
+    Setting("default_pids", "HUTCH_DEFAULT_PIDS", "1024", _positive_int,
+            "Most processes/threads a sandbox may hold."),
+    Setting("default_network", "HUTCH_DEFAULT_NETWORK", "internet", _network_mode,
+            "Network mode when a create request does not say: 'internet' (egress with the "
+            "always-deny list) or 'none'."),
+    Setting("domain", "HUTCH_DOMAIN", "", _text,
+            "Domain for host routing: requests to <port>-<sandbox id>.<domain> go to that "
+            "sandbox (empty: header routing only)."),
+    Setting("agent_timeout", "HUTCH_AGENT_TIMEOUT", "15", _positive_float,
+            "Seconds to wait for a new sandbox's agent to answer before the create fails."),
+    Setting("log_level", "HUTCH_LOG_LEVEL", "info", _log_level,
+            "Server log level (debug, info, warning, error)."),
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    data_dir: Path
+    host: str
+    port: int
+    instance: str
+    subnet: str
+    templates_dir: Path
+    oci_runtime: str
+    uid_base: int
+    trust_host_cas: bool
+    default_timeout: int
+    max_timeout: int
+    default_cpu: float
+    default_memory_mb: int
+    default_disk_mb: int
+    default_pids: int
+    default_network: str
+    domain: str
+    agent_timeout: float
+    log_level: str
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Config":
+        return load(environ, **overrides)
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "hutch.db"
+
+    @property
+    def admin_key_path(self) -> Path:
+        return self.data_dir / "admin.key"
+
+    @property
+    def state_dir(self) -> Path:
+        """The runtime's own directory (bundles, writable layers, run dirs)."""
+        return self.data_dir / "sandboxes"
+
+
+def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
+    """Resolve every setting once: ``overrides`` (e.g. CLI flags) > environment > default."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for s in SETTINGS:
+        if s.field in overrides and overrides[s.field] is not None:
+            values[s.field] = overrides[s.field]
+            continue
+        raw = env.get(s.env)
+        source = s.env
+        if raw is None or raw == "":
+            raw, source = s.default, f"default of {s.env}"
+        if raw == "" and s.default == "":
+            values[s.field] = None
+            continue
+        try:
+            values[s.field] = s.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"invalid {source}={raw!r}: {exc}") from None
+    if values["templates_dir"] is None:
+        values["templates_dir"] = Path(values["data_dir"]) / "templates"
+    values["domain"] = values["domain"] or ""
+    if values["default_timeout"] > values["max_timeout"]:
+        raise ConfigError(
+            f"HUTCH_DEFAULT_TIMEOUT={values['default_timeout']} exceeds "
+            f"HUTCH_MAX_TIMEOUT={values['max_timeout']}"
+        )
+    return Config(**values)
+
+
+def markdown_table() -> str:
+    """The settings as a Markdown table, for docs/operations.md."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for s in SETTINGS:
+        default = f"`{s.default}`" if s.default else "(unset)"
+        rows.append(f"| `{s.env}` | {default} | {s.doc} |")
+    return "\n".join(rows)

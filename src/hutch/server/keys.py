@@ -1,0 +1,44 @@
+"""API keys: the admin key made on first start, and the shape every key has.
+
+Keys look like ``e2b_`` + 40 hex digits because older E2B SDKs refuse any other shape before
+sending a request. Only the SHA-256 of a key is stored; the plaintext of the admin key is written
+once to ``<data_dir>/admin.key`` (mode 0600) for the operator to hand out.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from hutch.server.store import Store
+
+ADMIN_KEY_ID = "admin"
+
+
+def new_key() -> str:
+    return "e2b_" + secrets.token_hex(20)
+
+
+def new_token() -> str:
+    """An envd access token for one sandbox."""
+    return secrets.token_urlsafe(24)
+
+
+def ensure_admin_key(store: Store, path: Path) -> bool:
+    """Create the admin key if the store has none; return True if one was made now."""
+    if store.has_keys():
+        return False
+    key = new_key()
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, (key + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    # Stored after the file is in place: a crash in between leaves no key the operator
+    # cannot see, and the next start simply makes a new one.
+    store.add_key(ADMIN_KEY_ID, "admin", key)
+    return True

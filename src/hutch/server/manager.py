@@ -1,0 +1,366 @@
+"""The sandbox lifecycle: create, connect, set timeout, kill, expire, reconcile.
+
+States run ``creating → running → killed`` (or ``error`` with a reason). The record is written
+before the runtime makes any kernel object, and every deadline is an absolute time in the store,
+so the server can stop at any instant: sandboxes keep running while it is down, and on the next
+start :meth:`SandboxManager.start` adopts what has a record, destroys what has none and kills
+what expired meanwhile.
+
+Expiry is one timer task that sleeps until the nearest deadline (woken early when a deadline
+moves closer) rather than a poll every second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import secrets
+import string
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hutch
+from hutch.errors import (
+    HutchError,
+    InvalidArgumentError,
+    SandboxError,
+    SandboxNotFoundError,
+    TemplateError,
+)
+from hutch.runtime.spec import Mount, SandboxSpec
+from hutch.server.config import Config
+from hutch.server.keys import new_token
+from hutch.server.store import LIVE_STATES, SandboxRecord, Store
+from hutch.server.upstream import AGENT_SOCKET, AgentLink
+
+log = logging.getLogger("hutch.server")
+
+# Names the E2B SDKs use by default, mapped to hutch's built-in templates.
+TEMPLATE_ALIASES = {"code-interpreter-v1": "code-interpreter"}
+DEFAULT_USER = "user"
+AGENT_LIB = "/opt/hutch/lib"
+_ID_ALPHABET = string.ascii_lowercase + string.digits
+
+
+def new_sandbox_id() -> str:
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(20))
+
+
+async def _maybe_await(value):
+    return await value if inspect.isawaitable(value) else value
+
+
+@dataclass
+class Live:
+    """A sandbox this server process currently serves."""
+
+    record: SandboxRecord
+    link: AgentLink | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Proxy tasks streaming to/from this sandbox: cancelled on kill so that open streams are
+    # dropped at once (no end event), as the SDK expects from a killed sandbox.
+    streams: set[asyncio.Task] = field(default_factory=set)
+
+
+class SandboxManager:
+    def __init__(self, config: Config, store: Store, runtime: Any, templates: Any) -> None:
+        self.config = config
+        self.store = store
+        self.runtime = runtime
+        self.templates = templates
+        self._live: dict[str, Live] = {}
+        self._wake = asyncio.Event()
+        self._reaper: asyncio.Task | None = None
+        self._agent_lib = Path(hutch.__file__).parent
+
+    # -- start and stop ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.reconcile()
+        self._reaper = asyncio.create_task(self._reap_loop(), name="hutch-reaper")
+
+    async def close(self) -> None:
+        """Stop serving; sandboxes keep running and are adopted by the next start."""
+        if self._reaper:
+            self._reaper.cancel()
+            try:
+                await self._reaper
+            except asyncio.CancelledError:
+                pass
+        for live in self._live.values():
+            for task in list(live.streams):
+                task.cancel()
+            if live.link:
+                await live.link.aclose()
+        self._live.clear()
+
+    async def reconcile(self) -> dict[str, list[str]]:
+        """Make the store and the runtime agree; return what was done, for the log."""
+        report: dict[str, list[str]] = {"adopted": [], "orphans": [], "expired": [], "lost": [],
+                                        "failed": []}
+        running = set(await _maybe_await(self.runtime.list()))
+        now = time.time()
+        adopt: list[SandboxRecord] = []
+        known: set[str] = set()
+        for rec in self.store.in_states(LIVE_STATES):
+            known.add(rec.id)
+            if rec.state == "creating":
+                # The server stopped half-way through a create: nobody got this sandbox.
+                if rec.id in running:
+                    await self._destroy_quietly(rec.id)
+                self.store.update(rec, state="error", reason="server stopped during create",
+                                  ended_at=now)
+                report["failed"].append(rec.id)
+            elif rec.id not in running:
+                self.store.update(rec, state="killed", reason="not found at server start",
+                                  ended_at=now)
+                report["lost"].append(rec.id)
+            elif rec.end_at <= now:
+                self.store.update(rec, state="killed", reason="timeout", ended_at=now)
+                await self._destroy_quietly(rec.id)
+                report["expired"].append(rec.id)
+            else:
+                adopt.append(rec)
+        # The record is always written before the runtime makes anything, and this server is
+        # the only writer, so a sandbox without a live record is nobody's: destroy it now.
+        for orphan in sorted(running - known):
+            await self._destroy_quietly(orphan)
+            report["orphans"].append(orphan)
+        results = await asyncio.gather(*(self._adopt(rec) for rec in adopt))
+        for rec, ok in zip(adopt, results):
+            report["adopted" if ok else "failed"].append(rec.id)
+        for what, ids in report.items():
+            if ids:
+                log.info("reconcile: %s %d sandbox(es): %s", what, len(ids), " ".join(ids))
+        return report
+
+    async def _adopt(self, rec: SandboxRecord) -> bool:
+        link = AgentLink(Path(rec.run_dir or "") / "agent.sock")
+        if not rec.run_dir or not await link.health(timeout=5.0):
+            await link.aclose()
+            self.store.update(rec, state="error", reason="agent unreachable at server start",
+                              ended_at=time.time())
+            await self._destroy_quietly(rec.id)
+            return False
+        self._live[rec.id] = Live(record=rec, link=link)
+        return True
+
+    # -- create ------------------------------------------------------------------------------
+
+    async def create(
+        self,
+        template: str,
+        *,
+        timeout: int | None = None,
+        metadata: dict[str, str] | None = None,
+        env_vars: dict[str, str] | None = None,
+        network: str | None = None,
+        secure: bool = True,
+    ) -> tuple[SandboxRecord, dict[str, float]]:
+        """Create and start a sandbox; return its record and a timing breakdown (seconds)."""
+        cfg = self.config
+        t0 = time.perf_counter()
+        timing: dict[str, float] = {}
+        timeout = self._check_timeout(cfg.default_timeout if timeout is None else timeout)
+        name = TEMPLATE_ALIASES.get(template, template)
+        tmpl = await self._template(name)
+        timing["template"] = time.perf_counter() - t0
+
+        now = time.time()
+        rec = SandboxRecord(
+            id=new_sandbox_id(), template=name,
+            alias=template if template != name else None, digest=getattr(tmpl, "digest", None),
+            state="creating", created_at=now, end_at=now + timeout,
+            cpu=cfg.default_cpu, memory_mb=cfg.default_memory_mb, disk_mb=cfg.default_disk_mb,
+            pids=cfg.default_pids, network=network or cfg.default_network,
+            metadata=dict(metadata or {}), env_vars=dict(env_vars or {}),
+            access_token=new_token() if secure else None,
+        )
+        self.store.insert(rec)
+        live = Live(record=rec)
+        self._live[rec.id] = live
+        async with live.lock:
+            t1 = time.perf_counter()
+            try:
+                handle = await self.runtime.create(self._spec(rec, tmpl))
+            except BaseException as exc:
+                self._fail(live, f"runtime: {exc}")
+                await self._destroy_quietly(rec.id)
+                _reraise(exc, "could not start the sandbox")
+            timing["runtime"] = time.perf_counter() - t1
+            rec = live.record = self.store.update(
+                rec, run_dir=str(handle.run_dir), address=handle.address)
+            t2 = time.perf_counter()
+            link = AgentLink(handle.agent_socket)
+            try:
+                await link.start(rec.env_vars, rec.access_token, DEFAULT_USER,
+                                 time.monotonic() + cfg.agent_timeout)
+            except BaseException as exc:
+                await link.aclose()
+                self._fail(live, f"agent: {exc}")
+                await self._destroy_quietly(rec.id)
+                _reraise(exc, "the sandbox agent did not start")
+            timing["agent"] = time.perf_counter() - t2
+            live.link = link
+            live.record = self.store.update(rec, state="running", started_at=time.time())
+        timing["total"] = time.perf_counter() - t0
+        self._wake.set()
+        log.debug("created %s (%s) in %.1f ms: %s", rec.id, name, timing["total"] * 1e3,
+                  {k: round(v * 1e3, 2) for k, v in timing.items()})
+        return live.record, timing
+
+    def _check_timeout(self, seconds: Any) -> int:
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
+            raise InvalidArgumentError(f"timeout must be a non-negative number of seconds, "
+                                       f"got {seconds!r}")
+        if seconds > self.config.max_timeout:
+            raise InvalidArgumentError(
+                f"timeout {seconds} s exceeds the maximum of {self.config.max_timeout} s")
+        return int(seconds)
+
+    async def _template(self, name: str):
+        try:
+            tmpl = self.templates.get(name)
+            if tmpl is None:
+                # Not built yet (e.g. code-interpreter on first use): build it now. Slow, but
+                # only once; later creates find it built.
+                tmpl = await self.templates.ensure(name)
+        except HutchError as exc:
+            if isinstance(exc, TemplateError) and "not found" in str(exc).lower():
+                raise InvalidArgumentError(f"unknown template {name!r}") from exc
+            raise
+        if tmpl is None:
+            raise InvalidArgumentError(f"unknown template {name!r}")
+        return tmpl
+
+    def _spec(self, rec: SandboxRecord, tmpl) -> SandboxSpec:
+        env = tmpl.env.items() if isinstance(tmpl.env, dict) else tmpl.env
+        env = [(k, v) for k, v in env if k != "PYTHONPATH"]
+        env.append(("PYTHONPATH", AGENT_LIB))
+        return SandboxSpec(
+            id=rec.id,
+            layers=tuple(Path(p) for p in tmpl.layers),
+            args=("python3", "-m", "hutch.agent", "--socket", AGENT_SOCKET),
+            env=tuple(env),
+            cwd="/",
+            cpu=rec.cpu, memory_mb=rec.memory_mb, pids=rec.pids, disk_mb=rec.disk_mb,
+            network=rec.network,
+            mounts=(Mount(self._agent_lib, f"{AGENT_LIB}/hutch", read_only=True),),
+        )
+
+    def _fail(self, live: Live, reason: str) -> None:
+        self._live.pop(live.record.id, None)
+        live.record = self.store.update(live.record, state="error", reason=reason[:500],
+                                        ended_at=time.time())
+        log.warning("sandbox %s failed: %s", live.record.id, reason)
+
+    # -- queries -----------------------------------------------------------------------------
+
+    def running(self, sandbox_id: str) -> Live:
+        """The live sandbox, or SandboxNotFoundError (unknown, killed or expired)."""
+        live = self._live.get(sandbox_id)
+        if live is None or live.record.state != "running":
+            raise SandboxNotFoundError(f"sandbox {sandbox_id!r} not found")
+        return live
+
+    def lookup(self, sandbox_id: str) -> Live | None:
+        """The live, running sandbox or None; the data plane's hot path."""
+        live = self._live.get(sandbox_id)
+        if live is None or live.record.state != "running" or live.link is None:
+            return None
+        return live
+
+    def list(self, **filters) -> tuple[list[SandboxRecord], str | None]:
+        return self.store.page(**filters)
+
+    async def metrics(self, sandbox_id: str) -> dict:
+        self.running(sandbox_id)
+        return dict(await _maybe_await(self.runtime.stats(sandbox_id)) or {})
+
+    # -- changes -----------------------------------------------------------------------------
+
+    async def set_timeout(self, sandbox_id: str, seconds: Any) -> SandboxRecord:
+        seconds = self._check_timeout(seconds)
+        live = self.running(sandbox_id)
+        live.record = self.store.update(live.record, end_at=time.time() + seconds)
+        self._wake.set()
+        return live.record
+
+    async def connect(self, sandbox_id: str, seconds: Any | None) -> SandboxRecord:
+        """Attach to a running sandbox; a timeout may extend its life, never shorten it."""
+        live = self.running(sandbox_id)
+        if seconds is not None:
+            seconds = self._check_timeout(seconds)
+            end = time.time() + seconds
+            if end > live.record.end_at:
+                live.record = self.store.update(live.record, end_at=end)
+                self._wake.set()
+        return live.record
+
+    async def kill(self, sandbox_id: str, reason: str = "killed") -> None:
+        live = self._live.get(sandbox_id)
+        if live is None:
+            raise SandboxNotFoundError(f"sandbox {sandbox_id!r} not found")
+        async with live.lock:
+            if self._live.get(sandbox_id) is not live or live.record.state != "running":
+                raise SandboxNotFoundError(f"sandbox {sandbox_id!r} not found")
+            # Recorded first: if the server dies before the destroy finishes, the next start
+            # sees a sandbox without a live record and destroys it as an orphan.
+            live.record = self.store.update(live.record, state="killed", reason=reason,
+                                            ended_at=time.time())
+            del self._live[sandbox_id]
+            for task in list(live.streams):
+                task.cancel()
+            if live.link:
+                await live.link.aclose()
+            try:
+                await self.runtime.destroy(sandbox_id)
+            except Exception as exc:  # recorded killed already; the next start retries
+                log.error("destroying %s failed: %s", sandbox_id, exc)
+        log.info("sandbox %s killed (%s)", sandbox_id, reason)
+
+    async def _destroy_quietly(self, sandbox_id: str) -> None:
+        try:
+            await self.runtime.destroy(sandbox_id)
+        except Exception as exc:
+            log.error("destroying %s failed: %s", sandbox_id, exc)
+
+    # -- expiry ------------------------------------------------------------------------------
+
+    async def _reap_loop(self) -> None:
+        while True:
+            now = time.time()
+            nearest = None
+            expired = []
+            for sid, live in self._live.items():
+                if live.record.state != "running":
+                    continue
+                if live.record.end_at <= now:
+                    expired.append(sid)
+                elif nearest is None or live.record.end_at < nearest:
+                    nearest = live.record.end_at
+            for sid in expired:
+                try:
+                    await self.kill(sid, reason="timeout")
+                except SandboxNotFoundError:
+                    pass
+                except Exception:
+                    log.exception("expiring %s failed", sid)
+            if expired:
+                continue
+            self._wake.clear()
+            wait = None if nearest is None else max(0.0, nearest - time.time())
+            try:
+                await asyncio.wait_for(self._wake.wait(), wait)
+            except (asyncio.TimeoutError, TimeoutError):
+                pass
+
+
+def _reraise(exc: BaseException, what: str) -> None:
+    """Raise ``exc`` as a hutch error (cancellation and hutch's own errors pass unchanged)."""
+    if isinstance(exc, HutchError) or not isinstance(exc, Exception):
+        raise exc
+    raise SandboxError(f"{what}: {exc}") from exc

@@ -1,0 +1,190 @@
+"""The data plane: requests for a sandbox go through to its agent, unbuffered both ways.
+
+A request is for a sandbox when it carries ``E2b-Sandbox-Id`` and ``E2b-Sandbox-Port`` headers
+(what the E2B SDKs send when ``E2B_SANDBOX_URL`` is set) or when its Host is
+``<port>-<sandbox id>.<domain>`` (the SDKs' default URLs, with ``HUTCH_DOMAIN`` set).
+
+This is a raw ASGI handler rather than a Starlette endpoint because streaming is the whole job:
+every request body chunk is forwarded as it arrives (``StreamInput`` sends one envelope per
+chunk and waits for the effect), every response chunk is sent on as soon as it comes, and a
+client that goes away closes the upstream connection at once so the agent stops that stream.
+Upstream connections are pooled per sandbox (:class:`~hutch.server.upstream.AgentLink`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+import httpcore
+
+from hutch.server.manager import SandboxManager
+from hutch.server.upstream import agent_url
+
+log = logging.getLogger("hutch.server.proxy")
+
+AGENT_PORT = 49983
+# Hop-by-hop headers (RFC 9110 §7.6.1) are never forwarded; framing is re-done on each side.
+_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te",
+        b"trailer", b"upgrade", b"proxy-authenticate", b"proxy-authorization"}
+_NO_TIMEOUT = {"timeout": {"connect": 10.0, "read": None, "write": None, "pool": 30.0}}
+# What uvicorn logs when a handler ends a response early on purpose (see _abort).
+ABORT_LOG_MESSAGE = "ASGI callable returned without completing response."
+
+
+class ClientGone(Exception):
+    """The client closed its connection while its request body was still streaming."""
+
+
+def route(scope: dict, domain: str) -> tuple[str, int | None] | None:
+    """The (sandbox id, port) a request is for, or None for the control plane."""
+    sandbox_id = port = host = None
+    for name, value in scope["headers"]:
+        if name == b"e2b-sandbox-id":
+            sandbox_id = value.decode("latin-1")
+        elif name == b"e2b-sandbox-port":
+            port = value.decode("latin-1")
+        elif name == b"host":
+            host = value.decode("latin-1")
+    if sandbox_id is not None:
+        return sandbox_id, _port(port) if port is not None else AGENT_PORT
+    if domain and host:
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        suffix = "." + domain
+        if name.endswith(suffix):
+            label = name[: -len(suffix)]
+            head, sep, sid = label.partition("-")
+            if sep and sid and "." not in sid:
+                return sid, _port(head)
+    return None
+
+
+def _port(text: str) -> int | None:
+    return int(text) if text.isdigit() and int(text) < 65536 else None
+
+
+async def _json(send, status: int, body: dict, headers: list | None = None) -> None:
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+        *(headers or []),
+    ]})
+    await send({"type": "http.response.body", "body": data})
+
+
+def not_found(sandbox_id: str) -> dict:
+    # The SDK looks for "was not found" to tell a dead sandbox from an unreachable one.
+    return {"sandboxId": sandbox_id, "message": "The sandbox was not found", "code": 502}
+
+
+class DataPlane:
+    def __init__(self, manager: SandboxManager) -> None:
+        self.manager = manager
+
+    async def __call__(self, scope: dict, receive, send, sandbox_id: str,
+                       port: int | None) -> None:
+        live = self.manager.lookup(sandbox_id)
+        if live is None:
+            return await _json(send, 502, not_found(sandbox_id))
+        if port != AGENT_PORT:
+            return await _json(send, 501, {
+                "code": 501, "sandboxId": sandbox_id,
+                "message": f"forwarding to port {port} is not supported yet; only the agent "
+                           f"port {AGENT_PORT} is served",
+            })
+        path = scope["path"]
+        headers: list[tuple[bytes, bytes]] = []
+        token = framing = None
+        for name, value in scope["headers"]:
+            if name == b"x-access-token":
+                token = value
+            if name == b"transfer-encoding":
+                framing = b"chunked"
+            if name not in _HOP:
+                headers.append((name, value))
+        if framing:
+            headers.append((b"transfer-encoding", b"chunked"))
+        expected = live.record.access_token
+        if (expected is not None and path != "/health"
+                and token != expected.encode()
+                and not (path == "/files" and b"signature=" in scope["query_string"])):
+            # Signed /files URLs carry no token; the agent checks their signature itself.
+            return await _json(send, 401, {"code": 401, "message": "invalid access token"})
+
+        target = scope.get("raw_path") or path.encode()
+        if scope["query_string"]:
+            target += b"?" + scope["query_string"]
+        has_body = framing is not None or any(n == b"content-length" for n, _ in headers)
+        body_done = asyncio.Event()
+
+        async def body():
+            try:
+                while True:
+                    msg = await receive()
+                    if msg["type"] != "http.request":
+                        raise ClientGone()
+                    chunk = msg.get("body", b"")
+                    if chunk:
+                        yield chunk
+                    if not msg.get("more_body", False):
+                        return
+            finally:
+                body_done.set()
+
+        if not has_body:
+            body_done.set()
+        task = asyncio.current_task()
+        live.streams.add(task)
+        watcher = asyncio.create_task(self._watch_disconnect(receive, body_done, task))
+        started = False
+        try:
+            request = httpcore.Request(
+                scope["method"], agent_url(target.decode("latin-1")), headers=headers,
+                content=body() if has_body else None, extensions=_NO_TIMEOUT,
+            )
+            response = await live.link.pool.handle_async_request(request)
+            try:
+                out = [(n, v) for n, v in response.headers if n.lower() not in _HOP]
+                await send({"type": "http.response.start", "status": response.status,
+                            "headers": out})
+                started = True
+                async for chunk in response.stream:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": b""})
+            finally:
+                await response.aclose()
+        except asyncio.CancelledError:
+            # Either the client went away (nothing left to answer) or the sandbox was killed:
+            # its streams end abruptly, with no end event, as a dead sandbox's would.
+            if watcher.done():
+                return
+            if self.manager.lookup(sandbox_id) is not None:
+                raise   # neither: the server itself is stopping
+            if not started:
+                await _json(send, 502, not_found(sandbox_id))
+        except ClientGone:
+            pass
+        except (httpcore.NetworkError, httpcore.RemoteProtocolError, httpcore.TimeoutException,
+                OSError) as exc:
+            if started:
+                return   # the response is cut short: the client sees a broken stream
+            if self.manager.lookup(sandbox_id) is None:
+                await _json(send, 502, not_found(sandbox_id))
+            else:
+                await _json(send, 502, {
+                    "sandboxId": sandbox_id, "code": 502,
+                    "message": f"The sandbox agent is unreachable (port is not open): {exc}",
+                })
+        finally:
+            watcher.cancel()
+            live.streams.discard(task)
+
+    @staticmethod
+    async def _watch_disconnect(receive, body_done: asyncio.Event, task: asyncio.Task) -> Any:
+        """Cancel the proxy task as soon as the client disconnects after sending its body."""
+        await body_done.wait()
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            task.cancel()

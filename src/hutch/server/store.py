@@ -1,0 +1,250 @@
+"""The durable record of every sandbox and API key: SQLite in WAL mode.
+
+The record of a sandbox is written (state ``creating``, with its absolute deadline) before any
+kernel object exists, so a server that dies at any instant can tell on restart what it owned:
+what runs with a record is adopted, what runs without one is an orphan.
+
+Calls are synchronous on purpose: each is a single indexed statement on a local file taking tens
+of microseconds, cheaper than a hop to a thread. ``synchronous=NORMAL`` with WAL keeps every
+commit across a crash of the server process (a power cut may lose the last few, which the
+reconciler then treats as orphans).
+
+Env var *values* are stored because a sandbox must be re-initialised with them after a restart;
+they never appear in logs or in ``repr`` of a record.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import sqlite3
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Iterable
+
+from hutch.errors import InvalidArgumentError
+
+STATES = ("creating", "running", "paused", "killed", "error")
+LIVE_STATES = ("creating", "running", "paused")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sandboxes (
+    id          TEXT PRIMARY KEY,
+    template    TEXT NOT NULL,
+    alias       TEXT,
+    digest      TEXT,
+    state       TEXT NOT NULL,
+    reason      TEXT,
+    metadata    TEXT NOT NULL DEFAULT '{}',
+    env_vars    TEXT NOT NULL DEFAULT '{}',
+    created_at  REAL NOT NULL,
+    started_at  REAL,
+    end_at      REAL NOT NULL,
+    ended_at    REAL,
+    cpu         REAL NOT NULL,
+    memory_mb   INTEGER NOT NULL,
+    disk_mb     INTEGER NOT NULL,
+    pids        INTEGER NOT NULL,
+    network     TEXT NOT NULL,
+    access_token TEXT,
+    run_dir     TEXT,
+    address     TEXT,
+    seq         INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sandboxes_state ON sandboxes(state, seq);
+CREATE TABLE IF NOT EXISTS api_keys (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL,
+    hash        TEXT NOT NULL UNIQUE,
+    created_at  REAL NOT NULL,
+    revoked_at  REAL
+);
+"""
+
+
+@dataclass(frozen=True)
+class SandboxRecord:
+    id: str
+    template: str
+    state: str
+    created_at: float
+    end_at: float
+    cpu: float
+    memory_mb: int
+    disk_mb: int
+    pids: int
+    network: str
+    alias: str | None = None
+    digest: str | None = None
+    reason: str | None = None
+    metadata: dict = field(default_factory=dict)
+    env_vars: dict = field(default_factory=dict, repr=False)
+    started_at: float | None = None
+    ended_at: float | None = None
+    access_token: str | None = field(default=None, repr=False)
+    run_dir: str | None = None
+    address: str | None = None
+
+
+_COLUMNS = (
+    "id", "template", "alias", "digest", "state", "reason", "metadata", "env_vars",
+    "created_at", "started_at", "end_at", "ended_at", "cpu", "memory_mb", "disk_mb", "pids",
+    "network", "access_token", "run_dir", "address",
+)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _row_to_record(row: sqlite3.Row) -> SandboxRecord:
+    values = {c: row[c] for c in _COLUMNS}
+    values["metadata"] = json.loads(values["metadata"])
+    values["env_vars"] = json.loads(values["env_vars"])
+    return SandboxRecord(**values)
+
+
+def _encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"s{seq}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(token: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        if not raw.startswith("s"):
+            raise ValueError
+        return int(raw[1:])
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidArgumentError(f"invalid nextToken {token!r}") from None
+
+
+class Store:
+    """Sandbox records and API keys in one SQLite file."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(_SCHEMA)
+        path.chmod(0o600)
+        row = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM sandboxes").fetchone()
+        self._seq = row[0]
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- sandboxes ---------------------------------------------------------------------------
+
+    def insert(self, rec: SandboxRecord) -> None:
+        self._seq += 1
+        values = [getattr(rec, c) for c in _COLUMNS]
+        values[_COLUMNS.index("metadata")] = json.dumps(rec.metadata)
+        values[_COLUMNS.index("env_vars")] = json.dumps(rec.env_vars)
+        marks = ",".join("?" * (len(_COLUMNS) + 1))
+        self._db.execute(
+            f"INSERT INTO sandboxes ({','.join(_COLUMNS)}, seq) VALUES ({marks})",
+            (*values, self._seq),
+        )
+
+    def update(self, rec: SandboxRecord, **changes) -> SandboxRecord:
+        """Write ``changes`` to the record and return the updated copy."""
+        bad = set(changes) - set(_COLUMNS) - {"id"}
+        if bad or "id" in changes:
+            raise ValueError(f"cannot update {sorted(bad) or ['id']}")
+        if "state" in changes and changes["state"] not in STATES:
+            raise ValueError(f"unknown state {changes['state']!r}")
+        new = replace(rec, **changes)
+        cols = list(changes)
+        params = [json.dumps(changes[c]) if c in ("metadata", "env_vars") else changes[c]
+                  for c in cols]
+        self._db.execute(
+            f"UPDATE sandboxes SET {','.join(c + '=?' for c in cols)} WHERE id=?",
+            (*params, rec.id),
+        )
+        return new
+
+    def get(self, sandbox_id: str) -> SandboxRecord | None:
+        row = self._db.execute(
+            f"SELECT {','.join(_COLUMNS)} FROM sandboxes WHERE id=?", (sandbox_id,)
+        ).fetchone()
+        return _row_to_record(row) if row else None
+
+    def in_states(self, states: Iterable[str]) -> list[SandboxRecord]:
+        states = tuple(states)
+        marks = ",".join("?" * len(states))
+        rows = self._db.execute(
+            f"SELECT {','.join(_COLUMNS)} FROM sandboxes WHERE state IN ({marks}) ORDER BY seq",
+            states,
+        ).fetchall()
+        return [_row_to_record(r) for r in rows]
+
+    def page(
+        self,
+        *,
+        states: Iterable[str],
+        metadata: dict[str, str] | None = None,
+        template: str | None = None,
+        started_after: float | None = None,
+        limit: int = 100,
+        next_token: str | None = None,
+        descending: bool = False,
+    ) -> tuple[list[SandboxRecord], str | None]:
+        """One page of records matching the filters, and the token of the next page (or None).
+
+        Pages are keyed by insertion order (a cursor, not an offset), so sandboxes created or
+        killed while a client pages never shift or duplicate entries.
+        """
+        states = tuple(states)
+        where = [f"state IN ({','.join('?' * len(states))})"]
+        params: list = list(states)
+        if template:
+            where.append("(template=? OR alias=?)")
+            params += [template, template]
+        if started_after is not None:
+            where.append("created_at > ?")
+            params.append(started_after)
+        for key, value in (metadata or {}).items():
+            where.append("json_extract(metadata, ?) = ?")
+            params += ['$."' + key.replace('"', '""') + '"', value]
+        if next_token:
+            where.append("seq < ?" if descending else "seq > ?")
+            params.append(_decode_cursor(next_token))
+        order = "DESC" if descending else "ASC"
+        rows = self._db.execute(
+            f"SELECT {','.join(_COLUMNS)}, seq FROM sandboxes WHERE {' AND '.join(where)} "
+            f"ORDER BY seq {order} LIMIT ?",
+            (*params, limit + 1),
+        ).fetchall()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        token = _encode_cursor(rows[-1]["seq"]) if more and rows else None
+        return [_row_to_record(r) for r in rows], token
+
+    # -- API keys ----------------------------------------------------------------------------
+
+    def add_key(self, key_id: str, name: str, key: str) -> None:
+        self._db.execute(
+            "INSERT INTO api_keys (id, name, hash, created_at) VALUES (?,?,?,?)",
+            (key_id, name, hash_key(key), time.time()),
+        )
+
+    def key_valid(self, key: str) -> bool:
+        row = self._db.execute(
+            "SELECT 1 FROM api_keys WHERE hash=? AND revoked_at IS NULL", (hash_key(key),)
+        ).fetchone()
+        return row is not None
+
+    def has_keys(self) -> bool:
+        return self._db.execute("SELECT 1 FROM api_keys LIMIT 1").fetchone() is not None
+
+    def revoke_key(self, key_id: str) -> bool:
+        cur = self._db.execute(
+            "UPDATE api_keys SET revoked_at=? WHERE id=? AND revoked_at IS NULL",
+            (time.time(), key_id),
+        )
+        return cur.rowcount > 0
