@@ -1,64 +1,34 @@
-"""The data-plane wire format as the SDK needs it: Connect envelopes and request shapes.
+"""The data-plane request shapes the SDK sends, on top of hutch.protocol's codecs.
 
-No I/O here. Streams are Connect-RPC with the JSON codec over HTTP/1.1: each message is a
-5-byte header (flags, big-endian length) and a JSON payload; flag 0x02 marks the end-stream
-message, which carries the error of a failed stream.
+No I/O here. Streams are Connect-RPC with the JSON codec over HTTP/1.1, framed by the
+envelopes of ``hutch.protocol.envelope``.
 """
 
 from __future__ import annotations
 
-import base64
-import json
-import struct
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
-AGENT_PORT = 49983
+from hutch.protocol.envd import ENVD_PORT
+from hutch.protocol.envelope import (  # noqa: F401 - re-exported for the transports
+    FLAG_END_STREAM,
+    EnvelopeDecoder,
+    EnvelopeError,
+    encode_envelope,
+)
+from hutch.protocol.protojson import b64decode, b64encode
+
+AGENT_PORT = ENVD_PORT
 KEEPALIVE_INTERVAL = 50  # seconds; the agent sends a keepalive event after this much silence
 # A stream that stays silent for two keepalive intervals (plus slack) is dead.
 STREAM_READ_TIMEOUT = 2 * KEEPALIVE_INTERVAL + 20
 
-FLAG_COMPRESSED = 0x01
-FLAG_END_STREAM = 0x02
-_HEADER = struct.Struct(">BI")
+
+def b64(data: Union[bytes, str]) -> str:
+    return b64encode(data.encode() if isinstance(data, str) else data)
 
 
-def encode_envelope(message: dict, flags: int = 0) -> bytes:
-    payload = json.dumps(message, separators=(",", ":")).encode()
-    return _HEADER.pack(flags, len(payload)) + payload
-
-
-class EnvelopeDecoder:
-    """Splits a byte stream into envelopes; chunk boundaries can fall anywhere."""
-
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-
-    def feed(self, data: bytes) -> Iterator[Tuple[int, dict]]:
-        self._buffer += data
-        while len(self._buffer) >= _HEADER.size:
-            flags, length = _HEADER.unpack_from(self._buffer)
-            end = _HEADER.size + length
-            if len(self._buffer) < end:
-                return
-            payload = bytes(self._buffer[_HEADER.size:end])
-            del self._buffer[:end]
-            if flags & FLAG_COMPRESSED:
-                raise ValueError("compressed Connect envelope, but compression was not negotiated")
-            yield flags, (json.loads(payload) if payload else {})
-
-    @property
-    def pending(self) -> int:
-        return len(self._buffer)
-
-
-def b64(data: bytes | str) -> str:
-    if isinstance(data, str):
-        data = data.encode()
-    return base64.b64encode(data).decode()
-
-
-def unb64(text: str) -> bytes:
-    return base64.b64decode(text) if text else b""
+def unb64(text: Optional[str]) -> bytes:
+    return b64decode(text)
 
 
 def user_header(user: Optional[str]) -> Dict[str, str]:

@@ -62,6 +62,11 @@ class AsyncCommandHandle:
         return None if self._result is None else self._result.exit_code
 
     @property
+    def done(self) -> bool:
+        """True once the output stream ended (the command exited, or the stream broke)."""
+        return self._worker.done()
+
+    @property
     def error(self) -> Optional[str]:
         return None if self._result is None else self._result.error
 

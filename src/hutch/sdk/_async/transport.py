@@ -191,16 +191,19 @@ class AsyncEventStream:
         decoder = _wire.EnvelopeDecoder()
         try:
             async for chunk in self._response.aiter_raw():
-                for flags, message in decoder.feed(chunk):
-                    if flags & _wire.FLAG_END_STREAM:
+                for envelope in decoder.feed(chunk):
+                    if envelope.end_stream:
                         self.ended = True
-                        error = _errors.from_end_stream(message, not_found=self._not_found)
+                        error = _errors.from_end_stream(envelope.json(),
+                                                        not_found=self._not_found)
                         if error is not None:
                             raise error
                         return
-                    yield message
+                    yield envelope.json()
         except httpx.TransportError as exc:
             raise await self._agent.lost(exc) from None
+        except (_wire.EnvelopeError, ValueError) as exc:
+            raise errors.SandboxError(f"malformed stream from the agent: {exc}") from None
         finally:
             await self._response.aclose()
 

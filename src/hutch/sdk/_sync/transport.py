@@ -192,16 +192,19 @@ class EventStream:
         decoder = _wire.EnvelopeDecoder()
         try:
             for chunk in self._response.iter_raw():
-                for flags, message in decoder.feed(chunk):
-                    if flags & _wire.FLAG_END_STREAM:
+                for envelope in decoder.feed(chunk):
+                    if envelope.end_stream:
                         self.ended = True
-                        error = _errors.from_end_stream(message, not_found=self._not_found)
+                        error = _errors.from_end_stream(envelope.json(),
+                                                        not_found=self._not_found)
                         if error is not None:
                             raise error
                         return
-                    yield message
+                    yield envelope.json()
         except httpx.TransportError as exc:
             raise self._agent.lost(exc) from None
+        except (_wire.EnvelopeError, ValueError) as exc:
+            raise errors.SandboxError(f"malformed stream from the agent: {exc}") from None
         finally:
             self._response.close()
 

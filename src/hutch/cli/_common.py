@@ -1,0 +1,48 @@
+"""What the client commands share: connection options, KEY=VALUE parsing, error display."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable, Dict, Optional, Tuple, TypeVar
+
+import click
+
+from hutch import errors
+
+T = TypeVar("T")
+
+
+class Context:
+    """The connection options every client command shares."""
+
+    def __init__(self, url: Optional[str], api_key: Optional[str]) -> None:
+        self.url = url
+        self.api_key = api_key
+
+    @property
+    def opts(self) -> Dict[str, Any]:
+        return {"url": self.url, "api_key": self.api_key}
+
+
+def parse_pairs(values: Tuple[str, ...], what: str) -> Dict[str, str]:
+    out: Dict[str, str] = {}
+    for value in values:
+        key, sep, val = value.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{value!r}: expected KEY=VALUE", param_hint=what)
+        out[key] = val
+    return out
+
+
+def run_guarded(fn: Callable[[], T]) -> T:
+    """Turn hutch errors into a one-line message and exit status 1 (not a traceback)."""
+    try:
+        return fn()
+    except errors.HutchError as exc:
+        name = type(exc).__name__.rstrip("_")
+        click.echo(f"error: {name}: {exc.message or exc}", err=True)
+        sys.exit(1)
+
+
+
+pass_ctx = click.make_pass_decorator(Context)

@@ -1,0 +1,128 @@
+"""``hutch exec`` (run one command, output streamed, exit status passed through) and
+``hutch shell`` (an interactive terminal in the sandbox)."""
+
+from __future__ import annotations
+
+import os
+import select
+import shlex
+import signal
+import sys
+import termios
+import tty
+from typing import Any, Optional, Tuple
+
+import click
+
+from hutch import errors
+from hutch.cli._common import Context, parse_pairs, pass_ctx, run_guarded
+from hutch.sdk import PtySize, Sandbox
+
+# A command killed by its deadline exits like `timeout(1)` does.
+TIMEOUT_EXIT = 124
+
+
+def command_line(argv: Tuple[str, ...]) -> str:
+    """One argument is a shell string (`hutch exec ID -- 'ls | wc'`); several are quoted."""
+    return argv[0] if len(argv) == 1 else shlex.join(argv)
+
+
+def _write(stream: Any) -> Any:
+    def write(text: str) -> None:
+        stream.write(text)
+        stream.flush()
+
+    return write
+
+
+@click.command("exec", context_settings={"ignore_unknown_options": True})
+@click.argument("sandbox_id")
+@click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option("-u", "--user", default=None, help="run as this user (default: the template's)")
+@click.option("-w", "--cwd", default=None, help="working directory")
+@click.option("-e", "--env", multiple=True, metavar="KEY=VALUE")
+@click.option("--timeout", type=float, default=0, show_default=True,
+              help="seconds before the command is killed (0: never)")
+@pass_ctx
+def exec_(ctx: Context, sandbox_id: str, argv: Tuple[str, ...], user: Optional[str],
+          cwd: Optional[str], env: Tuple[str, ...], timeout: float) -> None:
+    """Run a command in a sandbox: `hutch exec ID -- CMD [ARGS...]`.
+
+    Output streams as it is produced; the exit status is the command's.
+    """
+    envs = parse_pairs(env, "--env") or None
+
+    def go() -> int:
+        sbx = Sandbox.connect(sandbox_id, **ctx.opts)
+        try:
+            sbx.commands.run(command_line(argv), envs=envs, user=user, cwd=cwd, timeout=timeout,
+                             on_stdout=_write(sys.stdout), on_stderr=_write(sys.stderr))
+            return 0
+        except errors.CommandExitError as exc:
+            return exc.exit_code
+        except errors.TimeoutError_ as exc:
+            click.echo(f"hutch: {exc.message}", err=True)
+            return TIMEOUT_EXIT
+        finally:
+            sbx.close()
+
+    sys.exit(run_guarded(go))
+
+
+def _size() -> PtySize:
+    columns, lines = os.get_terminal_size(sys.stdout.fileno()) if sys.stdout.isatty() else (80, 24)
+    return PtySize(rows=lines, cols=columns)
+
+
+@click.command("shell")
+@click.argument("sandbox_id")
+@click.option("-u", "--user", default=None, help="log in as this user (default: the template's)")
+@click.option("-w", "--cwd", default=None, help="start directory")
+@pass_ctx
+def shell(ctx: Context, sandbox_id: str, user: Optional[str], cwd: Optional[str]) -> None:
+    """Open an interactive shell in a sandbox (a terminal; exit the shell to leave)."""
+    sys.exit(run_guarded(lambda: _shell(ctx, sandbox_id, user, cwd)))
+
+
+def _shell(ctx: Context, sandbox_id: str, user: Optional[str], cwd: Optional[str]) -> int:
+    sbx = Sandbox.connect(sandbox_id, **ctx.opts)
+    out = sys.stdout.buffer
+
+    def on_data(data: bytes) -> None:
+        out.write(data)
+        out.flush()
+
+    try:
+        handle = sbx.pty.create(_size(), on_data=on_data, user=user, cwd=cwd, timeout=0)
+        stdin = sys.stdin.fileno()
+        saved = termios.tcgetattr(stdin) if os.isatty(stdin) else None
+        previous = signal.signal(signal.SIGWINCH,
+                                 lambda *_: sbx.pty.resize(handle.pid, _size()))
+        try:
+            if saved is not None:
+                tty.setraw(stdin)
+            _pump(stdin, lambda data: sbx.pty.send_stdin(handle.pid, data), handle)
+        finally:
+            signal.signal(signal.SIGWINCH, previous)
+            if saved is not None:
+                termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
+        try:
+            handle.wait()
+        except errors.CommandExitError as exc:
+            return exc.exit_code
+        return 0
+    finally:
+        sbx.close()
+
+
+def _pump(fd: int, send: Any, handle: Any) -> None:
+    """Forward keystrokes until the shell ends (its output arrives on the handle's thread)."""
+    while not handle.done:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if not ready:
+            continue
+        data = os.read(fd, 4096)
+        if not data:  # our stdin closed: end the shell's input too
+            send(b"\x04")
+            return
+        send(data)
