@@ -20,8 +20,8 @@ def parse_time(value: Optional[str]) -> datetime:
     text = value.replace("Z", "+00:00")
     head, sep, tail = text.partition(".")
     if sep:  # nanosecond precision from the wire: keep microseconds
-        digits = "".join(c for c in tail if c.isdigit())
-        tail = digits[:6] + tail[len(digits):]
+        count = len(tail) - len(tail.lstrip("0123456789"))
+        tail = tail[:min(count, 6)] + tail[count:]
         text = head + "." + tail
     return datetime.fromisoformat(text)
 

@@ -1,0 +1,75 @@
+"""The `hutch` command without a server: help, argument parsing, lazy server commands."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from hutch.cli import files, main, terminal
+from hutch.cli._common import parse_pairs
+
+
+def test_help_lists_every_command():
+    result = subprocess.run([sys.executable, "-m", "hutch", "--help"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    for name in ("sandbox", "ls", "kill", "exec", "shell", "cp", "serve", "doctor"):
+        assert f"  {name} " in result.stdout
+
+
+def test_server_commands_are_not_imported_by_client_commands():
+    code = ("import sys; from click.testing import CliRunner; from hutch.cli.main import cli; "
+            "r = CliRunner().invoke(cli, ['sandbox', '--help']); assert r.exit_code == 0; "
+            "print('hutch.cli.serve' in sys.modules, 'hutch.server' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    assert out.split() == ["False", "False"]
+
+
+def test_missing_server_module_gives_a_clear_command(monkeypatch):
+    monkeypatch.setitem(main._LAZY, "serve", "hutch.cli.no_such_module")
+    result = CliRunner().invoke(main.cli, ["serve", "--port", "1"])
+    assert result.exit_code != 0
+    assert "not available" in result.output
+
+
+def test_parse_pairs():
+    assert parse_pairs(("A=1", "B=x=y", "C="), "--env") == {"A": "1", "B": "x=y", "C": ""}
+    with pytest.raises(click.BadParameter):
+        parse_pairs(("nope",), "--env")
+
+
+def test_split_remote(tmp_path, monkeypatch):
+    assert files.split_remote("abc123:/tmp/x") == ("abc123", "/tmp/x")
+    assert files.split_remote("abc123:") == ("abc123", ".")
+    assert files.split_remote("./local") == (None, "./local")
+    assert files.split_remote("/abs/path") == (None, "/abs/path")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "abc:def").write_text("x")  # an existing local name wins
+    assert files.split_remote("abc:def") == (None, "abc:def")
+
+
+def test_cp_needs_exactly_one_remote_side():
+    runner = CliRunner()
+    assert "exactly one side" in runner.invoke(main.cli, ["cp", "./a", "./b"]).output
+    assert "exactly one side" in runner.invoke(main.cli, ["cp", "ab:/a", "cd:/b"]).output
+
+
+def test_exec_command_line():
+    assert terminal.command_line(("ls -la | wc -l",)) == "ls -la | wc -l"
+    assert terminal.command_line(("echo", "a b", "$HOME")) == "echo 'a b' '$HOME'"
+
+
+def test_client_commands_report_an_unreachable_server_in_one_line(tmp_path):
+    # A port nobody listens on: a bound but never listening socket.
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        result = CliRunner().invoke(main.cli, ["--url", url, "--api-key", "k", "ls"])
+    assert result.exit_code == 1
+    assert result.output.startswith("error: UnavailableError: cannot reach the hutch server")
