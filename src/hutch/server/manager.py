@@ -28,7 +28,6 @@ from hutch.errors import (
     InvalidArgumentError,
     SandboxError,
     SandboxNotFoundError,
-    TemplateError,
 )
 from hutch.runtime.spec import Mount, SandboxSpec
 from hutch.server.config import Config
@@ -165,7 +164,7 @@ class SandboxManager:
         t0 = time.perf_counter()
         timing: dict[str, float] = {}
         timeout = self._check_timeout(cfg.default_timeout if timeout is None else timeout)
-        name = TEMPLATE_ALIASES.get(template, template)
+        name = self._resolve(template)
         tmpl = await self._template(name)
         timing["template"] = time.perf_counter() - t0
 
@@ -221,19 +220,17 @@ class SandboxManager:
                 f"timeout {seconds} s exceeds the maximum of {self.config.max_timeout} s")
         return int(seconds)
 
+    def _resolve(self, template: str) -> str:
+        """The canonical template name (aliases such as ``code-interpreter-v1`` resolved)."""
+        name = TEMPLATE_ALIASES.get(template, template)
+        return self.templates.resolve(name)   # NotFoundError names the known templates
+
     async def _template(self, name: str):
-        try:
-            tmpl = self.templates.get(name)
-            if tmpl is None:
-                # Not built yet (e.g. code-interpreter on first use): build it now. Slow, but
-                # only once; later creates find it built.
-                tmpl = await self.templates.ensure(name)
-        except HutchError as exc:
-            if isinstance(exc, TemplateError) and "not found" in str(exc).lower():
-                raise InvalidArgumentError(f"unknown template {name!r}") from exc
-            raise
+        tmpl = self.templates.get(name)
         if tmpl is None:
-            raise InvalidArgumentError(f"unknown template {name!r}")
+            # Not built yet (e.g. code-interpreter on first use): build it now. Slow, but only
+            # once; later creates find it built.
+            tmpl = await self.templates.ensure(name)
         return tmpl
 
     def _spec(self, rec: SandboxRecord, tmpl) -> SandboxSpec:

@@ -1,0 +1,244 @@
+"""The control plane and the data plane over HTTP, against a real server and real sandboxes."""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+import time
+import uuid
+
+import httpx
+import pytest
+
+
+def _create(api, sandboxes, **body) -> dict:
+    body.setdefault("templateID", "base")
+    r = api.post("/v2/sandboxes", json=body)
+    assert r.status_code == 201, r.text
+    sbx = r.json()
+    sandboxes.append(sbx["sandboxID"])
+    return sbx
+
+
+def _agent(server, sbx: dict, path: str, method: str = "GET", token: str | None = "same",
+           **kw) -> httpx.Response:
+    headers = {"E2b-Sandbox-Id": sbx["sandboxID"], "E2b-Sandbox-Port": "49983"}
+    if token == "same":
+        token = sbx.get("envdAccessToken")
+    if token:
+        headers["X-Access-Token"] = token
+    headers.update(kw.pop("headers", {}))
+    return httpx.request(method, server.url + path, headers=headers, timeout=60, **kw)
+
+
+def _envelope(msg: dict, flags: int = 0) -> bytes:
+    data = json.dumps(msg).encode()
+    return struct.pack(">BI", flags, len(data)) + data
+
+
+def _run(server, sbx: dict, cmd: str) -> tuple[str, int]:
+    """Run a command through the proxy with the Connect streaming protocol; (stdout, exit)."""
+    body = _envelope({"process": {"cmd": "/bin/bash", "args": ["-l", "-c", cmd]}})
+    r = _agent(server, sbx, "/process.Process/Start", "POST", content=body, headers={
+        "Content-Type": "application/connect+json", "Connect-Protocol-Version": "1"})
+    assert r.status_code == 200, r.text
+    out, code, data = b"", None, r.content
+    import base64
+    while data:
+        flags, n = struct.unpack(">BI", data[:5])
+        msg, data = json.loads(data[5:5 + n]), data[5 + n:]
+        if flags & 2:
+            assert "error" not in msg, msg
+            break
+        ev = msg["event"]
+        if "data" in ev and "stdout" in ev["data"]:
+            out += base64.b64decode(ev["data"]["stdout"])
+        if "end" in ev:
+            code = ev["end"].get("exitCode", 0)
+    return out.decode(), code
+
+
+def test_health_needs_no_key_and_everything_else_does(server):
+    assert httpx.get(server.url + "/health").status_code == 200
+    for headers in ({}, {"X-API-KEY": "e2b_" + "0" * 40}):
+        r = httpx.get(server.url + "/v2/sandboxes", headers=headers)
+        assert r.status_code == 401
+        assert r.json()["code"] == 401 and r.json()["message"]
+        r = httpx.post(server.url + "/sandboxes", headers=headers, json={"templateID": "base"})
+        assert r.status_code == 401
+
+
+def test_errors_are_json(api):
+    r = api.get("/no/such/path")
+    assert r.status_code == 404 and r.json()["code"] == 404
+    r = api.get("/sandboxes/doesnotexist0000000")
+    assert r.status_code == 404 and "not found" in r.json()["message"]
+    assert api.delete("/sandboxes/doesnotexist0000000").status_code == 404
+    r = api.post("/sandboxes/doesnotexist0000000/pause")
+    assert r.status_code == 501 and r.json()["code"] == 501
+    r = api.post("/v2/sandboxes", content=b"{not json")
+    assert r.status_code == 400 and r.json()["code"] == 400
+    r = api.post("/v2/sandboxes", json={"templateID": "no-such-template"})
+    assert r.status_code == 404 and "no-such-template" in r.json()["message"]
+    r = api.post("/v2/sandboxes", json={"templateID": "base", "timeout": 10**9})
+    assert r.status_code == 400
+    r = api.post("/v2/sandboxes", json={"templateID": "base", "envVars": {"A": 1}})
+    assert r.status_code == 400 and "envVars" in r.json()["message"]
+
+
+def test_create_get_connect_timeout_kill(server, api, sandboxes):
+    t0 = time.perf_counter()
+    sbx = _create(api, sandboxes, metadata={"k": "v"}, envVars={"FOO": "bar"}, timeout=120)
+    latency = time.perf_counter() - t0
+    print(f"\ncreate through HTTP: {latency * 1e3:.1f} ms")
+    sid = sbx["sandboxID"]
+    assert re.fullmatch(r"[a-z0-9]{20}", sid)
+    assert sbx["templateID"] == "base" and sbx["envdVersion"] and sbx["envdAccessToken"]
+    assert {"clientID", "alias", "domain"} <= set(sbx)
+
+    d = api.get(f"/sandboxes/{sid}").json()
+    assert d["sandboxID"] == sid and d["state"] == "running" and d["metadata"] == {"k": "v"}
+    assert d["cpuCount"] >= 1 and d["memoryMB"] > 0 and d["diskSizeMB"] > 0
+    assert d["envdAccessToken"] == sbx["envdAccessToken"] and d["allowInternetAccess"] is True
+    end = d["endAt"]
+
+    for path in (f"/sandboxes/{sid}/connect", f"/v2/sandboxes/{sid}/connect"):
+        r = api.post(path, json={"timeout": 10})
+        assert r.status_code == 200 and r.json()["sandboxID"] == sid
+        assert r.json()["envdAccessToken"] == sbx["envdAccessToken"]
+    assert api.get(f"/sandboxes/{sid}").json()["endAt"] == end   # connect never shortens
+
+    assert api.post(f"/sandboxes/{sid}/timeout", json={"timeout": 600}).status_code == 204
+    assert api.get(f"/sandboxes/{sid}").json()["endAt"] > end
+
+    m = api.get(f"/sandboxes/{sid}/metrics")
+    assert m.status_code == 200 and m.json()[0]["memTotal"] > 0
+
+    assert _run(server, sbx, "echo $FOO; whoami") == ("bar\nuser\n", 0)
+    assert api.delete(f"/sandboxes/{sid}").status_code == 204
+    assert api.get(f"/sandboxes/{sid}").status_code == 404
+    assert api.delete(f"/sandboxes/{sid}").status_code == 404
+    r = _agent(server, sbx, "/health")
+    assert r.status_code == 502 and "was not found" in r.json()["message"]
+    assert r.json()["sandboxId"] == sid
+
+
+def test_v1_create_without_secure_has_no_token(server, api, sandboxes):
+    r = api.post("/sandboxes", json={"templateID": "base", "secure": False,
+                                     "allow_internet_access": False})
+    assert r.status_code == 201, r.text
+    sbx = r.json()
+    sandboxes.append(sbx["sandboxID"])
+    assert sbx["envdAccessToken"] is None
+    assert api.get(f"/sandboxes/{sbx['sandboxID']}").json()["allowInternetAccess"] is False
+    assert _run(server, sbx, "echo open") == ("open\n", 0)
+
+
+def test_data_plane_checks_the_access_token(server, api, sandboxes):
+    sbx = _create(api, sandboxes)
+    assert _agent(server, sbx, "/health", token=None).status_code == 204
+    r = _agent(server, sbx, "/envs", token=None)
+    assert r.status_code == 401 and r.json()["code"] == 401
+    assert _agent(server, sbx, "/envs", token="wrong").status_code == 401
+    assert _agent(server, sbx, "/envs").status_code == 200
+    r = httpx.get(server.url + "/health", headers={"E2b-Sandbox-Id": sbx["sandboxID"],
+                                                   "E2b-Sandbox-Port": "8080"})
+    assert r.status_code == 501 and r.json()["code"] == 501
+
+
+def test_list_filters_and_pagination(api, sandboxes):
+    tag = uuid.uuid4().hex
+    ids = [_create(api, sandboxes, metadata={"tag": tag, "n": str(i)})["sandboxID"]
+           for i in range(3)]
+    meta = f"tag={tag}"
+    r = api.get("/v2/sandboxes", params={"metadata": meta})
+    assert [s["sandboxID"] for s in r.json()] == ids and "x-next-token" not in r.headers
+    r = api.get("/v2/sandboxes", params={"metadata": f"tag={tag}&n=1"})
+    assert [s["sandboxID"] for s in r.json()] == [ids[1]]
+    assert api.get("/sandboxes", params={"metadata": meta}).json()[0]["state"] == "running"
+
+    seen, token = [], None
+    while True:
+        params = {"metadata": meta, "limit": 2, "state": "running"}
+        if token:
+            params["nextToken"] = token
+        r = api.get("/v2/sandboxes", params=params)
+        assert r.status_code == 200
+        seen += [s["sandboxID"] for s in r.json()]
+        token = r.headers.get("x-next-token")
+        if not token:
+            break
+    assert seen == ids
+    assert api.get("/v2/sandboxes", params={"metadata": meta, "state": "paused"}).json() == []
+    assert api.get("/v2/sandboxes", params={"state": "dead"}).status_code == 400
+
+    api.delete(f"/sandboxes/{ids[0]}")
+    r = api.get("/v2/sandboxes", params={"metadata": meta})
+    assert [s["sandboxID"] for s in r.json()] == ids[1:]
+
+
+def test_timeout_expiry_kills_the_sandbox(server, api, sandboxes):
+    sbx = _create(api, sandboxes, timeout=2)
+    deadline = time.monotonic() + 60
+    while api.get(f"/sandboxes/{sbx['sandboxID']}").status_code == 200:
+        assert time.monotonic() < deadline, "the sandbox outlived its timeout"
+        time.sleep(0.2)
+    r = _agent(server, sbx, "/health")
+    assert r.status_code == 502 and "was not found" in r.json()["message"]
+
+
+def test_streams_pass_through_unbuffered_both_ways(server, api, sandboxes):
+    """A StreamInput envelope reaches the process before the request body ends, and the
+    output comes back while the command still runs."""
+    sbx = _create(api, sandboxes)
+    headers = {"E2b-Sandbox-Id": sbx["sandboxID"], "E2b-Sandbox-Port": "49983",
+               "X-Access-Token": sbx["envdAccessToken"],
+               "Content-Type": "application/connect+json", "Connect-Protocol-Version": "1"}
+    import base64
+    import threading
+
+    with httpx.Client(base_url=server.url, headers=headers, timeout=60) as c:
+        start = _envelope({"process": {"cmd": "/bin/bash", "args": ["-c", "read x; echo got-$x; sleep 30"]},
+                           "stdin": True})
+        with c.stream("POST", "/process.Process/Start", content=start) as resp:
+            assert resp.status_code == 200
+            buf = b""
+            chunks = resp.iter_bytes()
+            pid = None
+            got = threading.Event()
+            while pid is None:
+                buf += next(chunks)
+                while len(buf) >= 5:
+                    n = struct.unpack(">I", buf[1:5])[0]
+                    if len(buf) < 5 + n:
+                        break
+                    msg, buf = json.loads(buf[5:5 + n]), buf[5 + n:]
+                    pid = msg["event"].get("start", {}).get("pid", pid)
+
+            def stream_input():
+                yield _envelope({"start": {"process": {"pid": pid}}})
+                yield _envelope({"data": {"input": {"stdin": base64.b64encode(b"hi\n").decode()}}})
+                got.wait(30)      # keep the request body open until the output arrived
+                yield _envelope({}, flags=2)
+
+            box = {}
+            t = threading.Thread(target=lambda: box.setdefault("r", c.post(
+                "/process.Process/StreamInput", content=stream_input())))
+            t.start()
+            out = b""
+            while b"got-hi" not in out:
+                buf += next(chunks)
+                while len(buf) >= 5:
+                    n = struct.unpack(">I", buf[1:5])[0]
+                    if len(buf) < 5 + n:
+                        break
+                    msg, buf = json.loads(buf[5:5 + n]), buf[5 + n:]
+                    ev = msg.get("event", {})
+                    if "data" in ev and "stdout" in ev["data"]:
+                        out += base64.b64decode(ev["data"]["stdout"])
+            got.set()
+            t.join(60)
+            assert box["r"].status_code == 200
+        # The Start stream was left early: the proxy must stay usable for the sandbox.
+        assert _run(server, sbx, "echo still") == ("still\n", 0)

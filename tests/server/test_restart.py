@@ -1,0 +1,77 @@
+"""Sandboxes survive a server restart; what has no record is reaped; expired ones are killed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import time
+
+import pytest
+from e2b import Sandbox
+
+from hutch.runtime.spec import Mount, SandboxSpec
+
+from .conftest import DATA_DIR, INSTANCE, SUBNET, TEMPLATES_DIR
+
+
+def _runtime():
+    from hutch.server.app import build_runtime
+    from hutch.server.config import load
+    return build_runtime(load({"HUTCH_DATA_DIR": str(DATA_DIR), "HUTCH_INSTANCE": INSTANCE,
+                               "HUTCH_SUBNET": SUBNET}))
+
+
+async def _list_ids() -> list[str]:
+    rt = _runtime()
+    await rt.start()
+    try:
+        ids = rt.list()
+        return list(await ids if asyncio.iscoroutine(ids) else ids)
+    finally:
+        await rt.close()
+
+
+async def _make_orphan(sid: str) -> None:
+    """Create a sandbox straight through the runtime, so the store has no record of it."""
+    from hutch.templates import TemplateStore
+    base = TemplateStore(TEMPLATES_DIR).get("base")
+    rt = _runtime()
+    await rt.start()
+    try:
+        await rt.create(SandboxSpec(id=sid, layers=tuple(base.layers), args=("sleep", "600"),
+                                    env=(("PATH", "/usr/bin:/bin"),)))
+    finally:
+        await rt.close()
+
+
+def test_restart_keeps_sandboxes_and_reaps_orphans(server, e2b_env):
+    keep = Sandbox.create(timeout=300)
+    short = Sandbox.create(timeout=4)
+    keep.files.write("/home/user/state.txt", "before restart")
+    bg = keep.commands.run("sleep 300", background=True)
+
+    assert server.stop() == 0
+    orphan = "orphan" + os.urandom(7).hex()
+    asyncio.run(_make_orphan(orphan))
+    assert orphan in asyncio.run(_list_ids())
+    time.sleep(5)             # `short` expires while the server is down
+    server.start()
+
+    assert keep.is_running()
+    assert keep.files.read("/home/user/state.txt") == "before restart"
+    assert keep.commands.run("echo after").stdout == "after\n"
+    assert any(p.pid == bg.pid for p in keep.commands.list())
+    assert not short.is_running()
+    running = asyncio.run(_list_ids())
+    assert orphan not in running and short.sandbox_id not in running
+    assert keep.sandbox_id in running
+
+    db = sqlite3.connect(DATA_DIR / "hutch.db")
+    try:
+        state, reason = db.execute("SELECT state, reason FROM sandboxes WHERE id=?",
+                                   (short.sandbox_id,)).fetchone()
+    finally:
+        db.close()
+    assert (state, reason) == ("killed", "timeout")
+    assert keep.kill() is True
