@@ -1,1 +1,32 @@
-"""protocol"""
+"""The wire contract as data: Connect-RPC envelopes, error codes, proto3-JSON helpers and the
+envd-compatible message shapes. No I/O; stdlib only, so the in-sandbox agent can import it.
+"""
+
+from .codes import CODE_TO_STATUS, code_for_status, error_body, status_for_code
+from .envd import ENVD_VERSION
+from .envelope import (
+    FLAG_COMPRESSED,
+    FLAG_END_STREAM,
+    Envelope,
+    EnvelopeDecoder,
+    EnvelopeError,
+    encode_end_stream,
+    encode_envelope,
+    end_stream_message,
+)
+
+__all__ = [
+    "CODE_TO_STATUS",
+    "ENVD_VERSION",
+    "FLAG_COMPRESSED",
+    "FLAG_END_STREAM",
+    "Envelope",
+    "EnvelopeDecoder",
+    "EnvelopeError",
+    "code_for_status",
+    "encode_end_stream",
+    "encode_envelope",
+    "end_stream_message",
+    "error_body",
+    "status_for_code",
+]

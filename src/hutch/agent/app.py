@@ -1,0 +1,86 @@
+"""The agent's routes: Connect-RPC services, ``/files``, ``/health``, ``/envs`` and ``/init``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Dict
+
+from ..errors import AuthenticationError, HutchError, InvalidArgumentError
+from ..protocol import envd
+from ..protocol.envelope import dumps
+from .files import FilesRoute, http_error
+from .filesystem_service import FilesystemService
+from .http import BadRequest, Request, Response
+from .process_service import ProcessService
+from .rpc import CLIENT_STREAM, SERVER_STREAM, Call, serve_client_stream, serve_server_stream, serve_unary, unary_error
+from .state import AgentState
+from .users import basic_auth_user
+
+
+class AgentApp:
+    """Routes one request; a single instance serves every connection of the agent."""
+
+    def __init__(self, state: AgentState | None = None) -> None:
+        self.state = state or AgentState()
+        self.services = {
+            envd.PROCESS_SERVICE: ProcessService(self.state).methods,
+            envd.FILESYSTEM_SERVICE: FilesystemService(self.state).methods,
+        }
+        self.files = FilesRoute(self.state)
+
+    async def __call__(self, request: Request) -> Response:
+        path = request.path
+        if path == "/health":
+            return Response(204)
+        if path == "/files":
+            return await self.files.handle(request)
+        service, _, method = path[1:].partition("/")
+        methods = self.services.get(service)
+        if methods is not None:
+            return await self._rpc(request, methods, method)
+        if not self.state.token_ok(request.headers.get(envd.HEADER_ACCESS_TOKEN)):
+            return http_error(401, "missing or invalid access token")
+        if path == "/envs" and request.method == "GET":
+            return Response(200, dumps(self.state.env_vars), content_type="application/json")
+        if path == "/init" and request.method == "POST":
+            return await self._init(request)
+        return http_error(404, f"no route for {request.method} {path}")
+
+    async def _rpc(self, request: Request, methods: Dict[str, Any], name: str) -> Response:
+        entry = methods.get(name)
+        try:
+            if request.method != "POST":
+                raise HutchError("RPCs are POST only", status=405)
+            if entry is None:
+                raise HutchError(f"unknown method {name!r}")
+            if not self.state.token_ok(request.headers.get(envd.HEADER_ACCESS_TOKEN)):
+                raise AuthenticationError("missing or invalid access token")
+            call = Call(request, self.state.user(basic_auth_user(request.headers.get("authorization"))))
+        except HutchError as exc:
+            if entry is None:
+                exc.code = "unimplemented"
+            return unary_error(exc)
+        kind, handler = entry
+        if kind == SERVER_STREAM:
+            return await serve_server_stream(call, handler)
+        if kind == CLIENT_STREAM:
+            return await serve_client_stream(call, handler)
+        return await serve_unary(call, handler)
+
+    async def _init(self, request: Request) -> Response:
+        try:
+            body = json.loads(await request.body.read_all(1024 * 1024) or b"{}")
+            if not isinstance(body, dict):
+                raise ValueError("body must be a JSON object")
+            env_vars = body.get("envVars", body.get("env_vars"))
+            if env_vars is not None and not isinstance(env_vars, dict):
+                raise ValueError("envVars must be an object")
+            self.state.init(env_vars, body.get("accessToken", body.get("access_token")),
+                            body.get("defaultUser", body.get("default_user")))
+        except (ValueError, InvalidArgumentError) as exc:
+            return http_error(400, str(exc))
+        except AuthenticationError as exc:
+            return http_error(400, exc.message)
+        except BadRequest:
+            raise
+        return Response(204)

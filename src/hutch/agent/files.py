@@ -1,0 +1,244 @@
+"""``GET/POST /files``: download and upload file bodies as the requesting user.
+
+Uploads stream to disk as they arrive (octet-stream, optionally gzip-encoded, or multipart with
+several files); downloads stream from disk, gzip-compressed when the client accepts it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import stat
+import time
+import zlib
+from typing import AsyncIterator, Dict, List, Optional
+
+from ..errors import AuthenticationError, HutchError, InvalidArgumentError, NotFoundError
+from ..protocol import envd
+from ..protocol.envelope import dumps
+from . import filesystem
+from .http import Request, Response
+from .multipart import MultipartReader, boundary_of, disposition
+from .state import AgentState
+from .users import User
+
+CHUNK = 1024 * 1024
+SMALL = 256 * 1024
+
+
+def http_error(status: int, message: str) -> Response:
+    return Response(status, dumps({"code": status, "message": message}), content_type="application/json")
+
+
+def error_response(exc: BaseException) -> Response:
+    if isinstance(exc, OSError):
+        exc = filesystem.translate(exc, exc.filename or "")
+    if isinstance(exc, NotFoundError):
+        return http_error(404, exc.message)
+    if isinstance(exc, HutchError):
+        return http_error(exc.status if exc.status >= 400 else 500, exc.message)
+    raise exc
+
+
+def signature_for(path: str, operation: str, username: str, token: str, expiration: Optional[int]) -> str:
+    """The ``v1_`` URL signature the SDK makes for ``download_url`` / ``upload_url``."""
+    raw = f"{path}:{operation}:{username}:{token}"
+    if expiration is not None:
+        raw += f":{expiration}"
+    digest = hashlib.sha256(raw.encode()).digest()
+    return "v1_" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def check_access(state: AgentState, request: Request, operation: str) -> None:
+    """Accept the access token, or a valid unexpired signature for this path and operation."""
+    if state.token_ok(request.headers.get(envd.HEADER_ACCESS_TOKEN)):
+        return
+    signature = request.arg("signature")
+    if not signature:
+        raise AuthenticationError("missing or invalid access token")
+    raw_exp = request.arg("signature_expiration")
+    expiration = None
+    if raw_exp:
+        try:
+            expiration = int(raw_exp)
+        except ValueError:
+            raise AuthenticationError("invalid signature expiration") from None
+        if expiration < time.time():
+            raise AuthenticationError("signature is already expired")
+    expected = signature_for(
+        request.arg("path") or "", operation, request.arg("username") or "", state.access_token or "", expiration
+    )
+    if not hmac.compare_digest(expected.encode(), signature.encode()):
+        raise AuthenticationError("invalid signature")
+
+
+# -- blocking helpers (run on the user's thread) ------------------------------------------------
+
+
+def _open_read(path: str):
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    st = os.fstat(fd)
+    if stat.S_ISDIR(st.st_mode):
+        os.close(fd)
+        raise InvalidArgumentError(f"path {path!r} is a directory")
+    data = None
+    if st.st_size <= SMALL:
+        parts = []
+        while True:
+            piece = os.read(fd, CHUNK)
+            if not piece:
+                break
+            parts.append(piece)
+        os.close(fd)
+        data, fd = b"".join(parts), -1
+    return fd, data
+
+
+def _open_write(path: str) -> int:
+    parent = os.path.dirname(path)
+    if parent and not os.path.isdir(parent):
+        os.makedirs(parent, exist_ok=True)
+    if os.path.isdir(path):
+        raise InvalidArgumentError(f"path {path!r} is a directory")
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _finish(fd: int, path: str, metadata: Dict[str, str]) -> None:
+    os.close(fd)
+    if metadata:
+        filesystem.set_metadata(path, metadata)
+
+
+class FilesRoute:
+    def __init__(self, state: AgentState) -> None:
+        self.state = state
+
+    async def handle(self, request: Request) -> Response:
+        try:
+            operation = "read" if request.method == "GET" else "write"
+            if request.method not in ("GET", "POST"):
+                return http_error(405, "method not allowed")
+            check_access(self.state, request, operation)
+            user = self.state.user(request.arg("username"))
+            if request.method == "GET":
+                return await self._download(request, user)
+            return await self._upload(request, user)
+        except AuthenticationError as exc:
+            return http_error(401, exc.message)
+        except Exception as exc:  # noqa: BLE001
+            return error_response(exc)
+
+    async def _download(self, request: Request, user: User) -> Response:
+        raw = request.arg("path")
+        if not raw:
+            return http_error(400, "path is required")
+        path = self.state.resolve(user, raw)
+        encodings = [e.split(";")[0].strip().lower() for e in request.headers.get("accept-encoding", "").split(",")]
+        encodings = [e for e in encodings if e]
+        use_gzip = "gzip" in encodings
+        if encodings and not use_gzip and not {"identity", "*"} & set(encodings):
+            return http_error(406, "unsupported Accept-Encoding; use gzip or identity")
+        fd, data = await self.state.identities.run(user, filesystem.guarded, _open_read, path)
+        name = os.path.basename(path).replace('"', "")
+        headers = [("Content-Disposition", f'inline; filename="{name}"')]
+        if use_gzip:
+            headers.append(("Content-Encoding", "gzip"))
+        ctype = "application/octet-stream"
+        if data is not None:
+            if use_gzip:
+                comp = zlib.compressobj(6, zlib.DEFLATED, 31)
+                data = comp.compress(data) + comp.flush()
+            return Response(200, data, headers, content_type=ctype)
+        return Response(200, self._stream_file(fd, user, use_gzip), headers, content_type=ctype)
+
+    async def _stream_file(self, fd: int, user: User, use_gzip: bool) -> AsyncIterator[bytes]:
+        comp = zlib.compressobj(6, zlib.DEFLATED, 31) if use_gzip else None
+        try:
+            while True:
+                data = await self.state.identities.run(user, os.read, fd, CHUNK)
+                if not data:
+                    break
+                if comp is not None:
+                    data = comp.compress(data)
+                if data:
+                    yield data
+            if comp is not None:
+                yield comp.flush()
+        finally:
+            os.close(fd)
+
+    async def _upload(self, request: Request, user: User) -> Response:
+        metadata = {
+            name[len(envd.METADATA_HEADER_PREFIX):]: value
+            for name, value in request.headers.items()
+            if name.startswith(envd.METADATA_HEADER_PREFIX) and len(name) > len(envd.METADATA_HEADER_PREFIX)
+        }
+        ctype = request.headers.get("content-type", "application/octet-stream")
+        written: List[Dict[str, str]] = []
+        query_path = request.arg("path")
+        if ctype.lower().startswith("multipart/form-data"):
+            reader = MultipartReader(request.body, boundary_of(ctype))
+            async for headers, chunks in reader.parts():
+                params = disposition(headers)
+                target = query_path if (query_path and not written) else params.get("filename")
+                if not target:
+                    raise InvalidArgumentError("a multipart file part needs a filename or ?path=")
+                path = self.state.resolve(user, target)
+                encoding = headers.get("content-encoding", "").lower()
+                await self._write(user, path, chunks, encoding == "gzip", metadata)
+                written.append({"name": os.path.basename(path), "type": "file", "path": path})
+            if not written:
+                raise InvalidArgumentError("the multipart body holds no file")
+        else:
+            if not query_path:
+                raise InvalidArgumentError("path is required for an octet-stream upload")
+            path = self.state.resolve(user, query_path)
+            encoding = request.headers.get("content-encoding", "").lower()
+            if encoding not in ("", "identity", "gzip"):
+                return http_error(415, f"unsupported Content-Encoding {encoding!r}")
+            await self._write(user, path, request.body, encoding == "gzip", metadata)
+            written.append({"name": os.path.basename(path), "type": "file", "path": path})
+        return Response(200, dumps(written), content_type="application/json")
+
+    async def _write(self, user: User, path: str, chunks, gunzip: bool, metadata: Dict[str, str]) -> None:
+        run = self.state.identities.run
+        fd = await run(user, filesystem.guarded, _open_write, path)
+        inflate = zlib.decompressobj(47) if gunzip else None
+        try:
+            pending: List[bytes] = []
+            size = 0
+            async for chunk in chunks:
+                if inflate is not None:
+                    try:
+                        chunk = inflate.decompress(chunk)
+                    except zlib.error:
+                        raise InvalidArgumentError("body is not valid gzip") from None
+                pending.append(chunk)
+                size += len(chunk)
+                if size >= CHUNK:  # one thread hop per MiB, not per network read
+                    await run(user, filesystem.guarded, _write_all_to, path, fd, b"".join(pending))
+                    pending, size = [], 0
+            if inflate is not None:
+                pending.append(inflate.flush())
+            if pending:
+                await run(user, filesystem.guarded, _write_all_to, path, fd, b"".join(pending))
+        except BaseException:
+            os.close(fd)
+            raise
+        await run(user, filesystem.guarded, _finish_at, path, fd, metadata)
+
+
+def _write_all_to(path: str, fd: int, data: bytes) -> None:
+    _write_all(fd, data)
+
+
+def _finish_at(path: str, fd: int, metadata: Dict[str, str]) -> None:
+    _finish(fd, path, metadata)

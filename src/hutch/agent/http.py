@@ -1,0 +1,283 @@
+"""A small HTTP/1.1 server on asyncio streams, shaped for the agent's needs.
+
+Why not a library: the agent runs on the template's own Python with the stdlib only. What it
+needs is narrow but strict: keep-alive, chunked bodies in both directions streamed without
+buffering, and prompt notice of a client that went away so the work behind a stream stops
+(a watcher's inotify fd, a subscription to a process's output).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import AsyncIterator, Awaitable, Callable, Dict, List, Optional, Tuple, Union
+from urllib.parse import parse_qs, unquote, urlsplit
+
+MAX_HEAD = 64 * 1024
+
+_REASONS = {
+    100: "Continue", 200: "OK", 204: "No Content", 400: "Bad Request", 401: "Unauthorized",
+    403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 406: "Not Acceptable",
+    409: "Conflict", 411: "Length Required", 413: "Payload Too Large", 415: "Unsupported Media Type",
+    429: "Too Many Requests", 499: "Client Closed Request", 500: "Internal Server Error",
+    501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable",
+    504: "Gateway Timeout", 507: "Insufficient Storage",
+}
+
+
+class BadRequest(Exception):
+    """The peer broke HTTP/1.1; the connection is answered with 400 and closed."""
+
+
+class Body:
+    """The request body as an async stream of chunks (Content-Length or chunked).
+
+    Reading is lazy: nothing is read until the handler asks, so a client-streaming RPC sees each
+    envelope as it arrives.
+    """
+
+    def __init__(self, conn: "_Connection", length: Optional[int], chunked: bool, expect: bool):
+        self._conn = conn
+        self._left = length or 0
+        self._chunked = chunked
+        self._expect = expect
+        self.done = not chunked and not length
+
+    async def _continue(self) -> None:
+        if self._expect:
+            self._expect = False
+            self._conn.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            await self._conn.writer.drain()
+
+    async def read(self, max_bytes: int = 256 * 1024) -> bytes:
+        """The next piece of the body; ``b""`` at its end. Raises ConnectionError if cut short."""
+        if self.done:
+            return b""
+        await self._continue()
+        reader = self._conn.reader
+        if not self._chunked:
+            data = await reader.read(min(self._left, max_bytes))
+            if not data:
+                raise ConnectionResetError("client closed the connection mid-body")
+            self._left -= len(data)
+            self.done = self._left == 0
+            return data
+        if self._left == 0:
+            line = await reader.readline()
+            if not line.endswith(b"\n"):
+                raise ConnectionResetError("client closed the connection mid-body")
+            try:
+                size = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                raise BadRequest("bad chunk size") from None
+            if size == 0:
+                while (await reader.readline()) not in (b"\r\n", b"\n", b""):
+                    pass  # trailers carry nothing we use
+                self.done = True
+                return b""
+            self._left = size
+        data = await reader.read(min(self._left, max_bytes))
+        if not data:
+            raise ConnectionResetError("client closed the connection mid-body")
+        self._left -= len(data)
+        if self._left == 0:
+            if await reader.readexactly(2) != b"\r\n":
+                raise BadRequest("chunk not terminated by CRLF")
+        return data
+
+    async def read_all(self, limit: int = 64 * 1024 * 1024) -> bytes:
+        parts: List[bytes] = []
+        total = 0
+        while True:
+            data = await self.read()
+            if not data:
+                return b"".join(parts)
+            total += len(data)
+            if total > limit:
+                raise BadRequest("request body too large")
+            parts.append(data)
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._iter()
+
+    async def _iter(self) -> AsyncIterator[bytes]:
+        while True:
+            data = await self.read()
+            if not data:
+                return
+            yield data
+
+
+class Request:
+    """A parsed request head plus its lazy :class:`Body`."""
+
+    def __init__(self, method: str, target: str, headers: Dict[str, str], body: Body):
+        self.method = method
+        self.target = target
+        parts = urlsplit(target)
+        self.path = unquote(parts.path)
+        self.query: Dict[str, List[str]] = parse_qs(parts.query, keep_blank_values=True)
+        self.headers = headers  # lower-cased names; repeated headers joined by ", "
+        self.body = body
+
+    def arg(self, name: str, default: Optional[str] = None) -> Optional[str]:
+        values = self.query.get(name)
+        return values[0] if values else default
+
+
+class Response:
+    """Status, headers and a body that is either bytes or an async iterator of chunks."""
+
+    def __init__(
+        self,
+        status: int = 200,
+        body: Union[bytes, AsyncIterator[bytes]] = b"",
+        headers: Optional[List[Tuple[str, str]]] = None,
+        content_type: Optional[str] = None,
+    ):
+        self.status = status
+        self.body = body
+        self.headers = list(headers or [])
+        if content_type:
+            self.headers.append(("Content-Type", content_type))
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class _Connection:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, handler: Handler):
+        self.reader = reader
+        self.writer = writer
+        self.handler = handler
+        self.prefix = b""
+
+    async def serve(self) -> None:
+        try:
+            while await self._one():
+                pass
+        except (ConnectionError, asyncio.IncompleteReadError, BadRequest, asyncio.LimitOverrunError):
+            pass
+        finally:
+            self.writer.close()
+
+    async def _read_head(self) -> Optional[bytes]:
+        try:
+            head = await self.reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError as exc:
+            if not exc.partial and not self.prefix:
+                return None  # clean close between requests
+            raise
+        head, self.prefix = self.prefix + head, b""
+        return head
+
+    async def _one(self) -> bool:
+        head = await self._read_head()
+        if head is None:
+            return False
+        lines = head.decode("latin-1").split("\r\n")
+        try:
+            method, target, version = lines[0].split(" ", 2)
+        except ValueError:
+            raise BadRequest("bad request line") from None
+        headers: Dict[str, str] = {}
+        for line in lines[1:]:
+            if not line:
+                continue
+            name, sep, value = line.partition(":")
+            if not sep:
+                raise BadRequest("bad header line")
+            name = name.strip().lower()
+            value = value.strip()
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+        length = None
+        if not chunked and "content-length" in headers:
+            try:
+                length = int(headers["content-length"])
+            except ValueError:
+                raise BadRequest("bad content-length") from None
+        expect = headers.get("expect", "").lower() == "100-continue"
+        body = Body(self, length, chunked, expect)
+        request = Request(method, target, headers, body)
+        keep_alive = version == "HTTP/1.1" and "close" not in headers.get("connection", "").lower()
+        try:
+            response = await self.handler(request)
+        except BadRequest as exc:
+            response = Response(400, f'{{"code":400,"message":"{exc}"}}'.encode(), content_type="application/json")
+            keep_alive = False
+        if not body.done:
+            # Leftover body bytes would be read as the next request: drop the connection instead.
+            keep_alive = False
+        await self._write(response, keep_alive, method == "HEAD", body.done)
+        return keep_alive
+
+    async def _write(
+        self, response: Response, keep_alive: bool, head_only: bool, body_done: bool
+    ) -> None:
+        w = self.writer
+        status = response.status
+        out = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}\r\n"]
+        for name, value in response.headers:
+            out.append(f"{name}: {value}\r\n")
+        if not keep_alive:
+            out.append("Connection: close\r\n")
+        body = response.body
+        if isinstance(body, (bytes, bytearray)):
+            if status != 204 and status >= 200:
+                out.append(f"Content-Length: {len(body)}\r\n")
+            out.append("\r\n")
+            w.write("".join(out).encode("latin-1") + (b"" if head_only else bytes(body)))
+            await w.drain()
+            return
+        out.append("Transfer-Encoding: chunked\r\n\r\n")
+        w.write("".join(out).encode("latin-1"))
+        if body_done:
+            await self._stream(body)
+        else:
+            await self._pump(body)
+            w.write(b"0\r\n\r\n")
+            await w.drain()
+
+    async def _stream(self, body: AsyncIterator[bytes]) -> None:
+        """Write chunks as the iterator yields them; stop it at once if the client leaves.
+
+        While a server stream runs the request body is finished, so any read on the socket
+        returning EOF means the client is gone. The watcher's read is cancelled before the next
+        request could arrive (a client sends it only after our last chunk).
+        """
+        w = self.writer
+        pump = asyncio.ensure_future(self._pump(body))
+        watch = asyncio.ensure_future(self.reader.read(1))
+        try:
+            await asyncio.wait((pump, watch), return_when=asyncio.FIRST_COMPLETED)
+            if not pump.done():
+                gone = watch.cancelled() or watch.exception() is not None or not watch.result()
+                if gone:
+                    raise ConnectionResetError("client went away during a stream")
+                self.prefix = watch.result()  # a pipelined request began: keep its first byte
+                await pump
+        finally:
+            for task in (pump, watch):
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(pump, watch, return_exceptions=True)
+        pump.result()
+        w.write(b"0\r\n\r\n")
+        await w.drain()
+
+    async def _pump(self, body: AsyncIterator[bytes]) -> None:
+        w = self.writer
+        try:
+            async for chunk in body:
+                if chunk:
+                    w.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                    await w.drain()
+        finally:
+            aclose = getattr(body, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+
+async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, handler: Handler) -> None:
+    """Serve one client connection until it closes (the callback for ``asyncio.start_server``)."""
+    await _Connection(reader, writer, handler).serve()

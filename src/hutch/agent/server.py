@@ -1,0 +1,66 @@
+"""Listening sockets and process lifetime of the agent (the thin I/O edge around AgentApp)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+from typing import List, Optional
+
+from .app import AgentApp
+from .http import MAX_HEAD, serve_connection
+
+
+async def _serve(app: AgentApp, reader, writer) -> None:
+    await serve_connection(reader, writer, app)
+
+
+async def run(unix_path: Optional[str], listen: Optional[str], ready_fd: Optional[int] = None) -> None:
+    """Serve until SIGTERM/SIGINT. The unix socket appears only once it accepts (0600, root)."""
+    app = AgentApp()
+    loop = asyncio.get_running_loop()
+    servers: List[asyncio.AbstractServer] = []
+
+    def handler(reader, writer):
+        return _serve(app, reader, writer)
+
+    if unix_path:
+        # Bind under a temporary name and rename into place: whoever waits for the path to
+        # appear can connect at once (no window between bind and listen).
+        tmp = f"{unix_path}.{os.getpid()}.tmp"
+        for stale in (tmp,):
+            try:
+                os.unlink(stale)
+            except FileNotFoundError:
+                pass
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            sock.bind(tmp)
+        finally:
+            os.umask(old)
+        os.chmod(tmp, 0o600)
+        servers.append(await asyncio.start_unix_server(handler, sock=sock, limit=MAX_HEAD))
+        os.replace(tmp, unix_path)
+    if listen:
+        host, _, port = listen.rpartition(":")
+        servers.append(await asyncio.start_server(handler, host or "127.0.0.1", int(port), limit=MAX_HEAD, reuse_address=True))
+    if ready_fd is not None:
+        os.write(ready_fd, b"ready\n")
+        os.close(ready_fd)
+
+    stop = loop.create_future()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, lambda: stop.done() or stop.set_result(None))
+    try:
+        await stop
+    finally:
+        for server in servers:
+            server.close()
+        app.state.close()
+        if unix_path:
+            try:
+                os.unlink(unix_path)
+            except OSError:
+                pass

@@ -1,0 +1,73 @@
+"""What the agent knows about its sandbox: set once by ``POST /init``, read by every route."""
+
+from __future__ import annotations
+
+import hmac
+import os
+from typing import Dict, Optional
+
+from ..errors import AuthenticationError
+from .processes import ProcessTable
+from .users import Identities, User, default_user_name, lookup
+
+
+class AgentState:
+    """Sandbox-wide settings plus the tables of live processes and watchers."""
+
+    def __init__(self) -> None:
+        self.env_vars: Dict[str, str] = {}
+        self.access_token: Optional[str] = None
+        self.default_user: Optional[str] = None
+        self.processes = ProcessTable()
+        self.identities = Identities()
+        self.watchers: Dict[str, object] = {}
+
+    def init(self, env_vars: Optional[Dict[str, str]], access_token: Optional[str], default_user: Optional[str]) -> None:
+        """Apply ``POST /init``. Fields that are absent keep their value; null clears the token."""
+        if env_vars is not None:
+            self.env_vars = {str(k): str(v) for k, v in env_vars.items()}
+        self.access_token = access_token or None
+        if default_user:
+            lookup(default_user)  # fail now, not on the first command
+            self.default_user = default_user
+
+    def token_ok(self, presented: Optional[str]) -> bool:
+        if self.access_token is None:
+            return True
+        return presented is not None and hmac.compare_digest(presented.encode(), self.access_token.encode())
+
+    def user(self, name: Optional[str]) -> User:
+        """The account a request acts as: the named one, or the sandbox default."""
+        return lookup(name or default_user_name(self.default_user))
+
+    def process_env(self, user: User, call_envs: Dict[str, str]) -> Dict[str, str]:
+        """Environment of a new process: login variables < sandbox env < per-call env."""
+        env = user.environ()
+        env.update(self.env_vars)
+        env.update(call_envs)
+        return env
+
+    @staticmethod
+    def resolve(user: User, path: Optional[str]) -> str:
+        """An absolute, normalized path; relative ones are taken from the user's home."""
+        if not path:
+            return user.home
+        if path == "~" or path.startswith("~/"):
+            path = user.home + path[1:]
+        if not os.path.isabs(path):
+            path = os.path.join(user.home, path)
+        return os.path.normpath(path)
+
+    def close(self) -> None:
+        self.processes.kill_all()
+        for watcher in list(self.watchers.values()):
+            inner = getattr(watcher, "watcher", None)
+            if inner is not None:
+                inner.close()
+        self.watchers.clear()
+        self.identities.shutdown()
+
+
+def require(state: AgentState, token: Optional[str]) -> None:
+    if not state.token_ok(token):
+        raise AuthenticationError("missing or invalid access token")

@@ -1,0 +1,158 @@
+"""Linux users inside the sandbox, and doing file work *as* one of them.
+
+File operations must honour the requesting user's permissions and create files owned by that
+user. The agent runs as root, so each non-root user gets a small pool of worker threads whose
+filesystem identity is switched with the raw ``setfsuid``/``setfsgid``/``setgroups`` syscalls.
+Raw, because these credentials are per thread in the kernel while glibc's wrappers broadcast
+``setgroups`` to every thread of the process, which would change the agent itself. Switching the
+fsuid away from 0 also drops the filesystem capabilities of that thread (DAC override and
+friends), so the kernel does the permission checks exactly as for the user's own processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import platform
+import pwd
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Dict, List, Optional, TypeVar
+
+from ..errors import AuthenticationError, HutchError
+
+T = TypeVar("T")
+
+#: Syscall numbers (setfsuid, setfsgid, setgroups) per machine; the kernel ABI never changes them.
+_SYSCALLS = {
+    "x86_64": (122, 123, 116),
+    "aarch64": (151, 152, 159),
+    "arm64": (151, 152, 159),
+    "riscv64": (151, 152, 159),
+    "ppc64le": (139, 138, 81),
+    "s390x": (215, 216, 206),
+}
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class User:
+    """A resolved account: names and ids plus the supplementary groups."""
+
+    __slots__ = ("name", "uid", "gid", "home", "shell", "groups")
+
+    def __init__(self, entry: pwd.struct_passwd):
+        self.name = entry.pw_name
+        self.uid = entry.pw_uid
+        self.gid = entry.pw_gid
+        self.home = entry.pw_dir or "/"
+        self.shell = entry.pw_shell or "/bin/sh"
+        self.groups: List[int] = os.getgrouplist(entry.pw_name, entry.pw_gid)
+
+    def workdir(self) -> str:
+        """The home directory, or / when the account has none on disk (e.g. ``nobody``)."""
+        return self.home if os.path.isdir(self.home) else "/"
+
+    def environ(self) -> Dict[str, str]:
+        """The login variables every process of this user gets."""
+        return {
+            "HOME": self.home,
+            "USER": self.name,
+            "LOGNAME": self.name,
+            "SHELL": self.shell,
+            "PATH": DEFAULT_PATH,
+        }
+
+
+def lookup(name: str) -> User:
+    try:
+        return User(pwd.getpwnam(name))
+    except KeyError:
+        raise AuthenticationError(f"user {name!r} does not exist") from None
+
+
+def default_user_name(configured: Optional[str]) -> str:
+    """The user for requests that name none: from /init, else ``user`` if present, else root."""
+    if configured:
+        return configured
+    try:
+        pwd.getpwnam("user")
+        return "user"
+    except KeyError:
+        return "root"
+
+
+def basic_auth_user(header: Optional[str]) -> Optional[str]:
+    """The user name in ``Authorization: Basic base64("<user>:")``, or None if absent."""
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "basic":
+        raise AuthenticationError("unsupported authorization scheme")
+    try:
+        decoded = base64.b64decode(token.strip()).decode()
+    except ValueError:
+        raise AuthenticationError("malformed basic authorization") from None
+    return decoded.split(":", 1)[0] or None
+
+
+class _FsCreds:
+    """Switches the calling thread's filesystem identity with raw syscalls (loaded lazily)."""
+
+    def __init__(self) -> None:
+        import ctypes
+
+        numbers = _SYSCALLS.get(platform.machine())
+        if numbers is None:
+            raise HutchError(f"no syscall table for {platform.machine()}")
+        self._fsuid, self._fsgid, self._setgroups = numbers
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self._ctypes = ctypes
+
+    def apply(self, user: User) -> None:
+        c = self._ctypes
+        groups = (c.c_uint * max(1, len(user.groups)))(*user.groups)
+        if self._libc.syscall(self._setgroups, c.c_long(len(user.groups)), groups) != 0:
+            err = c.get_errno()
+            raise OSError(err, os.strerror(err))
+        # set*id-fs returns the previous id and gives no error; verify by a second call.
+        self._libc.syscall(self._fsgid, c.c_long(user.gid))
+        self._libc.syscall(self._fsuid, c.c_long(user.uid))
+        if self._libc.syscall(self._fsuid, c.c_long(-1)) != user.uid:
+            raise OSError("setfsuid did not take effect")
+
+
+_creds: Optional[_FsCreds] = None
+
+
+class Identities:
+    """One executor per user; root work runs on a plain pool (the agent already is root)."""
+
+    def __init__(self, workers: int = 4) -> None:
+        self._workers = workers
+        self._pools: Dict[int, ThreadPoolExecutor] = {}
+
+    def _pool(self, user: User) -> ThreadPoolExecutor:
+        pool = self._pools.get(user.uid)
+        if pool is None:
+            if user.uid == 0:
+                pool = ThreadPoolExecutor(self._workers, thread_name_prefix="fs-root")
+            else:
+                global _creds
+                if _creds is None:
+                    _creds = _FsCreds()
+                pool = ThreadPoolExecutor(
+                    self._workers, thread_name_prefix=f"fs-{user.uid}", initializer=_creds.apply,
+                    initargs=(user,),
+                )
+            self._pools[user.uid] = pool
+        return pool
+
+    async def run(self, user: User, fn: Callable[..., T], *args) -> T:
+        """Run ``fn(*args)`` in a thread that acts on files as ``user``."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool(user), fn, *args)
+
+    def shutdown(self) -> None:
+        for pool in self._pools.values():
+            pool.shutdown(wait=False, cancel_futures=True)
+        self._pools.clear()

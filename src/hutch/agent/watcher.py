@@ -1,0 +1,212 @@
+"""Directory watchers on inotify (through ctypes: the stdlib has no binding).
+
+A watcher owns one inotify fd registered with the event loop. Recursive watchers add a watch
+for every subdirectory, including ones created later. The fd is released the moment the
+watcher is closed (its stream's client left, or RemoveWatcher was called), so an abandoned
+watch never keeps kernel resources.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import struct
+from typing import Any, Callable, Dict, List, Optional
+
+from ..errors import InvalidArgumentError
+from ..protocol import envd
+from . import filesystem
+
+IN_MODIFY = 0x00000002
+IN_ATTRIB = 0x00000004
+IN_MOVED_FROM = 0x00000040
+IN_MOVED_TO = 0x00000080
+IN_CREATE = 0x00000100
+IN_DELETE = 0x00000200
+IN_DELETE_SELF = 0x00000400
+IN_IGNORED = 0x00008000
+IN_ISDIR = 0x40000000
+IN_ONLYDIR = 0x01000000
+IN_NONBLOCK = 0o4000
+IN_CLOEXEC = 0o2000000
+
+WATCH_MASK = IN_MODIFY | IN_ATTRIB | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_DELETE_SELF | IN_ONLYDIR
+
+_EVENT = struct.Struct("iIII")
+
+_libc = None
+
+
+def _lib():
+    global _libc
+    if _libc is None:
+        import ctypes
+
+        lib = ctypes.CDLL(None, use_errno=True)
+        lib.inotify_add_watch.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32)
+        _libc = (lib, ctypes)
+    return _libc
+
+
+def _check(result: int, path: str) -> int:
+    if result < 0:
+        _, ctypes = _lib()
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+    return result
+
+
+def _map(mask: int) -> int:
+    if mask & (IN_CREATE | IN_MOVED_TO):
+        return envd.EVENT_CREATE
+    if mask & IN_DELETE:
+        return envd.EVENT_REMOVE
+    if mask & IN_MOVED_FROM:
+        return envd.EVENT_RENAME
+    if mask & IN_MODIFY:
+        return envd.EVENT_WRITE
+    if mask & IN_ATTRIB:
+        return envd.EVENT_CHMOD
+    return 0
+
+
+class DirWatcher:
+    """Watches one directory (optionally its whole tree); ``sink`` gets FilesystemEvent dicts.
+
+    ``run_as`` runs a blocking function with the requesting user's filesystem identity, so
+    watches are placed with that user's permissions.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        recursive: bool,
+        include_entry: bool,
+        sink: Callable[[Dict[str, Any]], None],
+        run_as: Callable[..., Any],
+    ) -> None:
+        self.root = root
+        self.recursive = recursive
+        self.include_entry = include_entry
+        self.sink = sink
+        self._run_as = run_as
+        self.fd = -1
+        self._dirs: Dict[int, str] = {}  # watch descriptor -> path relative to root ("" = root)
+        self.closed = False
+
+    async def start(self) -> None:
+        """Open the inotify fd and place the watches; raise NotFound / InvalidArgument."""
+        st = await self._run_as(filesystem.guarded, os.stat, self.root)
+        if not stat.S_ISDIR(st.st_mode):
+            raise InvalidArgumentError(f"path {self.root!r} is not a directory")
+        lib, _ = _lib()
+        self.fd = _check(lib.inotify_init1(IN_NONBLOCK | IN_CLOEXEC), self.root)
+        try:
+            added = await self._run_as(self._add_tree, "")
+        except BaseException:
+            self.close()
+            raise
+        self._dirs.update(added)
+        asyncio.get_running_loop().add_reader(self.fd, self._on_readable)
+
+    def _add_tree(self, rel: str) -> Dict[int, str]:
+        """Blocking: watch ``rel`` (and below it if recursive). Runs on the user's thread."""
+        lib, _ = _lib()
+        out: Dict[int, str] = {}
+        stack = [rel]
+        while stack:
+            current = stack.pop()
+            full = os.path.join(self.root, current) if current else self.root
+            try:
+                wd = _check(lib.inotify_add_watch(self.fd, os.fsencode(full), WATCH_MASK), full)
+            except OSError:
+                if not current:
+                    raise
+                continue  # a subdirectory we may not read, or one already gone
+            out[wd] = current
+            if self.recursive:
+                try:
+                    with os.scandir(full) as it:
+                        for item in it:
+                            if item.is_dir(follow_symlinks=False):
+                                stack.append(os.path.join(current, item.name) if current else item.name)
+                except OSError:
+                    pass
+        return out
+
+    def _on_readable(self) -> None:
+        try:
+            data = os.read(self.fd, 64 * 1024)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.close()
+            return
+        offset = 0
+        new_dirs: List[str] = []
+        while offset + _EVENT.size <= len(data):
+            wd, mask, _cookie, size = _EVENT.unpack_from(data, offset)
+            raw = data[offset + _EVENT.size: offset + _EVENT.size + size].rstrip(b"\0")
+            offset += _EVENT.size + size
+            if mask & IN_IGNORED:
+                self._dirs.pop(wd, None)
+                continue
+            base = self._dirs.get(wd)
+            if base is None or not raw:
+                continue  # events on a watched dir itself (e.g. DELETE_SELF) carry no name
+            name = os.path.join(base, os.fsdecode(raw)) if base else os.fsdecode(raw)
+            kind = _map(mask)
+            if not kind:
+                continue
+            if self.recursive and mask & IN_ISDIR and mask & (IN_CREATE | IN_MOVED_TO):
+                new_dirs.append(name)
+            entry = None
+            if self.include_entry and kind not in (envd.EVENT_REMOVE, envd.EVENT_RENAME):
+                try:
+                    entry = filesystem.entry(os.path.join(self.root, name))
+                except OSError:
+                    entry = None
+            self.sink(envd.filesystem_event(name, kind, entry))
+        for rel in new_dirs:
+            asyncio.ensure_future(self._add_later(rel))
+
+    async def _add_later(self, rel: str) -> None:
+        if self.closed:
+            return
+        try:
+            added = await self._run_as(self._add_tree, rel)
+        except OSError:
+            return
+        if not self.closed:
+            self._dirs.update(added)
+
+    def close(self) -> None:
+        """Release the inotify fd now (idempotent)."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.fd >= 0:
+            try:
+                asyncio.get_running_loop().remove_reader(self.fd)
+            except RuntimeError:
+                pass
+            os.close(self.fd)
+            self.fd = -1
+
+
+class PolledWatcher:
+    """A watcher made by CreateWatcher: events wait in a buffer until GetWatcherEvents."""
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self.events: List[Dict[str, Any]] = []
+        self.limit = limit
+        self.watcher: Optional[DirWatcher] = None
+
+    def add(self, event: Dict[str, Any]) -> None:
+        if len(self.events) < self.limit:
+            self.events.append(event)
+
+    def take(self) -> List[Dict[str, Any]]:
+        out, self.events = self.events, []
+        return out
