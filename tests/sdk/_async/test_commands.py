@@ -1,0 +1,113 @@
+"""Commands in a real sandbox: foreground, background, streaming, stdin, kill, timeout,
+environment, working directory, users, exit codes."""
+
+from __future__ import annotations
+
+import pytest
+
+from hutch import AsyncSandbox, errors
+
+from .helpers import eventually
+
+
+@pytest.fixture(scope="module")
+async def sbx(module_opts):
+    sandbox = await AsyncSandbox.create(timeout=600, metadata={"suite": "sdk-commands"},
+                                        **module_opts)
+    try:
+        yield sandbox
+    finally:
+        await sandbox.kill()
+        await sandbox.close()
+
+
+async def test_foreground_output(sbx):
+    result = await sbx.commands.run("echo out; echo err >&2")
+    assert (result.stdout, result.stderr, result.exit_code, result.error) == (
+        "out\n", "err\n", 0, None)
+
+
+async def test_non_zero_exit_raises_with_the_output(sbx):
+    with pytest.raises(errors.CommandExitError) as caught:
+        await sbx.commands.run("echo partial; echo broke >&2; exit 3")
+    assert caught.value.exit_code == 3
+    assert caught.value.stdout == "partial\n"
+    assert caught.value.stderr == "broke\n"
+
+
+async def test_env_cwd_and_users(sbx):
+    result = await sbx.commands.run('echo "$GREETING" "$PWD"', envs={"GREETING": "hi there"},
+                                    cwd="/tmp")
+    assert result.stdout == "hi there /tmp\n"
+    assert (await sbx.commands.run("whoami")).stdout == "user\n"
+    assert (await sbx.commands.run("echo $HOME")).stdout == "/home/user\n"
+    root = await sbx.commands.run("whoami; echo $HOME; id -u", user="root")
+    assert root.stdout == "root\n/root\n0\n"
+
+
+async def test_output_streams_as_it_arrives(sbx):
+    seen: list = []
+    handle = await sbx.commands.run("echo first; sleep 600; echo never", background=True,
+                                    on_stdout=seen.append)
+    try:
+        await eventually(lambda: "first\n" in seen, what="streamed output")
+        assert handle.exit_code is None  # still running: the output was not buffered to the end
+        assert handle.stdout == "first\n"
+    finally:
+        assert await handle.kill() is True
+    with pytest.raises(errors.CommandExitError):
+        await handle.wait()
+
+
+async def test_background_list_and_kill(sbx):
+    handle = await sbx.commands.run("sleep 600", background=True)
+    assert handle.pid > 0
+    listed = await sbx.commands.list()
+    assert handle.pid in [p.pid for p in listed]
+    mine = next(p for p in listed if p.pid == handle.pid)
+    assert mine.args[-1] == "sleep 600"
+    assert await sbx.commands.kill(handle.pid) is True
+    with pytest.raises(errors.CommandExitError):
+        await handle.wait()
+    assert handle.pid not in [p.pid for p in await sbx.commands.list()]
+    assert await sbx.commands.kill(handle.pid) is False
+
+
+async def test_stdin(sbx):
+    handle = await sbx.commands.run("cat", background=True, stdin=True)
+    await sbx.commands.send_stdin(handle.pid, "hello ")
+    await handle.send_stdin(b"world\n")
+    await eventually(lambda: handle.stdout == "hello world\n", what="echoed stdin")
+    await handle.close_stdin()
+    result = await handle.wait()
+    assert result.stdout == "hello world\n" and result.exit_code == 0
+
+
+async def test_timeout_kills_the_command(sbx):
+    with pytest.raises(errors.TimeoutError_):
+        await sbx.commands.run("sleep 600", timeout=2)
+    assert not [p for p in await sbx.commands.list() if p.args[-1:] == ["sleep 600"]]
+
+
+async def test_connect_to_a_running_command(sbx):
+    handle = await sbx.commands.run("read line; echo got $line", background=True, stdin=True)
+    seen: list = []
+    attached = await sbx.commands.connect(handle.pid, on_stdout=seen.append)
+    await sbx.commands.send_stdin(handle.pid, "ping\n")
+    result = await attached.wait()
+    assert result.stdout == "got ping\n" and seen == ["got ping\n"]
+    assert (await handle.wait()).stdout == "got ping\n"
+
+
+async def test_disconnect_leaves_the_command_running(sbx):
+    handle = await sbx.commands.run("sleep 600", background=True)
+    await handle.disconnect()
+    assert handle.pid in [p.pid for p in await sbx.commands.list()]
+    assert await sbx.commands.kill(handle.pid)
+
+
+async def test_utf8_split_across_chunks_and_binary_output(sbx):
+    result = await sbx.commands.run("printf 'caf\\xc3'; sleep 0.2; printf '\\xa9\\n'")
+    assert result.stdout == "café\n"
+    result = await sbx.commands.run("head -c 1000000 /dev/zero | tr '\\0' x")
+    assert result.stdout == "x" * 1_000_000
