@@ -1,0 +1,88 @@
+"""The `hutch` command against a real server, run as a subprocess like a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+TIMEOUT = 180
+
+
+@pytest.fixture
+def hutch(hutch_server):
+    env = {**os.environ, "HUTCH_URL": hutch_server.url, "HUTCH_API_KEY": hutch_server.api_key}
+
+    def run(*args: str, stdin: str | bytes | None = None, check: bool = True):
+        result = subprocess.run([sys.executable, "-m", "hutch", *args], env=env,
+                                input=stdin.encode() if isinstance(stdin, str) else stdin,
+                                capture_output=True, timeout=TIMEOUT)
+        if check and result.returncode != 0:
+            raise AssertionError(f"hutch {' '.join(args)} exited {result.returncode}: "
+                                 f"{result.stderr.decode(errors='replace')}")
+        return result
+
+    return run
+
+
+@pytest.fixture
+def sandbox_id(hutch):
+    sandbox_id = hutch("sandbox", "create", "--timeout", "300", "-m", "suite=cli",
+                       "-e", "FROM_CREATE=1").stdout.decode().strip()
+    try:
+        yield sandbox_id
+    finally:
+        hutch("kill", sandbox_id, check=False)
+
+
+def test_create_ls_info_kill(hutch, sandbox_id):
+    listed = json.loads(hutch("ls", "--json", "-m", "suite=cli").stdout)
+    assert sandbox_id in [s["sandboxID"] for s in listed]
+    assert sandbox_id in hutch("sandbox", "ls", "-q").stdout.decode().split()
+    table = hutch("ls").stdout.decode()
+    assert table.startswith("ID") and sandbox_id in table
+    info = json.loads(hutch("sandbox", "info", sandbox_id).stdout)
+    assert info["sandboxID"] == sandbox_id and info["metadata"]["suite"] == "cli"
+    assert hutch("sandbox", "kill", sandbox_id).returncode == 0
+    gone = hutch("kill", sandbox_id, check=False)
+    assert gone.returncode == 1 and b"not found" in gone.stderr
+    missing = hutch("sandbox", "info", sandbox_id, check=False)
+    assert missing.returncode == 1 and missing.stderr.startswith(b"error: SandboxNotFoundError")
+
+
+def test_exec_streams_and_passes_the_exit_code(hutch, sandbox_id):
+    result = hutch("exec", sandbox_id, "--", "echo $FROM_CREATE; echo oops >&2; exit 7",
+                   check=False)
+    assert (result.returncode, result.stdout, result.stderr) == (7, b"1\n", b"oops\n")
+    quoted = hutch("exec", sandbox_id, "--", "printf", "%s|", "a b", "$HOME")
+    assert quoted.stdout == b"a b|$HOME|"
+    as_root = hutch("exec", "-u", "root", "-w", "/tmp", "-e", "X=y", sandbox_id, "--",
+                    "echo $(whoami) $PWD $X")
+    assert as_root.stdout == b"root /tmp y\n"
+    late = hutch("exec", "--timeout", "1", sandbox_id, "--", "sleep 60", check=False)
+    assert late.returncode == 124
+
+
+def test_cp_both_ways(hutch, sandbox_id, tmp_path):
+    source = tmp_path / "in.bin"
+    source.write_bytes(os.urandom(3 * 1024 * 1024 + 7))
+    hutch("cp", str(source), f"{sandbox_id}:/tmp/copied.bin")
+    hutch("cp", f"{sandbox_id}:/tmp/copied.bin", str(tmp_path / "out.bin"))
+    assert (tmp_path / "out.bin").read_bytes() == source.read_bytes()
+    hutch("cp", "-", f"{sandbox_id}:/tmp/from-stdin.txt", stdin="piped\n")
+    assert hutch("cp", f"{sandbox_id}:/tmp/from-stdin.txt", "-").stdout == b"piped\n"
+    hutch("cp", str(source), f"{sandbox_id}:/tmp/")  # into a directory: keeps the name
+    assert hutch("exec", sandbox_id, "--", "stat -c %s /tmp/in.bin").stdout == \
+        f"{source.stat().st_size}\n".encode()
+    missing = hutch("cp", f"{sandbox_id}:/tmp/none", str(tmp_path / "none"), check=False)
+    assert missing.returncode == 1 and b"FileNotFound" in missing.stderr
+    assert not (tmp_path / "none").exists()
+
+
+def test_shell_with_piped_input(hutch, sandbox_id):
+    result = hutch("shell", sandbox_id, stdin="echo $((40+2))\nexit 5\n", check=False)
+    assert result.returncode == 5
+    assert b"42" in result.stdout
