@@ -1,0 +1,153 @@
+"""Reading and removing a sandbox's cgroups, on cgroup v2 and on v1/hybrid hosts.
+
+The OCI runtime creates the cgroups and writes the limits (from `linux.resources`); this
+module only finds them: for stats, for list() after a restart, and to remove what a
+half-made or killed sandbox left behind.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ROOT = Path("/sys/fs/cgroup")
+
+
+def is_v2(root: Path = ROOT) -> bool:
+    """Pure v2 (unified) host: the root itself is cgroup2 and lists controllers."""
+    return (root / "cgroup.controllers").exists()
+
+
+def cgroups_path(instance: str, sandbox_id: str) -> str:
+    return f"/{instance}/{sandbox_id}"
+
+
+def hierarchies(root: Path = ROOT) -> list[Path]:
+    """Mount points of every hierarchy (v1 controllers, named ones, the hybrid v2 mount)."""
+    if is_v2(root):
+        return [root]
+    out = []
+    try:
+        for entry in sorted(os.listdir(root)):
+            p = root / entry
+            if p.is_dir() and not p.is_symlink() and (p / "cgroup.procs").exists():
+                out.append(p)
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    if text == "max":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def _stat_field(path: Path, key: str) -> int | None:
+    try:
+        for line in path.read_text().splitlines():
+            k, _, v = line.partition(" ")
+            if k == key:
+                return int(v)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def stats(instance: str, sandbox_id: str, root: Path = ROOT) -> dict | None:
+    """cpu_ns, memory_bytes, memory_limit, pids of the sandbox; None if it has no cgroup."""
+    rel = cgroups_path(instance, sandbox_id).lstrip("/")
+    if is_v2(root):
+        d = root / rel
+        if not d.is_dir():
+            return None
+        usec = _stat_field(d / "cpu.stat", "usage_usec")
+        return {
+            "cpu_ns": usec * 1000 if usec is not None else None,
+            "memory_bytes": _read_int(d / "memory.current"),
+            "memory_limit": _read_int(d / "memory.max"),
+            "pids": _read_int(d / "pids.current"),
+        }
+    mem = root / "memory" / rel
+    if not mem.is_dir():
+        return None
+    cpuacct = root / "cpuacct" / rel
+    if not cpuacct.is_dir():
+        cpuacct = root / "cpu,cpuacct" / rel
+    return {
+        "cpu_ns": _read_int(cpuacct / "cpuacct.usage"),
+        "memory_bytes": _read_int(mem / "memory.usage_in_bytes"),
+        "memory_limit": _read_int(mem / "memory.limit_in_bytes"),
+        "pids": _read_int(root / "pids" / rel / "pids.current"),
+    }
+
+
+def list_ids(instance: str, root: Path = ROOT) -> set[str]:
+    ids: set[str] = set()
+    for h in hierarchies(root):
+        try:
+            ids.update(e for e in os.listdir(h / instance) if (h / instance / e).is_dir())
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+    return ids
+
+
+def remove(instance: str, sandbox_id: str, root: Path = ROOT) -> None:
+    """rmdir the sandbox's cgroups in every hierarchy (they must be empty of processes;
+    leaf-first, so nested cgroups a runtime made below them go too)."""
+    rel = cgroups_path(instance, sandbox_id).lstrip("/")
+    for h in hierarchies(root):
+        _rmdir_tree(h / rel)
+
+
+def remove_parent(instance: str, root: Path = ROOT) -> None:
+    for h in hierarchies(root):
+        try:
+            (h / instance).rmdir()
+        except OSError:
+            pass
+
+
+def _rmdir_tree(path: Path) -> None:
+    if not path.is_dir():
+        return
+    for child in path.iterdir():
+        if child.is_dir():
+            _rmdir_tree(child)
+    try:
+        path.rmdir()
+    except OSError:
+        pass
+
+
+def kill_all(instance: str, sandbox_id: str, root: Path = ROOT) -> None:
+    """SIGKILL every process left in the sandbox's cgroup (when the OCI runtime could not)."""
+    import signal
+
+    rel = cgroups_path(instance, sandbox_id).lstrip("/")
+    if is_v2(root):
+        try:
+            (root / rel / "cgroup.kill").write_text("1")
+            return
+        except OSError:
+            pass
+    procs = (root / rel / "cgroup.procs") if is_v2(root) else (root / "pids" / rel / "cgroup.procs")
+    for _ in range(3):
+        try:
+            pids = [int(p) for p in procs.read_text().split()]
+        except OSError:
+            return
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

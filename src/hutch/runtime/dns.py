@@ -1,0 +1,147 @@
+"""The DNS forwarder sandboxes use: UDP and TCP on the gateway's port 53.
+
+Sandboxes may reach nothing on the host and no private address, and the host's own resolver
+is usually private (a LAN or cloud resolver), so sandboxes resolve through this forwarder,
+which relays each query to the host's resolvers and the answer back. It is the single place a
+later DNS policy (answer only allowed names) plugs in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import struct
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+UPSTREAM_TIMEOUT = 4.0
+MAX_TCP_MESSAGE = 65535
+
+
+def parse_resolv_conf(text: str) -> list[tuple[str, int]]:
+    """The `nameserver` entries of a resolv.conf, as (address, 53)."""
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "nameserver":
+            try:
+                ipaddress.ip_address(parts[1].split("%")[0])
+            except ValueError:
+                continue
+            out.append((parts[1], 53))
+    return out
+
+
+def host_resolvers(path: Path = Path("/etc/resolv.conf")) -> list[tuple[str, int]]:
+    try:
+        return parse_resolv_conf(path.read_text())
+    except OSError:
+        return []
+
+
+async def _udp_query(upstream: tuple[str, int], payload: bytes) -> bytes:
+    loop = asyncio.get_running_loop()
+    family = socket.AF_INET6 if ":" in upstream[0] else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    try:
+        await loop.sock_connect(sock, upstream)
+        await loop.sock_sendall(sock, payload)
+        while True:
+            answer = await loop.sock_recv(sock, 65535)
+            if answer[:2] == payload[:2]:  # same query id
+                return answer
+    finally:
+        sock.close()
+
+
+async def _tcp_query(upstream: tuple[str, int], payload: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection(*upstream)
+    try:
+        writer.write(struct.pack("!H", len(payload)) + payload)
+        await writer.drain()
+        (n,) = struct.unpack("!H", await reader.readexactly(2))
+        return await reader.readexactly(n)
+    finally:
+        writer.close()
+
+
+class _UdpServer(asyncio.DatagramProtocol):
+    def __init__(self, forwarder: "DnsForwarder") -> None:
+        self.forwarder = forwarder
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        if len(data) < 12:
+            return
+        task = asyncio.ensure_future(self._answer(data, addr))
+        self.forwarder._tasks.add(task)
+        task.add_done_callback(self.forwarder._tasks.discard)
+
+    async def _answer(self, data: bytes, addr) -> None:
+        answer = await self.forwarder.resolve(data, tcp=False)
+        if answer is not None and self.transport is not None:
+            self.transport.sendto(answer, addr)
+
+
+class DnsForwarder:
+    """Forward DNS from `listen` (address, port) to upstream resolvers, over UDP and TCP."""
+
+    def __init__(self, listen: tuple[str, int], upstreams: list[tuple[str, int]]) -> None:
+        self.listen = listen
+        self.upstreams = upstreams
+        self._udp: asyncio.DatagramTransport | None = None
+        self._tcp: asyncio.base_events.Server | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._udp, _ = await loop.create_datagram_endpoint(
+            lambda: _UdpServer(self), local_addr=self.listen, reuse_port=False)
+        self._tcp = await asyncio.start_server(self._serve_tcp, *self.listen,
+                                               reuse_address=True)
+
+    async def close(self) -> None:
+        if self._udp is not None:
+            self._udp.close()
+            self._udp = None
+        if self._tcp is not None:
+            self._tcp.close()
+            await self._tcp.wait_closed()
+            self._tcp = None
+        for t in list(self._tasks):
+            t.cancel()
+
+    async def resolve(self, payload: bytes, *, tcp: bool) -> bytes | None:
+        """Ask each upstream in turn; None if none answered (the client retries)."""
+        for upstream in self.upstreams:
+            try:
+                query = _tcp_query if tcp else _udp_query
+                answer = await asyncio.wait_for(query(upstream, payload), UPSTREAM_TIMEOUT)
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as e:
+                log.debug("dns upstream %s failed: %s", upstream, e)
+                continue
+            return answer  # a truncated UDP answer tells the client to retry over TCP
+        return None
+
+    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        try:
+            while True:
+                try:
+                    (n,) = struct.unpack("!H", await asyncio.wait_for(reader.readexactly(2), 30))
+                    payload = await reader.readexactly(n)
+                except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
+                    return
+                answer = await self.resolve(payload, tcp=True)
+                if answer is None:
+                    return
+                writer.write(struct.pack("!H", len(answer)) + answer)
+                await writer.drain()
+        finally:
+            writer.close()

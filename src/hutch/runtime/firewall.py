@@ -1,0 +1,148 @@
+"""The host-side firewall of an instance: one nftables table, outside every sandbox.
+
+It is written as one ruleset text (a pure function of the instance's facts) and applied in
+one atomic `nft -f` transaction that replaces the previous version, so there is never a
+moment with half the rules. Everything keys on the instance's bridge, so no per-sandbox rule
+is needed and creating a sandbox touches no firewall state.
+
+What it enforces, for traffic that enters from the bridge (i.e. from sandboxes):
+- forward: IPv6 dropped; destinations in the always-denied set (private, carrier-NAT,
+  loopback, link-local/cloud metadata, "this network", benchmarking, multicast, reserved,
+  the host's own addresses and every subnet the host is directly connected to, and the
+  sandbox subnet itself) rejected; traffic from outside to sandboxes dropped unless it
+  belongs to a connection a sandbox opened.
+- input (to the host itself): only DNS to the gateway's forwarder and replies to
+  connections the host opened; everything else dropped.
+- bridge: frames one sandbox sends through the bridge to another port are dropped (the
+  ports are also isolated; frames to the gateway itself are not forwarded, so unaffected).
+- postrouting: MASQUERADE of the sandbox subnet out of the default-route interface.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+from dataclasses import dataclass, field
+
+from hutch.errors import RuntimeError_
+from hutch.runtime.network import veth_prefix
+
+ALWAYS_DENIED: tuple[str, ...] = (
+    "0.0.0.0/8",        # "this network"
+    "10.0.0.0/8",       # RFC 1918
+    "100.64.0.0/10",    # carrier-grade NAT
+    "127.0.0.0/8",      # loopback
+    "169.254.0.0/16",   # link-local, cloud metadata
+    "172.16.0.0/12",    # RFC 1918
+    "192.0.0.0/24",     # IETF protocol assignments
+    "192.168.0.0/16",   # RFC 1918
+    "198.18.0.0/15",    # benchmarking
+    "224.0.0.0/4",      # multicast
+    "240.0.0.0/4",      # reserved, broadcast
+)
+
+
+@dataclass(frozen=True)
+class FirewallFacts:
+    instance: str
+    subnet: str
+    uplink: str | None                      # default-route interface (MASQUERADE out of it)
+    host_addresses: tuple[str, ...] = ()    # the host's own IPv4 addresses
+    host_subnets: tuple[str, ...] = field(default_factory=tuple)  # directly connected
+
+
+def denied_set(facts: FirewallFacts) -> list[str]:
+    """The always-denied destinations, collapsed (nft rejects overlapping interval elements)."""
+    nets = [ipaddress.ip_network(n) for n in ALWAYS_DENIED]
+    nets += [ipaddress.ip_network(facts.subnet)]
+    nets += [ipaddress.ip_network(a) for a in facts.host_addresses]
+    nets += [ipaddress.ip_network(s, strict=False) for s in facts.host_subnets]
+    return [str(n) for n in ipaddress.collapse_addresses(n for n in nets if n.version == 4)]
+
+
+def ruleset(facts: FirewallFacts) -> str:
+    """The nft script that (re)creates the instance's tables atomically."""
+    t = facts.instance
+    br = f"{t}0"
+    veths = veth_prefix(t)
+    gw = str(next(ipaddress.ip_network(facts.subnet).hosts()))
+    denied = ", ".join(denied_set(facts))
+    masquerade = (f'        ip saddr {facts.subnet} oifname "{facts.uplink}" masquerade\n'
+                  if facts.uplink else "")
+    return f"""table inet {t} {{}}
+delete table inet {t}
+table bridge {t} {{}}
+delete table bridge {t}
+table inet {t} {{
+    set denied {{
+        type ipv4_addr
+        flags interval
+        elements = {{ {denied} }}
+    }}
+    chain forward {{
+        type filter hook forward priority filter - 10; policy accept;
+        iifname "{br}" meta nfproto ipv6 drop
+        iifname "{br}" ip daddr @denied reject with icmpx admin-prohibited
+        iifname "{br}" oifname "{br}" drop
+        oifname "{br}" ct state established,related accept
+        oifname "{br}" drop
+    }}
+    chain input {{
+        type filter hook input priority filter - 10; policy accept;
+        iifname "{br}" ct state established,related accept
+        iifname "{br}" ip daddr {gw} udp dport 53 accept
+        iifname "{br}" ip daddr {gw} tcp dport 53 accept
+        iifname "{br}" drop
+    }}
+    chain postrouting {{
+        type nat hook postrouting priority srcnat; policy accept;
+{masquerade}    }}
+}}
+table bridge {t} {{
+    chain forward {{
+        type filter hook forward priority filter; policy accept;
+        iifname "{veths}*" drop
+    }}
+}}
+"""
+
+
+def delete_script(instance: str) -> str:
+    return (f"table inet {instance} {{}}\ndelete table inet {instance}\n"
+            f"table bridge {instance} {{}}\ndelete table bridge {instance}\n")
+
+
+async def nft(script: str) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        "nft", "-f", "-", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE)
+    _, err = await proc.communicate(script.encode())
+    if proc.returncode != 0:
+        raise RuntimeError_(f"nft failed: {err.decode(errors='replace').strip()}")
+
+
+async def table_exists(instance: str) -> bool:
+    proc = await asyncio.create_subprocess_exec(
+        "nft", "list", "table", "inet", instance, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL)
+    return await proc.wait() == 0
+
+
+async def host_facts(exclude_ifname: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The host's own IPv4 addresses and directly connected subnets (except the bridge's)."""
+    proc = await asyncio.create_subprocess_exec(
+        "ip", "-j", "-4", "addr", "show", stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL)
+    out, _ = await proc.communicate()
+    addrs, subnets = [], []
+    for link in json.loads(out or b"[]"):
+        if link.get("ifname") == exclude_ifname:
+            continue
+        for a in link.get("addr_info", []):
+            if a.get("family") != "inet":
+                continue
+            addrs.append(f"{a['local']}/32")
+            subnets.append(str(ipaddress.ip_network(f"{a['local']}/{a['prefixlen']}",
+                                                    strict=False)))
+    return tuple(addrs), tuple(subnets)

@@ -1,0 +1,359 @@
+"""LocalRuntime: sandboxes as OCI containers run by runc (or crun) on this host.
+
+One instance name owns a set of host objects, each named so a restarted server finds them:
+the bridge `<instance>0`, the nftables tables `<instance>`, the cgroup parent `/<instance>`,
+network namespaces `<instance>-<id>`, and `<state_dir>/sandboxes/<id>` (bundle, disk image,
+mounts, run dir). create() builds a sandbox from a SandboxSpec; anything half-made is removed
+by destroy(), which is idempotent and works from what is on the host, not from memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import ipaddress
+import logging
+import os
+import re
+import resource
+import shutil
+import time
+from pathlib import Path
+
+from hutch.errors import AlreadyExistsError, InvalidArgumentError, RuntimeError_
+from hutch.errors import SandboxNotFoundError
+from hutch.runtime import bundle, cgroup, disk, firewall, network, oci
+from hutch.runtime.dns import DnsForwarder, host_resolvers
+from hutch.runtime.spec import SandboxHandle, SandboxSpec
+
+log = logging.getLogger(__name__)
+
+ID_RE = re.compile(r"^[a-z0-9]{1,48}$")
+NOFILE = 1048576
+INIT_CANDIDATES = ("/usr/bin/tini-static", "/usr/sbin/tini-static", "/usr/bin/tini")
+
+
+def _find_init() -> Path:
+    for c in INIT_CANDIDATES:
+        if os.access(c, os.X_OK):
+            return Path(c)
+    raise RuntimeError_("no init found: install tini (Debian: tini, for /usr/bin/tini-static)")
+
+
+class LocalRuntime:
+    def __init__(self, state_dir: Path, *, instance: str = "hutch", subnet: str = "10.11.0.0/16",
+                 oci_runtime: str | None = None, uid_base: int = 100000,
+                 uid_count: int = 65536,
+                 dns_upstreams: list[tuple[str, int]] | None = None,
+                 dns_port: int = 53) -> None:
+        if not re.fullmatch(r"[a-z][a-z0-9]{0,9}", instance):
+            raise InvalidArgumentError("instance must be [a-z][a-z0-9]{0,9}")
+        self.state_dir = Path(state_dir)
+        self.instance = instance
+        self.subnet = str(ipaddress.ip_network(subnet))
+        self.gateway = network.gateway(self.subnet)
+        self.prefix = ipaddress.ip_network(self.subnet).prefixlen
+        self.uid_base = uid_base
+        self.uid_count = uid_count
+        self.bridge = network.bridge_name(instance)
+        self._oci_name = oci_runtime
+        self._dns_upstreams = dns_upstreams
+        self._dns_port = dns_port
+        self._dns: DnsForwarder | None = None
+        self._init: Path | None = None
+        self._oci: oci.OciRuntime | None = None
+        self._nofile = NOFILE
+        self.addresses = network.AddressPool(self.state_dir / "addresses", self.subnet)
+        self._masked = tuple(sorted(
+            p for p in glob.glob("/sys/devices/system/cpu/cpu*/thermal_throttle")))
+        self.last_create_timings: dict[str, float] = {}
+        self.last_destroy_timings: dict[str, float] = {}
+
+    # -- paths --------------------------------------------------------------------------
+
+    @property
+    def sandboxes_dir(self) -> Path:
+        return self.state_dir / "sandboxes"
+
+    def _dir(self, sandbox_id: str) -> Path:
+        return self.sandboxes_dir / sandbox_id
+
+    @property
+    def driver(self) -> oci.OciRuntime:
+        if self._oci is None:
+            self._oci = oci.OciRuntime(self._pick_runtime(), self.state_dir / "oci")
+        return self._oci
+
+    def _pick_runtime(self) -> str:
+        if self._oci_name is not None:
+            return self._oci_name
+        for r in self.probe(init=self.init, uid_base=self.uid_base, uid_count=self.uid_count):
+            if r.ok:
+                return r.path or r.name
+        raise RuntimeError_("no working OCI runtime (run `hutch doctor`)")
+
+    @property
+    def init(self) -> Path:
+        if self._init is None:
+            self._init = _find_init()
+        return self._init
+
+    @staticmethod
+    def probe(candidates: tuple[str, ...] = oci.CANDIDATES, *, init: Path | None = None,
+              uid_base: int = 100000, uid_count: int = 65536) -> list[oci.ProbeResult]:
+        """Which OCI runtime runs hutch's kind of container here, and why the others don't."""
+        return oci.probe(candidates, init=init or _find_init(), uid_base=uid_base,
+                         uid_count=uid_count)
+
+    # -- host setup ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Idempotent host setup; removes leftovers of sandboxes whose directory is gone."""
+        for d in (self.sandboxes_dir, self.state_dir / "cache"):
+            d.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.state_dir, 0o711)  # the mapped root must traverse to its rootfs
+        os.chmod(self.sandboxes_dir, 0o711)
+        _ = self.driver
+        self._raise_nofile()
+        cmds = [] if network.link_exists(self.bridge) else [f"link add {self.bridge} type bridge"]
+        cmds += [f"addr replace {self.gateway}/{self.prefix} dev {self.bridge}",
+                 f"link set {self.bridge} up"]
+        await network.ip_batch(cmds)
+        network.set_sysctl(f"net/ipv6/conf/{self.bridge}/disable_ipv6", "1")
+        network.set_sysctl("net/ipv4/ip_forward", "1")
+        addrs, subnets = await firewall.host_facts(exclude_ifname=self.bridge)
+        facts = firewall.FirewallFacts(self.instance, self.subnet,
+                                       network.default_route_interface(), addrs, subnets)
+        await firewall.nft(firewall.ruleset(facts))
+        if self._dns is None:
+            upstreams = self._dns_upstreams if self._dns_upstreams is not None \
+                else host_resolvers()
+            self._dns = DnsForwarder((self.gateway, self._dns_port), upstreams)
+            await self._dns.start()
+        await self._reconcile()
+
+    def _raise_nofile(self) -> None:
+        """The OCI runtime sets rlimits from inside the user namespace, where it cannot raise
+        a hard limit: raise ours (inherited by it) once, keeping the soft limit."""
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard != resource.RLIM_INFINITY and hard < NOFILE:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, NOFILE))
+                hard = NOFILE
+            except (ValueError, OSError):
+                pass
+        self._nofile = NOFILE if hard == resource.RLIM_INFINITY else min(NOFILE, hard)
+
+    async def _reconcile(self) -> None:
+        present = set(os.listdir(self.sandboxes_dir))
+        for sid in await self.list():
+            if sid not in present:
+                await self.destroy(sid)
+        for addr, owner in self.addresses.owners().items():
+            if owner not in present:
+                (self.addresses.dir / addr).unlink(missing_ok=True)
+
+    async def close(self) -> None:
+        if self._dns is not None:
+            await self._dns.close()
+            self._dns = None
+
+    # -- sandboxes ----------------------------------------------------------------------
+
+    async def create(self, spec: SandboxSpec) -> SandboxHandle:
+        if not ID_RE.match(spec.id):
+            raise InvalidArgumentError(f"invalid sandbox id {spec.id!r}")
+        if spec.network not in ("internet", "none"):
+            raise InvalidArgumentError(f"unknown network mode {spec.network!r}")
+        if not spec.layers:
+            raise InvalidArgumentError("a sandbox needs at least one layer")
+        sdir = self._dir(spec.id)
+        try:
+            sdir.mkdir(mode=0o711)
+        except FileExistsError:
+            raise AlreadyExistsError(f"sandbox {spec.id} exists") from None
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        try:
+            address = self.addresses.allocate(spec.id) if spec.network == "internet" else None
+            files = bundle.etc_files(spec, address, self.gateway if address else None)
+            fs_job = asyncio.get_running_loop().run_in_executor(
+                None, self._make_rootfs, spec, sdir, files, timings)
+            net_job = self._make_network(spec.id, address, timings)
+            results = await asyncio.gather(fs_job, net_job, return_exceptions=True)
+            for r in results:
+                if isinstance(r, BaseException):
+                    raise r
+            t = time.perf_counter()
+            run_dir = sdir / "run"
+            run_dir.mkdir(mode=0o755)
+            os.chown(run_dir, self.uid_base, self.uid_base)
+            where = bundle.Placement(
+                rootfs=sdir / "rootfs", run_dir=run_dir, init=self.init, sysfs=sdir / "sys",
+                netns=network.netns_path(self.instance, spec.id),
+                cgroups_path=cgroup.cgroups_path(self.instance, spec.id),
+                uid_base=self.uid_base, uid_count=self.uid_count, nofile=self._nofile,
+                extra_masked=self._masked)
+            (sdir / "config.json").write_text(bundle.render(bundle.config(spec, where)))
+            timings["bundle"] = time.perf_counter() - t
+            t = time.perf_counter()
+            await self.driver.run(spec.id, sdir, stdio=sdir / "disk" / "console.log",
+                                  log=sdir / "oci.log", pid_file=sdir / "init.pid")
+            timings["oci_run"] = time.perf_counter() - t
+        except BaseException as e:
+            try:
+                await asyncio.shield(self.destroy(spec.id))
+            except Exception:  # noqa: BLE001 - the first error is the one to report
+                log.exception("cleanup of half-made sandbox %s failed", spec.id)
+            if isinstance(e, (RuntimeError_, InvalidArgumentError)) or \
+                    not isinstance(e, Exception):
+                raise
+            raise RuntimeError_(f"creating sandbox {spec.id} failed: {e}") from e
+        timings["total"] = time.perf_counter() - t0
+        self.last_create_timings = timings
+        return SandboxHandle(id=spec.id, run_dir=run_dir, address=address)
+
+    def _make_rootfs(self, spec: SandboxSpec, sdir: Path, files: dict[str, str],
+                     timings: dict[str, float]) -> None:
+        """Disk image → loop mount → /etc files in the upper layer → overlay (a thread)."""
+        t = time.perf_counter()
+        blank = disk.blank_image(self.state_dir / "cache", spec.disk_mb, self.uid_base)
+        image = sdir / "disk.img"
+        disk.sparse_copy(blank, image)
+        timings["disk_copy"] = time.perf_counter() - t
+        t = time.perf_counter()
+        (sdir / "disk").mkdir()
+        disk.mount_image(image, sdir / "disk")
+        timings["disk_mount"] = time.perf_counter() - t
+        t = time.perf_counter()
+        upper = sdir / "disk" / "upper"
+        self._write_etc(spec.layers, upper, files)
+        (sdir / "rootfs").mkdir()
+        disk.mount_overlay(spec.layers, upper, sdir / "disk" / "work", sdir / "rootfs")
+        timings["overlay"] = time.perf_counter() - t
+
+    def _write_etc(self, layers: tuple[Path, ...], upper: Path, files: dict[str, str]) -> None:
+        """Files hutch generates go into the sandbox's own upper layer; the upper /etc copies
+        owner and mode of the template's /etc so the merged directory looks unchanged."""
+        etc = upper / "etc"
+        st = next((os.stat(p / "etc") for p in layers if (p / "etc").is_dir()), None)
+        etc.mkdir(mode=0o755)
+        if st is not None:
+            os.chown(etc, st.st_uid, st.st_gid)
+            os.chmod(etc, st.st_mode & 0o7777)
+        else:
+            os.chown(etc, self.uid_base, self.uid_base)
+        for name, text in files.items():
+            fd = os.open(etc / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.chown(etc / name, self.uid_base, self.uid_base)
+
+    async def _make_network(self, sandbox_id: str, address: str | None,
+                            timings: dict[str, float]) -> None:
+        t = time.perf_counter()
+        path = network.netns_path(self.instance, sandbox_id)
+        sysfs = self._dir(sandbox_id) / "sys"
+        sysfs.mkdir()
+        await network.create_netns(path, sysfs)
+        timings["netns"] = time.perf_counter() - t
+        if address is None:
+            return
+        t = time.perf_counter()
+        await network.ip_batch(network.veth_commands(self.instance, sandbox_id))
+        timings["veth"] = time.perf_counter() - t
+        t = time.perf_counter()
+        await network.configure_inside(path, address, self.prefix, self.gateway)
+        timings["net_inside"] = time.perf_counter() - t
+
+    async def destroy(self, sandbox_id: str) -> None:
+        """Remove every kernel object and file of the sandbox; fine if some never existed."""
+        if not ID_RE.match(sandbox_id):
+            raise InvalidArgumentError(f"invalid sandbox id {sandbox_id!r}")
+        timings: dict[str, float] = {}
+        t = time.perf_counter()
+        errors: list[str] = []
+        killed = False
+        try:
+            pid = int((self._dir(sandbox_id) / "init.pid").read_text())
+            killed = await oci.kill_init(pid, cgroup.cgroups_path(self.instance, sandbox_id))
+        except (OSError, ValueError, asyncio.TimeoutError):
+            pass
+        try:
+            # After our own kill, a plain delete only drops the runtime's state and cgroups
+            # (a forced delete polls for the processes to die: ~100 ms).
+            await self.driver.delete(sandbox_id, force=not killed)
+        except RuntimeError_ as e:
+            errors.append(str(e))
+            cgroup.kill_all(self.instance, sandbox_id)
+        timings["oci_delete"] = time.perf_counter() - t
+        t = time.perf_counter()
+        cgroup.remove(self.instance, sandbox_id)
+        sdir = self._dir(sandbox_id)
+        for mnt in (sdir / "rootfs", sdir / "disk", sdir / "sys"):
+            try:
+                disk.unmount(mnt)
+            except OSError as e:
+                errors.append(f"unmount {mnt}: {e}")
+        timings["unmount"] = time.perf_counter() - t
+        t = time.perf_counter()
+        try:
+            await network.delete_netns(network.netns_path(self.instance, sandbox_id))
+        except OSError as e:
+            errors.append(f"netns: {e}")
+        self.addresses.release(sandbox_id)
+        timings["netns"] = time.perf_counter() - t
+        t = time.perf_counter()
+        if sdir.exists():
+            await asyncio.get_running_loop().run_in_executor(None, disk.remove_tree, sdir)
+        timings["files"] = time.perf_counter() - t
+        self.last_destroy_timings = timings
+        if errors:
+            raise RuntimeError_(f"destroying sandbox {sandbox_id}: " + "; ".join(errors))
+
+    async def list(self) -> list[str]:
+        ids: set[str] = set()
+        try:
+            ids.update(os.listdir(self.sandboxes_dir))
+        except FileNotFoundError:
+            pass
+        ids.update(network.list_netns(self.instance))
+        ids.update(cgroup.list_ids(self.instance))
+        ids.update(_listdir(self.state_dir / "oci"))  # the OCI runtime's state, per container
+        return sorted(i for i in ids if ID_RE.match(i))
+
+    async def stats(self, sandbox_id: str) -> dict:
+        found = cgroup.stats(self.instance, sandbox_id)
+        if found is None:
+            raise SandboxNotFoundError(f"sandbox {sandbox_id} is not running")
+        try:
+            st = os.statvfs(self._dir(sandbox_id) / "disk")
+            found["disk_total"] = st.f_blocks * st.f_frsize
+            found["disk_used"] = (st.f_blocks - st.f_bfree) * st.f_frsize
+        except OSError:
+            found["disk_total"] = found["disk_used"] = None
+        return found
+
+    async def teardown(self) -> None:
+        """Destroy every sandbox of this instance and remove its bridge and nft tables."""
+        await self.close()
+        errors = []
+        for sid in await self.list():
+            try:
+                await self.destroy(sid)
+            except RuntimeError_ as e:
+                errors.append(str(e))
+        await firewall.nft(firewall.delete_script(self.instance))
+        if network.link_exists(self.bridge):
+            await network.ip_batch([f"link del {self.bridge}"])
+        cgroup.remove_parent(self.instance)
+        shutil.rmtree(self.addresses.dir, ignore_errors=True)
+        if errors:
+            raise RuntimeError_("teardown: " + "; ".join(errors))
+
+
+def _listdir(path: Path) -> list[str]:
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []

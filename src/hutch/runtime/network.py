@@ -1,0 +1,337 @@
+"""Network namespaces, veth pairs and addresses of sandboxes.
+
+Each sandbox gets a network namespace made here, owned by the host's user namespace: root
+inside the sandbox has no CAP_NET_ADMIN over it, so it can neither change its address nor
+touch netfilter from inside. The namespace is created in-process (unshare in a short-lived
+thread, bind-mounted at /run/netns/<instance>-<id> like `ip netns add` does) and the veth
+pair in one `ip -batch` run; the inside is configured with the classic interface ioctls
+from a thread that entered the namespace. Deleting the namespace is the whole teardown: the
+kernel destroys the veth with it, asynchronously (a synchronous veth delete costs ~30 ms).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import hashlib
+import ipaddress
+import os
+import socket
+import struct
+import threading
+from pathlib import Path
+from typing import Callable, TypeVar
+
+from hutch.errors import RuntimeError_
+from hutch.runtime import _libc
+
+NETNS_DIR = Path("/run/netns")
+SANDBOX_IFNAME = "eth0"
+
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+SIOCSIFADDR = 0x8916
+SIOCSIFNETMASK = 0x891C
+SIOCADDRT = 0x890B
+IFF_UP = 0x1
+RTF_UP = 0x1
+RTF_GATEWAY = 0x2
+
+T = TypeVar("T")
+
+
+def netns_name(instance: str, sandbox_id: str) -> str:
+    return f"{instance}-{sandbox_id}"
+
+
+def netns_path(instance: str, sandbox_id: str) -> Path:
+    return NETNS_DIR / netns_name(instance, sandbox_id)
+
+
+def host_ifname(instance: str, sandbox_id: str) -> str:
+    """The host end of the veth: ≤ 15 chars, derived from instance and id (never reused by
+    another sandbox, so a name the kernel is still reaping cannot collide)."""
+    digest = hashlib.blake2b(f"{instance}/{sandbox_id}".encode(), digest_size=8).hexdigest()
+    return veth_prefix(instance) + digest[:10]
+
+
+def veth_prefix(instance: str) -> str:
+    """The 5-char prefix shared by the host ends of one instance's veths (for nft matches)."""
+    return "v" + hashlib.blake2b(instance.encode(), digest_size=2).hexdigest()
+
+
+def bridge_name(instance: str) -> str:
+    return f"{instance}0"
+
+
+def gateway(subnet: str) -> str:
+    return str(next(ipaddress.ip_network(subnet).hosts()))
+
+
+def _in_thread(fn: Callable[[], T]) -> "asyncio.Future[T]":
+    """Run fn in a fresh thread: namespace switches must never leak into a pooled thread."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[T] = loop.create_future()
+
+    def run() -> None:
+        try:
+            result = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the awaiting task
+            loop.call_soon_threadsafe(_set, fut, None, e)
+        else:
+            loop.call_soon_threadsafe(_set, fut, result, None)
+
+    threading.Thread(target=run, daemon=True).start()
+    return fut
+
+
+def _set(fut: asyncio.Future, result, exc) -> None:
+    if fut.cancelled():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(result)
+
+
+def _ifreq_flags(sock: socket.socket, name: str, up: bool) -> None:
+    req = struct.pack("16sh", name.encode(), 0)
+    flags = struct.unpack("16sh", fcntl.ioctl(sock, SIOCGIFFLAGS, req + b"\0" * 22)[:18])[1]
+    flags = flags | IFF_UP if up else flags & ~IFF_UP
+    fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sh", name.encode(), flags) + b"\0" * 22)
+
+
+def _sockaddr_in(addr: str) -> bytes:
+    return struct.pack("=HH4s8x", socket.AF_INET, 0, socket.inet_aton(addr))
+
+
+def _configure_inside(address: str | None, netmask: str | None, gw: str | None) -> None:
+    """In the current thread's netns: IPv6 off, lo up, and eth0 addressed with a default
+    route when address is given."""
+    for conf in ("all", "default"):
+        try:
+            with open(f"/proc/sys/net/ipv6/conf/{conf}/disable_ipv6", "w") as f:
+                f.write("1")
+        except FileNotFoundError:  # kernel without IPv6
+            pass
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        _ifreq_flags(s, "lo", True)
+        if address is None:
+            return
+        name = SANDBOX_IFNAME.encode()
+        fcntl.ioctl(s, SIOCSIFADDR, struct.pack("16s", name) + _sockaddr_in(address) + b"\0" * 8)
+        fcntl.ioctl(s, SIOCSIFNETMASK, struct.pack("16s", name) + _sockaddr_in(netmask)
+                    + b"\0" * 8)
+        _ifreq_flags(s, SANDBOX_IFNAME, True)
+        # struct rtentry (x86_64/aarch64 LP64): pad1, dst, gateway, genmask, flags, pad2,
+        # pad3, pad4, metric, dev, mtu, window, irtt.
+        rt = struct.pack("=Q16s16s16sHh4xQQh6xQQQH6x", 0, _sockaddr_in("0.0.0.0"),
+                         _sockaddr_in(gw), _sockaddr_in("0.0.0.0"), RTF_UP | RTF_GATEWAY, 0,
+                         0, 0, 0, 0, 0, 0, 0)
+        fcntl.ioctl(s, SIOCADDRT, rt)
+
+
+def _create_netns(path: Path, sysfs: Path | None) -> None:
+    NETNS_DIR.mkdir(mode=0o755, exist_ok=True)
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0)
+    os.close(fd)
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _libc.unshare(_libc.CLONE_NEWNET)
+        try:
+            _libc.mount("/proc/thread-self/ns/net", str(path), None, _libc.MS_BIND)
+            _configure_inside(None, None, None)
+            if sysfs is not None:
+                # A sysfs instance shows the network devices of the namespace that mounts
+                # it. The sandbox cannot mount one itself (its user namespace does not own
+                # this netns), so it is mounted here, read-only, and bound in at /sys.
+                _libc.mount("sysfs", str(sysfs), "sysfs", _libc.MS_RDONLY | _libc.MS_NOSUID
+                            | _libc.MS_NODEV | _libc.MS_NOEXEC)
+        finally:
+            _libc.setns(home, _libc.CLONE_NEWNET)
+    except BaseException:
+        _delete_netns(path)
+        raise
+    finally:
+        os.close(home)
+
+
+def _enter_and(path: Path, fn: Callable[[], T]) -> T:
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _libc.setns(target, _libc.CLONE_NEWNET)
+        try:
+            return fn()
+        finally:
+            _libc.setns(home, _libc.CLONE_NEWNET)
+    finally:
+        os.close(target)
+        os.close(home)
+
+
+def _delete_netns(path: Path) -> bool:
+    found = False
+    try:
+        _libc.umount(str(path), _libc.MNT_DETACH)
+        found = True
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOENT):
+            raise
+    try:
+        path.unlink()
+        found = True
+    except FileNotFoundError:
+        pass
+    return found
+
+
+async def create_netns(path: Path, sysfs: Path | None = None) -> None:
+    """A new netns with lo up and IPv6 off, bound at path; with `sysfs`, a read-only sysfs
+    of that namespace is mounted there."""
+    await _in_thread(lambda: _create_netns(path, sysfs))
+
+
+async def delete_netns(path: Path) -> bool:
+    return _delete_netns(path)
+
+
+async def configure_inside(path: Path, address: str, prefix: int, gw: str) -> None:
+    netmask = str(ipaddress.ip_network(f"0.0.0.0/{prefix}").netmask)
+    await _in_thread(lambda: _enter_and(path, lambda: _configure_inside(address, netmask, gw)))
+
+
+def in_netns(path: Path, fn: Callable[[], T]) -> T:
+    """Call fn with the calling thread inside the netns at path (blocking; tests use it to
+    make sockets that live in a namespace)."""
+    box: list = []
+
+    def run() -> None:
+        try:
+            box.append((True, _enter_and(path, fn)))
+        except BaseException as e:  # noqa: BLE001
+            box.append((False, e))
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return value
+
+
+async def ip_batch(commands: list[str], *, netns: str | None = None) -> None:
+    """Run `ip -batch -` once for many commands (one process instead of one per command)."""
+    argv = ["ip"] + (["-n", netns] if netns else []) + ["-batch", "-"]
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE)
+    _, err = await proc.communicate("\n".join(commands).encode() + b"\n")
+    if proc.returncode != 0:
+        raise RuntimeError_(f"ip -batch failed: {err.decode(errors='replace').strip()}")
+
+
+def veth_commands(instance: str, sandbox_id: str) -> list[str]:
+    """Host-side veth creation: the peer is born inside the sandbox's netns as eth0, the host
+    end joins the bridge as an isolated port (ports cannot talk to each other)."""
+    host = host_ifname(instance, sandbox_id)
+    ns = netns_name(instance, sandbox_id)
+    return [
+        f"link add {host} type veth peer name {SANDBOX_IFNAME} netns {ns}",
+        f"link set {host} master {bridge_name(instance)}",
+        f"link set dev {host} type bridge_slave isolated on",
+        f"link set {host} up",
+    ]
+
+
+def bridge_commands(instance: str, subnet: str) -> list[str]:
+    net = ipaddress.ip_network(subnet)
+    br = bridge_name(instance)
+    return [
+        f"link add {br} type bridge",
+        f"addr add {gateway(subnet)}/{net.prefixlen} dev {br}",
+        f"link set {br} up",
+    ]
+
+
+def link_exists(name: str) -> bool:
+    return Path("/sys/class/net", name).exists()
+
+
+def set_sysctl(path: str, value: str) -> None:
+    with open(Path("/proc/sys") / path, "w") as f:
+        f.write(value)
+
+
+def list_netns(instance: str) -> list[str]:
+    """Sandbox ids whose netns of this instance exists."""
+    prefix = f"{instance}-"
+    try:
+        names = os.listdir(NETNS_DIR)
+    except FileNotFoundError:
+        return []
+    return [n[len(prefix):] for n in names if n.startswith(prefix)]
+
+
+def default_route_interface() -> str | None:
+    """The interface of the IPv4 default route (read from /proc, no process spawned)."""
+    try:
+        with open("/proc/net/route") as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                if fields[1] == "00000000" and fields[7] == "00000000":
+                    return fields[0]
+    except (OSError, StopIteration):
+        pass
+    return None
+
+
+class AddressPool:
+    """Sandbox addresses of a subnet, allocated race-free across processes: an address is
+    taken by creating `<dir>/<address>` with O_EXCL (the file holds the sandbox id)."""
+
+    def __init__(self, directory: Path, subnet: str) -> None:
+        self.dir = directory
+        self.net = ipaddress.ip_network(subnet)
+        self._gw = ipaddress.ip_address(gateway(subnet))
+        self._cursor = 0
+
+    def allocate(self, sandbox_id: str) -> str:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        hosts = self.net.num_addresses - 2
+        for i in range(hosts):
+            n = (self._cursor + i) % hosts
+            addr = self.net.network_address + 1 + n
+            if addr == self._gw:
+                continue
+            try:
+                fd = os.open(self.dir / str(addr), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(sandbox_id)
+            self._cursor = n + 1
+            return str(addr)
+        raise RuntimeError_(f"no free address left in {self.net}")
+
+    def release(self, sandbox_id: str) -> None:
+        """Free every address this sandbox holds (normally one)."""
+        for name, owner in self.owners().items():
+            if owner == sandbox_id:
+                (self.dir / name).unlink(missing_ok=True)
+
+    def owners(self) -> dict[str, str]:
+        out = {}
+        try:
+            names = os.listdir(self.dir)
+        except FileNotFoundError:
+            return out
+        for name in names:
+            try:
+                out[name] = (self.dir / name).read_text()
+            except OSError:
+                continue
+        return out
