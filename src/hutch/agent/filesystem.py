@@ -24,7 +24,7 @@ from ..errors import (
     PermissionDeniedError,
 )
 from ..protocol import envd
-from ..protocol.protojson import timestamp
+from ..protocol.protojson import timestamp_ns
 
 T = TypeVar("T")
 
@@ -123,7 +123,7 @@ def entry(path: str, st: Optional[os.stat_result] = None) -> Dict[str, Any]:
         permissions=stat.filemode(shown.st_mode),
         owner=_owner(st.st_uid),
         group=_group(st.st_gid),
-        modified_time=timestamp(shown.st_mtime_ns / 1e9),
+        modified_time=timestamp_ns(shown.st_mtime_ns),
         symlink_target=target,
         metadata=_metadata(path, follow=info is not None) if not is_link or info else None,
         is_symlink=is_link,

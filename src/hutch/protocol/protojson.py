@@ -91,18 +91,19 @@ def parse_enum(names: Mapping[int, str], value: Any, default: int = 0) -> int:
 
 
 def timestamp(seconds: float) -> str:
-    """Encode a ``google.protobuf.Timestamp`` from a Unix time, as RFC 3339 UTC.
+    """Encode a ``google.protobuf.Timestamp`` from a Unix time (float seconds), as RFC 3339 UTC."""
+    return timestamp_ns(int(round(seconds * 1e9)))
 
-    Sub-second precision is kept to nanoseconds' worth of decimal digits only when present.
+
+def timestamp_ns(ns: int) -> str:
+    """Encode a ``google.protobuf.Timestamp`` from integer nanoseconds (exact, e.g. st_mtime_ns).
+
+    Uses 0, 3, 6 or 9 fractional digits, the fewest that keep the value exact, as proto3 does.
     """
-    whole = int(seconds // 1)
-    nanos = int(round((seconds - whole) * 1e9))
-    if nanos >= 1_000_000_000:
-        whole, nanos = whole + 1, nanos - 1_000_000_000
+    whole, nanos = divmod(int(ns), 1_000_000_000)
     base = _dt.datetime.fromtimestamp(whole, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
     if nanos:
         frac = f"{nanos:09d}"
-        # proto3 JSON uses 0, 3, 6 or 9 fractional digits.
         for digits in (3, 6, 9):
             if frac[digits:] == "0" * (9 - digits):
                 frac = frac[:digits]
