@@ -17,9 +17,10 @@ def hutch(hutch_server):
     env = {**os.environ, "HUTCH_URL": hutch_server.url, "HUTCH_API_KEY": hutch_server.api_key}
 
     def run(*args: str, stdin: str | bytes | None = None, check: bool = True):
+        feed = ({"input": stdin.encode() if isinstance(stdin, str) else stdin}
+                if stdin is not None else {"stdin": subprocess.DEVNULL})
         result = subprocess.run([sys.executable, "-m", "hutch", *args], env=env,
-                                input=stdin.encode() if isinstance(stdin, str) else stdin,
-                                capture_output=True, timeout=TIMEOUT)
+                                capture_output=True, timeout=TIMEOUT, **feed)
         if check and result.returncode != 0:
             raise AssertionError(f"hutch {' '.join(args)} exited {result.returncode}: "
                                  f"{result.stderr.decode(errors='replace')}")
@@ -64,6 +65,8 @@ def test_exec_streams_and_passes_the_exit_code(hutch, sandbox_id):
     assert as_root.stdout == b"root /tmp y\n"
     late = hutch("exec", "--timeout", "1", sandbox_id, "--", "sleep 60", check=False)
     assert late.returncode == 124
+    piped = hutch("exec", sandbox_id, "--", "tr a-z A-Z", stdin="shout\n" * 10000)
+    assert piped.stdout == b"SHOUT\n" * 10000
 
 
 def test_cp_both_ways(hutch, sandbox_id, tmp_path):

@@ -52,11 +52,20 @@ def exec_(ctx: Context, sandbox_id: str, argv: Tuple[str, ...], user: Optional[s
     """
     envs = parse_pairs(env, "--env") or None
 
+    # Piped input goes to the command (`tar c . | hutch exec ID -- tar x`); a terminal's
+    # does not, as a command without a PTY could not use it sensibly.
+    forward = not sys.stdin.isatty()
+
     def go() -> int:
         sbx = Sandbox.connect(sandbox_id, **ctx.opts)
         try:
-            sbx.commands.run(command_line(argv), envs=envs, user=user, cwd=cwd, timeout=timeout,
-                             on_stdout=_write(sys.stdout), on_stderr=_write(sys.stderr))
+            handle = sbx.commands.run(command_line(argv), envs=envs, user=user, cwd=cwd,
+                                      timeout=timeout, background=True, stdin=forward,
+                                      on_stdout=_write(sys.stdout), on_stderr=_write(sys.stderr))
+            if forward:
+                _pump(sys.stdin.fileno(), lambda data: handle.send_stdin(data), handle,
+                      at_eof=handle.close_stdin)
+            handle.wait()
             return 0
         except errors.CommandExitError as exc:
             return exc.exit_code
@@ -101,7 +110,8 @@ def _shell(ctx: Context, sandbox_id: str, user: Optional[str], cwd: Optional[str
         try:
             if saved is not None:
                 tty.setraw(stdin)
-            _pump(stdin, lambda data: sbx.pty.send_stdin(handle.pid, data), handle)
+            _pump(stdin, lambda data: sbx.pty.send_stdin(handle.pid, data), handle,
+                  at_eof=lambda: sbx.pty.send_stdin(handle.pid, b"\x04"))
         finally:
             signal.signal(signal.SIGWINCH, previous)
             if saved is not None:
@@ -115,14 +125,25 @@ def _shell(ctx: Context, sandbox_id: str, user: Optional[str], cwd: Optional[str
         sbx.close()
 
 
-def _pump(fd: int, send: Any, handle: Any) -> None:
-    """Forward keystrokes until the shell ends (its output arrives on the handle's thread)."""
+def _pump(fd: int, send: Any, handle: Any, at_eof: Any) -> None:
+    """Forward our input until the process ends (its output arrives on the handle's thread).
+
+    The short select timeout only bounds how long we notice the end late; input itself is
+    forwarded as soon as it is readable.
+    """
     while not handle.done:
         ready, _, _ = select.select([fd], [], [], 0.2)
         if not ready:
             continue
-        data = os.read(fd, 4096)
-        if not data:  # our stdin closed: end the shell's input too
-            send(b"\x04")
+        data = os.read(fd, 65536)
+        if not data:  # our input ended: so does the process's
+            if not handle.done:
+                try:
+                    at_eof()
+                except errors.NotFoundError:
+                    pass  # it exited meanwhile
             return
-        send(data)
+        try:
+            send(data)
+        except errors.NotFoundError:
+            return

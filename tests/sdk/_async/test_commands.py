@@ -59,6 +59,15 @@ async def test_output_streams_as_it_arrives(sbx):
         await handle.wait()
 
 
+async def test_callbacks_given_to_wait_receive_earlier_output_too(sbx):
+    handle = await sbx.commands.run("echo one; read go; echo two", background=True, stdin=True)
+    await eventually(lambda: handle.stdout == "one\n", what="first line")
+    seen: list = []
+    await handle.send_stdin("\n")
+    result = await handle.wait(on_stdout=seen.append)
+    assert "".join(seen) == result.stdout == "one\ntwo\n"
+
+
 async def test_background_list_and_kill(sbx):
     handle = await sbx.commands.run("sleep 600", background=True)
     assert handle.pid > 0

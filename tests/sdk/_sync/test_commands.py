@@ -60,6 +60,15 @@ def test_output_streams_as_it_arrives(sbx):
         handle.wait()
 
 
+def test_callbacks_given_to_wait_receive_earlier_output_too(sbx):
+    handle = sbx.commands.run("echo one; read go; echo two", background=True, stdin=True)
+    eventually(lambda: handle.stdout == "one\n", what="first line")
+    seen: list = []
+    handle.send_stdin("\n")
+    result = handle.wait(on_stdout=seen.append)
+    assert "".join(seen) == result.stdout == "one\ntwo\n"
+
+
 def test_background_list_and_kill(sbx):
     handle = sbx.commands.run("sleep 600", background=True)
     assert handle.pid > 0

@@ -8,6 +8,7 @@ on the sync side it is a thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 from typing import Any, Awaitable, Callable, Optional
 
@@ -30,6 +31,11 @@ class Worker:
     async def cancel(self) -> None:
         self._task.cancel()
         await asyncio.wait([self._task])
+
+
+def lock() -> Any:
+    """Guards state shared with the reader; one event loop thread needs no real lock."""
+    return contextlib.nullcontext()
 
 
 async def call(callback: Optional[Callable[..., Any]], *args: Any) -> None:

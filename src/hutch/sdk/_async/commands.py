@@ -42,6 +42,7 @@ class AsyncCommandHandle:
         self._result: Optional[CommandResult] = None
         self._error: Optional[errors.HutchError] = None
         self._disconnected = False
+        self._lock = _backend.lock()  # output lists and callbacks, shared with the reader
         self._worker = _backend.Worker(self._read, stream.abort)
 
     @property
@@ -88,28 +89,30 @@ class AsyncCommandHandle:
 
     async def _on_data(self, data: Dict[str, str]) -> None:
         if "stdout" in data:
-            text = self._out_decoder.decode(_wire.unb64(data["stdout"]))
-            if text:
-                self._stdout.append(text)
-                await _backend.call(self._on_stdout, text)
+            await self._emit_stdout(self._out_decoder.decode(_wire.unb64(data["stdout"])))
         if "stderr" in data:
-            text = self._err_decoder.decode(_wire.unb64(data["stderr"]))
-            if text:
-                self._stderr.append(text)
-                await _backend.call(self._on_stderr, text)
+            await self._emit_stderr(self._err_decoder.decode(_wire.unb64(data["stderr"])))
         if "pty" in data:
             await _backend.call(self._on_pty, _wire.unb64(data["pty"]))
 
+    async def _emit_stdout(self, text: str) -> None:
+        if text:
+            with self._lock:
+                self._stdout.append(text)
+                callback = self._on_stdout
+            await _backend.call(callback, text)
+
+    async def _emit_stderr(self, text: str) -> None:
+        if text:
+            with self._lock:
+                self._stderr.append(text)
+                callback = self._on_stderr
+            await _backend.call(callback, text)
+
     async def _flush(self) -> None:
         """Emit a UTF-8 sequence cut off at the end as replacement characters, not silence."""
-        tail = self._out_decoder.decode(b"", final=True)
-        if tail:
-            self._stdout.append(tail)
-            await _backend.call(self._on_stdout, tail)
-        tail = self._err_decoder.decode(b"", final=True)
-        if tail:
-            self._stderr.append(tail)
-            await _backend.call(self._on_stderr, tail)
+        await self._emit_stdout(self._out_decoder.decode(b"", final=True))
+        await self._emit_stderr(self._err_decoder.decode(b"", final=True))
         if self._result is not None:
             self._result.stdout = self.stdout
             self._result.stderr = self.stderr
@@ -120,8 +123,15 @@ class AsyncCommandHandle:
             exit_code=int(end.get("exitCode", 0)), error=end.get("error") or None,
         )
 
-    async def wait(self) -> CommandResult:
-        """Wait for the command to end; a non-zero exit code raises ``CommandExitError``."""
+    async def wait(self, on_pty: Optional[OutputHandler] = None,
+                   on_stdout: Optional[OutputHandler] = None,
+                   on_stderr: Optional[OutputHandler] = None) -> CommandResult:
+        """Wait for the command to end; a non-zero exit code raises ``CommandExitError``.
+
+        Callbacks given here replace the ones given at start; they first receive the output
+        that arrived before (PTY output excepted), so nothing is missed, as in e2b.
+        """
+        await self._attach(on_pty, on_stdout, on_stderr)
         await self._worker.join()
         if self._error is not None:
             raise self._error
@@ -130,6 +140,22 @@ class AsyncCommandHandle:
         if self._result.exit_code != 0:
             raise errors.CommandExitError(self._result)
         return self._result
+
+    async def _attach(self, on_pty: Optional[OutputHandler], on_stdout: Optional[OutputHandler],
+                      on_stderr: Optional[OutputHandler]) -> None:
+        backlog_out: List[str] = []
+        backlog_err: List[str] = []
+        with self._lock:
+            if on_pty is not None:
+                self._on_pty = on_pty
+            if on_stdout is not None:
+                self._on_stdout, backlog_out = on_stdout, list(self._stdout)
+            if on_stderr is not None:
+                self._on_stderr, backlog_err = on_stderr, list(self._stderr)
+        for text in backlog_out:
+            await _backend.call(on_stdout, text)
+        for text in backlog_err:
+            await _backend.call(on_stderr, text)
 
     async def disconnect(self) -> None:
         """Stop receiving output; the command keeps running (``commands.connect`` rejoins it)."""

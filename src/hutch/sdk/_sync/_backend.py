@@ -37,6 +37,11 @@ class Worker:
         self._thread.join()
 
 
+def lock() -> Any:
+    """Guards state shared with the reader thread."""
+    return threading.Lock()
+
+
 def call(callback: Optional[Callable[..., Any]], *args: Any) -> None:
     if callback is not None:
         callback(*args)
