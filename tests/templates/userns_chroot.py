@@ -12,6 +12,7 @@ import os
 import sys
 
 CLONE_NEWUSER = 0x10000000
+CLONE_NEWUTS = 0x04000000
 RANGE = 65536
 
 
@@ -23,7 +24,7 @@ def main() -> int:
     pid = os.fork()
     if pid == 0:
         try:
-            if libc.unshare(CLONE_NEWUSER) != 0:
+            if libc.unshare(CLONE_NEWUSER | CLONE_NEWUTS) != 0:
                 os._exit(125)
             os.write(ready_w, b"u")
             if os.read(go_r, 1) != b"g":
@@ -31,6 +32,7 @@ def main() -> int:
             os.setresgid(0, 0, 0)
             os.setgroups([])
             os.setresuid(0, 0, 0)
+            libc.sethostname(b"sandbox", 7)
             os.chroot(rootfs)
             os.chdir("/")
             env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
