@@ -24,11 +24,6 @@ DEFAULT_TEMPLATE = "base"
 DEFAULT_TIMEOUT = 300
 
 
-def _config_of(target: Any, url: Optional[str], api_key: Optional[str],
-               request_timeout: Optional[float]) -> _config.ConnectionConfig:
-    return _config.resolve(url=url, api_key=api_key, request_timeout=request_timeout)
-
-
 class AsyncSandbox:
     """One sandbox. Use ``await AsyncSandbox.create()`` or ``await AsyncSandbox.connect(id)``."""
 
@@ -103,7 +98,7 @@ class AsyncSandbox:
             body["envVars"] = dict(envs)
         if secure is not None:
             body["secure"] = secure
-        transport = AsyncTransport(_config_of(cls, url, api_key, request_timeout))
+        transport = AsyncTransport(_config.resolve(url, api_key, request_timeout))
         try:
             response = await transport.api("POST", "/v2/sandboxes", json_body=body,
                                            not_found=errors.TemplateError)
@@ -127,7 +122,7 @@ class AsyncSandbox:
         if isinstance(self_or_cls, type):
             if not sandbox_id:
                 raise errors.InvalidArgumentError("connect() on the class needs a sandbox_id")
-            transport = AsyncTransport(_config_of(self_or_cls, url, api_key, request_timeout))
+            transport = AsyncTransport(_config.resolve(url, api_key, request_timeout))
             try:
                 response = await transport.api("POST", f"/v2/sandboxes/{sandbox_id}/connect",
                                                json_body=body)
@@ -214,7 +209,7 @@ async def _api(self_or_cls: Any, sandbox_id: Optional[str], method: str, path: s
             **kwargs)
     if not sandbox_id:
         raise errors.InvalidArgumentError("a sandbox_id is needed when called on the class")
-    async with AsyncTransport(_config_of(self_or_cls, url, api_key, request_timeout)) as transport:
+    async with AsyncTransport(_config.resolve(url, api_key, request_timeout)) as transport:
         return await transport.api(method, path.format(id=sandbox_id), **kwargs)
 
 

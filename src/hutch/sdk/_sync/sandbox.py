@@ -25,11 +25,6 @@ DEFAULT_TEMPLATE = "base"
 DEFAULT_TIMEOUT = 300
 
 
-def _config_of(target: Any, url: Optional[str], api_key: Optional[str],
-               request_timeout: Optional[float]) -> _config.ConnectionConfig:
-    return _config.resolve(url=url, api_key=api_key, request_timeout=request_timeout)
-
-
 class Sandbox:
     """One sandbox. Use ``Sandbox.create()`` or ``Sandbox.connect(id)``."""
 
@@ -104,7 +99,7 @@ class Sandbox:
             body["envVars"] = dict(envs)
         if secure is not None:
             body["secure"] = secure
-        transport = Transport(_config_of(cls, url, api_key, request_timeout))
+        transport = Transport(_config.resolve(url, api_key, request_timeout))
         try:
             response = transport.api("POST", "/v2/sandboxes", json_body=body,
                                            not_found=errors.TemplateError)
@@ -128,7 +123,7 @@ class Sandbox:
         if isinstance(self_or_cls, type):
             if not sandbox_id:
                 raise errors.InvalidArgumentError("connect() on the class needs a sandbox_id")
-            transport = Transport(_config_of(self_or_cls, url, api_key, request_timeout))
+            transport = Transport(_config.resolve(url, api_key, request_timeout))
             try:
                 response = transport.api("POST", f"/v2/sandboxes/{sandbox_id}/connect",
                                                json_body=body)
@@ -215,7 +210,7 @@ def _api(self_or_cls: Any, sandbox_id: Optional[str], method: str, path: str, *,
             **kwargs)
     if not sandbox_id:
         raise errors.InvalidArgumentError("a sandbox_id is needed when called on the class")
-    with Transport(_config_of(self_or_cls, url, api_key, request_timeout)) as transport:
+    with Transport(_config.resolve(url, api_key, request_timeout)) as transport:
         return transport.api(method, path.format(id=sandbox_id), **kwargs)
 
 
