@@ -64,6 +64,7 @@ class FilesystemService:
             bool(field(msg, "include_entry", False)),
             sink,
             lambda fn, *args: self.state.identities.run(call.user, fn, *args),
+            bool(field(msg, "allow_network_mounts", False)),
         )
 
     async def watch_dir(self, call: Call, msg: Dict[str, Any]) -> AsyncIterator[bytes]:

@@ -107,17 +107,26 @@ async def _first_envelope(call: Call) -> Dict[str, Any]:
 async def serve_server_stream(
     call: Call, handler: Callable[[Call, Dict[str, Any]], Awaitable[AsyncIterator[bytes]]]
 ) -> Response:
-    """Answer 200 at once; messages (already enveloped by the handler) then the end-stream."""
+    """Answer 200; messages (already enveloped by the handler), then the end-stream message.
+
+    The request envelope is read and the handler started before answering, so that the HTTP
+    server sees a finished request body and can watch the connection for the client leaving.
+    """
+    try:
+        message = await _first_envelope(call)
+        stream = await handler(call, message)
+    except Exception as exc:  # noqa: BLE001 - becomes the end-stream error
+        return Response(200, encode_end_stream(error_of(exc)), content_type=envd.CONTENT_TYPE_STREAM)
 
     async def body() -> AsyncIterator[bytes]:
         try:
-            message = await _first_envelope(call)
-            stream = await handler(call, message)
             async for chunk in stream:
                 yield chunk
         except Exception as exc:  # noqa: BLE001
             yield encode_end_stream(error_of(exc))
             return
+        finally:
+            await stream.aclose()
         yield encode_end_stream()
 
     return Response(200, body(), content_type=envd.CONTENT_TYPE_STREAM)

@@ -35,6 +35,9 @@ WATCH_MASK = IN_MODIFY | IN_ATTRIB | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | I
 
 _EVENT = struct.Struct("iIII")
 
+#: statfs f_type of network and FUSE filesystems, where inotify misses remote changes.
+NETWORK_FS = {0x6969: "nfs", 0xFF534D42: "cifs", 0xFE534D42: "smb2", 0x517B: "smb", 0x65735546: "fuse"}
+
 _libc = None
 
 
@@ -55,6 +58,14 @@ def _check(result: int, path: str) -> int:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), path)
     return result
+
+
+def filesystem_type(path: str) -> int:
+    """The statfs ``f_type`` magic of the filesystem holding ``path``."""
+    lib, ctypes = _lib()
+    buf = ctypes.create_string_buffer(512)
+    _check(lib.statfs(os.fsencode(path), buf), path)
+    return struct.unpack_from("l", buf.raw)[0] & 0xFFFFFFFF
 
 
 def _map(mask: int) -> int:
@@ -85,7 +96,9 @@ class DirWatcher:
         include_entry: bool,
         sink: Callable[[Dict[str, Any]], None],
         run_as: Callable[..., Any],
+        allow_network_mounts: bool = False,
     ) -> None:
+        self.allow_network_mounts = allow_network_mounts
         self.root = root
         self.recursive = recursive
         self.include_entry = include_entry
@@ -100,6 +113,12 @@ class DirWatcher:
         st = await self._run_as(filesystem.guarded, os.stat, self.root)
         if not stat.S_ISDIR(st.st_mode):
             raise InvalidArgumentError(f"path {self.root!r} is not a directory")
+        if not self.allow_network_mounts:
+            kind = NETWORK_FS.get(await self._run_as(filesystem.guarded, filesystem_type, self.root))
+            if kind:
+                raise InvalidArgumentError(
+                    f"path {self.root!r} is on a {kind} mount; watching it needs allowNetworkMounts"
+                )
         lib, _ = _lib()
         self.fd = _check(lib.inotify_init1(IN_NONBLOCK | IN_CLOEXEC), self.root)
         try:
