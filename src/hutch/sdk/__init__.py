@@ -1,5 +1,16 @@
 """hutch's Python SDK: ``Sandbox`` (blocking) and ``AsyncSandbox`` (asyncio).
 
+    from hutch import Sandbox
+
+    with Sandbox.create(template="base", timeout=300) as sbx:
+        print(sbx.commands.run("uname -a").stdout)
+        sbx.files.write("/home/user/data.csv", b"a,b\n1,2\n")
+
+Where requests go: ``url=`` or ``HUTCH_URL`` (default ``http://127.0.0.1:49980``); the key:
+``api_key=`` or ``HUTCH_API_KEY``. As root on the server's own machine no key is needed: for
+a loopback URL the SDK reads the server's admin key from
+``<HUTCH_DATA_DIR or /var/lib/hutch>/admin.key`` (details in ``hutch.sdk._config``).
+
 The async classes in ``_async`` are the source; the sync ones in ``_sync`` are generated
 from them by ``scripts/unasync.py``. Names and call shapes follow the e2b SDK, so code
 written for E2B runs against hutch by changing the import.
