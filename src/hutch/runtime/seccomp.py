@@ -109,19 +109,47 @@ def profile(arch: str = "SCMP_ARCH_X86_64") -> dict:
     for family in SOCKET_FAMILIES:
         rules.append({"names": ["socket"], "action": "SCMP_ACT_ALLOW",
                       "args": [_arg(0, family, "SCMP_CMP_EQ")]})
-    # ioctl: allowed unless the low 32 bits of the command are a denied one. One rule with
-    # one masked comparison per denied command would OR them; the filter needs AND, so the
-    # denied commands get their own ERRNO rules and everything else falls to the allow rule.
-    for cmd in DENIED_IOCTLS:
-        rules.append({"names": ["ioctl"], "action": "SCMP_ACT_ERRNO", "errnoRet": errno.EPERM,
-                      "args": [_arg(1, 0xFFFFFFFF, "SCMP_CMP_MASKED_EQ", cmd)]})
-    rules.append({"names": ["ioctl"], "action": "SCMP_ACT_ALLOW"})
+    # ioctl: the kernel reads the command as 32 bits, so the filter must too (CVE-2019-10063
+    # set high bits to slip TIOCSTI past a 64-bit comparison). OCI runtimes OR together the
+    # comparisons of one rule that test the same argument, so "not A and not B" cannot be one
+    # rule; instead the allowed commands are written as a union of masked-equality patterns
+    # (one comparison per rule) that covers every 32-bit value except the denied ones, with
+    # the high 32 bits clear, plus the sign-extended form of commands with bit 31 set (which
+    # no denied command has). Anything else gets EPERM.
+    high = 0xFFFFFFFF00000000
+    for mask, value in complement_patterns(DENIED_IOCTLS):
+        rules.append({"names": ["ioctl"], "action": "SCMP_ACT_ALLOW",
+                      "args": [_arg(1, high | mask, "SCMP_CMP_MASKED_EQ", value)]})
+    rules.append({"names": ["ioctl"], "action": "SCMP_ACT_ALLOW",
+                  "args": [_arg(1, high | 0x80000000, "SCMP_CMP_MASKED_EQ",
+                                high | 0x80000000)]})
     return {
         "defaultAction": "SCMP_ACT_ERRNO",
         "defaultErrnoRet": errno.EPERM,
         "architectures": [arch],
         "syscalls": rules,
     }
+
+
+def complement_patterns(excluded: tuple[int, ...], bits: int = 32) -> list[tuple[int, int]]:
+    """(mask, value) pairs, each matching the values whose masked bits equal value, whose
+    union is exactly every `bits`-bit value not in `excluded` (a walk down the binary trie
+    of the excluded values: each branch that holds none of them becomes one pattern)."""
+    full = (1 << bits) - 1
+    out: list[tuple[int, int]] = []
+
+    def walk(prefix: int, depth: int, members: list[int]) -> None:
+        if not members:
+            out.append((full ^ ((1 << (bits - depth)) - 1), prefix))
+            return
+        if depth == bits:
+            return  # this prefix is an excluded value itself
+        bit = 1 << (bits - depth - 1)
+        walk(prefix, depth + 1, [m for m in members if not m & bit])
+        walk(prefix | bit, depth + 1, [m for m in members if m & bit])
+
+    walk(0, 0, sorted(set(excluded)))
+    return out
 
 
 _X86_ONLY = frozenset({"arch_prctl", "modify_ldt", "get_thread_area", "set_thread_area",
