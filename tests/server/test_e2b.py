@@ -6,7 +6,7 @@ import time
 import uuid
 
 import pytest
-from e2b import AsyncSandbox, Sandbox
+from e2b import AsyncSandbox, Sandbox, SandboxQuery
 from e2b.exceptions import AuthenticationException, SandboxException
 
 
@@ -33,7 +33,7 @@ def test_sdk_lifecycle_commands_and_files(e2b_env):
         sbx.files.write("/home/user/blob.bin", blob)
         assert sbx.files.read("/home/user/blob.bin", format="bytes") == blob
 
-        listed = Sandbox.list(query={"metadata": {"tag": tag}}).next_items()
+        listed = Sandbox.list(query=SandboxQuery(metadata={"tag": tag})).next_items()
         assert [s.sandbox_id for s in listed] == [sbx.sandbox_id]
         info = sbx.get_info()
         assert info.metadata == {"tag": tag} and info.template_id == "base"
@@ -71,7 +71,7 @@ def test_sdk_pagination(e2b_env):
     tag = uuid.uuid4().hex
     made = [Sandbox.create(metadata={"page": tag}) for _ in range(3)]
     try:
-        pager = Sandbox.list(query={"metadata": {"page": tag}}, limit=2)
+        pager = Sandbox.list(query=SandboxQuery(metadata={"page": tag}), limit=2)
         seen = []
         while pager.has_next:
             seen += [s.sandbox_id for s in pager.next_items()]

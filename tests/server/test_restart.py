@@ -10,7 +10,7 @@ import time
 import pytest
 from e2b import Sandbox
 
-from hutch.runtime.spec import Mount, SandboxSpec
+from hutch.runtime.spec import SandboxSpec
 
 from .conftest import DATA_DIR, INSTANCE, SUBNET, TEMPLATES_DIR
 
@@ -23,13 +23,8 @@ def _runtime():
 
 
 async def _list_ids() -> list[str]:
-    rt = _runtime()
-    await rt.start()
-    try:
-        ids = rt.list()
-        return list(await ids if asyncio.iscoroutine(ids) else ids)
-    finally:
-        await rt.close()
+    # Reads what is on the host only: no start(), which would compete with a running server.
+    return list(await _runtime().list())
 
 
 async def _make_orphan(sid: str) -> None:

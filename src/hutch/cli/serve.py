@@ -42,6 +42,8 @@ def serve(host, port, data_dir):
     cfg = _config(host=host, port=port, data_dir=data_dir)
     logging.basicConfig(level=cfg.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Per-request connection chatter of the upstream pool drowns everything else.
+    logging.getLogger("httpcore").setLevel(max(logging.INFO, logging.getLogger().level))
     try:
         from hutch.templates import TerminalProgress
         progress = TerminalProgress()

@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from typing import Any
+
+import uvicorn
 
 from hutch.server.config import Config
 from hutch.server.keys import ensure_admin_key
@@ -62,6 +64,35 @@ class _DropAbortNoise(logging.Filter):
         return record.getMessage() != ABORT_LOG_MESSAGE
 
 
+class _Uvicorn(uvicorn.Server):
+    """uvicorn's server, told to cut open streams as soon as it starts shutting down.
+
+    Left alone it would wait for every open stream (a background command's output can stay
+    open for hours) before exiting.
+    """
+
+    def __init__(self, config: uvicorn.Config, on_stop) -> None:
+        super().__init__(config)
+        self._on_stop = on_stop
+
+    async def shutdown(self, sockets=None) -> None:
+        self._on_stop()
+        await super().shutdown(sockets=sockets)
+
+    @contextmanager
+    def capture_signals(self):
+        # uvicorn's own version re-raises the signal once it has stopped, which would kill
+        # the process before the server's own clean-up runs.
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.handle_exit, sig, None)
+        try:
+            yield
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+
 class Server:
     """Everything one ``hutch serve`` runs; :meth:`run` serves until SIGINT/SIGTERM."""
 
@@ -76,7 +107,9 @@ class Server:
     async def start(self, progress: Any = None) -> None:
         cfg = self.config
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        cfg.data_dir.chmod(0o700)
+        # Traversable but not listable: the sandboxes' mapped root must reach its rootfs under
+        # here, while the store and the admin key stay 0600.
+        cfg.data_dir.chmod(0o711)
         self.store = Store(cfg.db_path)
         self.admin_key_created = ensure_admin_key(self.store, cfg.admin_key_path)
         await self.runtime.start()
@@ -98,14 +131,15 @@ class Server:
 
     async def serve(self, on_ready=None) -> None:
         """Listen until a stop signal; the caller has called :meth:`start`."""
-        import uvicorn
         logging.getLogger("uvicorn.error").addFilter(_DropAbortNoise())
+        app = self.asgi()
         uconfig = uvicorn.Config(
-            self.asgi(), host=self.config.host, port=self.config.port, http="h11",
+            app, host=self.config.host, port=self.config.port, http="h11",
             ws="none", lifespan="off", log_level=self.config.log_level, access_log=False,
             timeout_keep_alive=75, server_header=False, date_header=False,
+            timeout_graceful_shutdown=10,
         )
-        userver = uvicorn.Server(uconfig)
+        userver = _Uvicorn(uconfig, on_stop=app.data.drop_all)
         if on_ready is not None:
             async def announce():
                 while not userver.started and not userver.should_exit:

@@ -176,7 +176,7 @@ class Config:
     @property
     def state_dir(self) -> Path:
         """The runtime's own directory (bundles, writable layers, run dirs)."""
-        return self.data_dir / "sandboxes"
+        return self.data_dir / "runtime"
 
 
 def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:

@@ -62,6 +62,7 @@ class Live:
     # Proxy tasks streaming to/from this sandbox: cancelled on kill so that open streams are
     # dropped at once (no end event), as the SDK expects from a killed sandbox.
     streams: set[asyncio.Task] = field(default_factory=set)
+    cpu_sample: tuple[int, float] | None = None   # (cpu ns, monotonic s) of the last metrics
 
 
 class SandboxManager:
@@ -138,7 +139,16 @@ class SandboxManager:
 
     async def _adopt(self, rec: SandboxRecord) -> bool:
         link = AgentLink(Path(rec.run_dir or "") / "agent.sock")
-        if not rec.run_dir or not await link.health(timeout=5.0):
+        ok = bool(rec.run_dir) and await link.health(timeout=5.0)
+        if ok:
+            # /init is idempotent: re-sending the stored settings makes sure an agent that
+            # restarted while the server was down serves the sandbox's env and token again.
+            try:
+                await link.init(rec.env_vars, rec.access_token, DEFAULT_USER)
+            except Exception as exc:
+                log.warning("re-initialising %s failed: %s", rec.id, exc)
+                ok = False
+        if not ok:
             await link.aclose()
             self.store.update(rec, state="error", reason="agent unreachable at server start",
                               ended_at=time.time())
@@ -274,8 +284,35 @@ class SandboxManager:
         return self.store.page(**filters)
 
     async def metrics(self, sandbox_id: str) -> dict:
-        self.running(sandbox_id)
-        return dict(await _maybe_await(self.runtime.stats(sandbox_id)) or {})
+        """Current usage in E2B's units: CPU % of the sandbox's quota since the last call
+        (since start for the first one), memory and disk in bytes."""
+        live = self.running(sandbox_id)
+        rec = live.record
+        raw = dict(await _maybe_await(self.runtime.stats(sandbox_id)) or {})
+        now = time.monotonic()
+        cpu_ns = raw.get("cpu_ns")
+        pct = 0.0
+        if cpu_ns is not None:
+            if live.cpu_sample is not None:
+                prev_ns, prev_t = live.cpu_sample
+            else:
+                prev_ns, prev_t = 0, now - max(1e-3, time.time() - (rec.started_at or rec.created_at))
+            elapsed = max(1e-6, now - prev_t)
+            pct = max(0.0, min(100.0, (cpu_ns - prev_ns) / (elapsed * 1e9 * rec.cpu) * 100))
+            live.cpu_sample = (cpu_ns, now)
+
+        def num(key: str, default: int) -> int:
+            value = raw.get(key)
+            return int(value) if value is not None else default
+
+        return {
+            "cpu_used_pct": round(pct, 2),
+            "mem_used": num("memory_bytes", 0),
+            "mem_total": min(num("memory_limit", rec.memory_mb << 20), rec.memory_mb << 20),
+            "mem_cache": num("memory_cache", 0),
+            "disk_used": num("disk_used", 0),
+            "disk_total": num("disk_total", rec.disk_mb << 20),
+        }
 
     # -- changes -----------------------------------------------------------------------------
 

@@ -82,6 +82,15 @@ def not_found(sandbox_id: str) -> dict:
 class DataPlane:
     def __init__(self, manager: SandboxManager) -> None:
         self.manager = manager
+        self._tasks: set[asyncio.Task] = set()
+        self._stopping = False
+
+    def drop_all(self) -> None:
+        """Cut every open stream: the server is stopping (the sandboxes keep running, and
+        clients re-attach to the next server)."""
+        self._stopping = True
+        for task in list(self._tasks):
+            task.cancel()
 
     async def __call__(self, scope: dict, receive, send, sandbox_id: str,
                        port: int | None) -> None:
@@ -137,6 +146,7 @@ class DataPlane:
             body_done.set()
         task = asyncio.current_task()
         live.streams.add(task)
+        self._tasks.add(task)
         watcher = asyncio.create_task(self._watch_disconnect(receive, body_done, task))
         started = False
         try:
@@ -160,10 +170,11 @@ class DataPlane:
             # its streams end abruptly, with no end event, as a dead sandbox's would.
             if watcher.done():
                 return
-            if self.manager.lookup(sandbox_id) is not None:
-                raise   # neither: the server itself is stopping
+            if self.manager.lookup(sandbox_id) is not None and not self._stopping:
+                raise
             if not started:
-                await _json(send, 502, not_found(sandbox_id))
+                await _json(send, 502, not_found(sandbox_id) if not self._stopping else {
+                    "sandboxId": sandbox_id, "code": 502, "message": "the server is stopping"})
         except ClientGone:
             pass
         except (httpcore.NetworkError, httpcore.RemoteProtocolError, httpcore.TimeoutException,
@@ -180,6 +191,7 @@ class DataPlane:
         finally:
             watcher.cancel()
             live.streams.discard(task)
+            self._tasks.discard(task)
 
     @staticmethod
     async def _watch_disconnect(receive, body_done: asyncio.Event, task: asyncio.Task) -> Any:

@@ -149,12 +149,10 @@ class ControlPlane:
         return JSONResponse([{
             "timestamp": rfc3339(now), "timestampUnix": int(now),
             "cpuCount": max(1, round(rec.cpu)),
-            "cpuUsedPct": float(stats.get("cpu_used_pct", 0.0)),
-            "memUsed": int(stats.get("mem_used", 0)),
-            "memTotal": int(stats.get("mem_total", rec.memory_mb * 1024 * 1024)),
-            "memCache": int(stats.get("mem_cache", 0)),
-            "diskUsed": int(stats.get("disk_used", 0)),
-            "diskTotal": int(stats.get("disk_total", rec.disk_mb * 1024 * 1024)),
+            "cpuUsedPct": stats["cpu_used_pct"],
+            "memUsed": stats["mem_used"], "memTotal": stats["mem_total"],
+            "memCache": stats["mem_cache"],
+            "diskUsed": stats["disk_used"], "diskTotal": stats["disk_total"],
         }])
 
     async def list(self, request: Request) -> Response:

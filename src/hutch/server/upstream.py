@@ -41,8 +41,10 @@ class AgentLink:
         await self.pool.aclose()
 
     async def _call(self, method: str, path: str, body: dict | None = None,
-                    timeout: float = 10.0) -> tuple[int, bytes]:
+                    timeout: float = 10.0, token: str | None = None) -> tuple[int, bytes]:
         headers = [(b"Host", b"agent")]
+        if token:
+            headers.append((b"X-Access-Token", token.encode()))
         content = b""
         if body is not None:
             content = json.dumps(body).encode()
@@ -63,9 +65,10 @@ class AgentLink:
 
     async def init(self, env_vars: dict[str, str], access_token: str | None,
                    default_user: str) -> None:
+        # An agent that was initialised before (a server restart) wants the current token.
         status, body = await self._call("POST", "/init", {
             "envVars": env_vars, "accessToken": access_token, "defaultUser": default_user,
-        })
+        }, token=access_token)
         if status >= 300:
             raise SandboxError(f"agent refused /init: {status} {body[:200]!r}")
 
@@ -88,6 +91,6 @@ class AgentLink:
             if time.monotonic() + delay > deadline:
                 raise SandboxError(f"the sandbox agent did not come up (socket {self.socket})")
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.025)
+            delay = min(delay * 2, 0.004)
         if not await self.health():
             raise SandboxError("the sandbox agent is not healthy after /init")
