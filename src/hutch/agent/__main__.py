@@ -1,24 +1,51 @@
-"""``python3 -m hutch.agent --socket PATH [--listen HOST:PORT] [--ready-fd N]``."""
+"""``python3 -m hutch.agent [--socket PATH] [--listen HOST:PORT] [--ready-fd N]``.
+
+Arguments are parsed by hand: argparse alone costs several milliseconds of the agent's
+start-up, which sits on the path of every sandbox creation.
+"""
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import sys
+
+USAGE = """usage: python3 -m hutch.agent [--socket PATH] [--listen HOST:PORT] [--ready-fd N]
+
+  --socket PATH       serve on this unix socket (created 0600; appears once it accepts)
+  --listen HOST:PORT  serve on this TCP address as well (or instead)
+  --ready-fd N        write "ready\\n" to file descriptor N once serving, then close it
+"""
+
+
+def parse(argv):
+    opts = {"--socket": None, "--listen": None, "--ready-fd": None}
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg in ("-h", "--help"):
+            sys.stdout.write(USAGE)
+            raise SystemExit(0)
+        name, eq, value = arg.partition("=")
+        if name not in opts:
+            raise SystemExit(f"hutch.agent: unknown argument {arg!r}\n{USAGE}")
+        if not eq:
+            if not args:
+                raise SystemExit(f"hutch.agent: {name} needs a value")
+            value = args.pop(0)
+        opts[name] = value
+    if not opts["--socket"] and not opts["--listen"]:
+        raise SystemExit(f"hutch.agent: give --socket and/or --listen\n{USAGE}")
+    ready = opts["--ready-fd"]
+    return opts["--socket"], opts["--listen"], int(ready) if ready is not None else None
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="hutch.agent", description="hutch in-sandbox agent (envd-compatible)")
-    parser.add_argument("--socket", help="serve on this unix socket (created 0600)")
-    parser.add_argument("--listen", help="serve on this TCP address, HOST:PORT")
-    parser.add_argument("--ready-fd", type=int, help="write 'ready\\n' to this fd once serving")
-    args = parser.parse_args(argv)
-    if not args.socket and not args.listen:
-        parser.error("give --socket and/or --listen")
+    socket_path, listen, ready_fd = parse(sys.argv[1:] if argv is None else argv)
+    import asyncio
+
     from .server import run
 
     try:
-        asyncio.run(run(args.socket, args.listen, args.ready_fd))
+        asyncio.run(run(socket_path, listen, ready_fd))
     except KeyboardInterrupt:
         pass
     return 0

@@ -7,8 +7,6 @@ several files); downloads stream from disk, gzip-compressed when the client acce
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import os
 import stat
 import time
@@ -44,6 +42,8 @@ def error_response(exc: BaseException) -> Response:
 
 def signature_for(path: str, operation: str, username: str, token: str, expiration: Optional[int]) -> str:
     """The ``v1_`` URL signature the SDK makes for ``download_url`` / ``upload_url``."""
+    import hashlib
+
     raw = f"{path}:{operation}:{username}:{token}"
     if expiration is not None:
         raw += f":{expiration}"
@@ -67,6 +67,8 @@ def check_access(state: AgentState, request: Request, operation: str) -> None:
             raise AuthenticationError("invalid signature expiration") from None
         if expiration < time.time():
             raise AuthenticationError("signature is already expired")
+    import hmac
+
     expected = signature_for(
         request.arg("path") or "", operation, request.arg("username") or "", state.access_token or "", expiration
     )

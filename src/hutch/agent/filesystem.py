@@ -11,7 +11,6 @@ import errno
 import grp
 import os
 import pwd
-import shutil
 import stat
 from typing import Any, Callable, Dict, List, Optional, TypeVar
 
@@ -193,6 +192,8 @@ def remove(path: str) -> None:
     try:
         st = os.lstat(path)
         if stat.S_ISDIR(st.st_mode):
+            import shutil
+
             shutil.rmtree(path)
         else:
             os.unlink(path)

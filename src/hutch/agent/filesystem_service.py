@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
+import os
 from typing import Any, AsyncIterator, Dict
 
 from ..errors import InvalidArgumentError, NotFoundError
@@ -101,7 +101,7 @@ class FilesystemService:
         watcher = self._watcher(call, msg, polled.add)
         await watcher.start()
         polled.watcher = watcher
-        watcher_id = uuid.uuid4().hex
+        watcher_id = os.urandom(16).hex()
         self.state.watchers[watcher_id] = polled
         return {"watcherId": watcher_id}
 

@@ -118,6 +118,13 @@ class ProcessService:
         if number not in (signal.SIGTERM, signal.SIGKILL):
             raise InvalidArgumentError("signal must be SIGNAL_SIGTERM or SIGNAL_SIGKILL")
         proc.signal(number)
+        if number == signal.SIGKILL:
+            # SIGKILL cannot be caught: answer once the process is reaped, so that a List or a
+            # second signal right after this call already sees it gone.
+            try:
+                await asyncio.wait_for(asyncio.shield(proc.finished), 5)
+            except asyncio.TimeoutError:
+                pass
         return {}
 
     async def close_stdin(self, call: Call, msg: Dict[str, Any]) -> Dict[str, Any]:

@@ -9,15 +9,14 @@ messages. Every error is a :class:`hutch.errors.HutchError`, whose ``code`` is t
 from __future__ import annotations
 
 import json
-import logging
+import sys
+import traceback
 from typing import Any, AsyncIterator, Awaitable, Callable, Dict, Optional
 
 from ..errors import HutchError, InvalidArgumentError
 from ..protocol import codes, envd
 from ..protocol.envelope import EnvelopeDecoder, EnvelopeError, dumps, encode_end_stream, encode_envelope
 from .http import Request, Response
-
-log = logging.getLogger("hutch.agent")
 
 UNARY, SERVER_STREAM, CLIENT_STREAM = "unary", "server", "client"
 
@@ -57,7 +56,8 @@ def error_of(exc: BaseException) -> Dict[str, str]:
         from .filesystem import translate
 
         return error_of(translate(exc, exc.filename or ""))
-    log.exception("unexpected error in an RPC", exc_info=exc)
+    # A bug, not a client error: leave a trace in the agent's log (its stderr).
+    traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
     return codes.error_body(codes.INTERNAL, f"{type(exc).__name__}: {exc}")
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import os
 from typing import Dict, Optional
 
@@ -34,6 +33,8 @@ class AgentState:
     def token_ok(self, presented: Optional[str]) -> bool:
         if self.access_token is None:
             return True
+        import hmac  # only once a token is set: keeps OpenSSL out of the agent's startup
+
         return presented is not None and hmac.compare_digest(presented.encode(), self.access_token.encode())
 
     def user(self, name: Optional[str]) -> User:

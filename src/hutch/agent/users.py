@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import platform
 import pwd
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, List, Optional, TypeVar
@@ -102,9 +101,10 @@ class _FsCreds:
     def __init__(self) -> None:
         import ctypes
 
-        numbers = _SYSCALLS.get(platform.machine())
+        machine = os.uname().machine
+        numbers = _SYSCALLS.get(machine)
         if numbers is None:
-            raise HutchError(f"no syscall table for {platform.machine()}")
+            raise HutchError(f"no syscall table for {machine}")
         self._fsuid, self._fsgid, self._setgroups = numbers
         self._libc = ctypes.CDLL(None, use_errno=True)
         self._ctypes = ctypes

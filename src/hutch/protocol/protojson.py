@@ -13,8 +13,8 @@ The rules that bite (and that these helpers encode once):
 from __future__ import annotations
 
 import base64
-import datetime as _dt
 import re
+import time as _time
 from typing import Any, Dict, Mapping, Optional, Union
 
 _SNAKE = re.compile(r"_([a-z0-9])")
@@ -101,7 +101,7 @@ def timestamp_ns(ns: int) -> str:
     Uses 0, 3, 6 or 9 fractional digits, the fewest that keep the value exact, as proto3 does.
     """
     whole, nanos = divmod(int(ns), 1_000_000_000)
-    base = _dt.datetime.fromtimestamp(whole, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    base = _time.strftime("%Y-%m-%dT%H:%M:%S", _time.gmtime(whole))
     if nanos:
         frac = f"{nanos:09d}"
         for digits in (3, 6, 9):
@@ -114,6 +114,8 @@ def timestamp_ns(ns: int) -> str:
 
 def parse_timestamp(text: str) -> float:
     """Decode an RFC 3339 timestamp to a Unix time."""
+    import datetime as _dt
+
     text = text.strip()
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
