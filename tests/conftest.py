@@ -3,7 +3,7 @@
 The end-to-end tests talk to a real `hutch serve` subprocess, started once per session with
 its own instance name, subnet and data dir so it never collides with a server an operator
 runs on the same machine (or with another test run). Override with HUTCH_TEST_INSTANCE,
-HUTCH_TEST_SUBNET and HUTCH_TEST_DATA_DIR.
+HUTCH_TEST_SUBNET, HUTCH_TEST_DATA_DIR and HUTCH_TEST_TEMPLATES_DIR.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import pytest
 TEST_INSTANCE = os.environ.get("HUTCH_TEST_INSTANCE", "hutcht")
 TEST_SUBNET = os.environ.get("HUTCH_TEST_SUBNET", "10.178.0.0/16")
 TEST_DATA_DIR = Path(os.environ.get("HUTCH_TEST_DATA_DIR", "/var/lib/hutch-test"))
+TEST_TEMPLATES_DIR = Path(os.environ.get("HUTCH_TEST_TEMPLATES_DIR", str(TEST_DATA_DIR / "templates")))
 # The first start builds the base template (a Debian bootstrap): minutes on a fresh machine.
 STARTUP_TIMEOUT = float(os.environ.get("HUTCH_TEST_STARTUP_TIMEOUT", "1500"))
 
@@ -69,6 +70,7 @@ def _server_env(data_dir: Path, port: int) -> dict[str, str]:
         HUTCH_PORT=str(port),
         HUTCH_INSTANCE=TEST_INSTANCE,
         HUTCH_SUBNET=TEST_SUBNET,
+        HUTCH_TEMPLATES_DIR=str(TEST_TEMPLATES_DIR),
     )
     return env
 

@@ -10,7 +10,7 @@ import time
 import uuid
 
 import pytest
-from e2b import AsyncSandbox, CommandExitException, Sandbox
+from e2b import AsyncSandbox, CommandExitException, Sandbox, SandboxQuery
 from e2b.exceptions import NotFoundException, SandboxException, TimeoutException
 from e2b.sandbox.commands.command_handle import PtySize
 from e2b.sandbox.filesystem.watch_handle import FilesystemEventType
@@ -31,7 +31,7 @@ def test_commands_run_as_the_default_user_in_a_login_shell(sbx):
     assert r.stdout.split() == ["3", "user", "/home/user", "/home/user"]
     assert sbx.commands.run("whoami", user="root").stdout.strip() == "root"
     assert sbx.commands.run("sudo -n whoami").stdout.strip() == "root"
-    assert sbx.commands.run("python --version && curl --version && git --version && tput cols").exit_code == 0
+    assert sbx.commands.run("python --version && curl --version && git --version && tput -T xterm cols").exit_code == 0
 
 
 def test_non_zero_exit_raises_with_output(sbx):
@@ -58,17 +58,17 @@ def test_streaming_callbacks_env_and_cwd(server_env):
 
 
 def test_background_command_stdin_list_and_kill(sbx):
-    h = sbx.commands.run("cat", background=True, stdin=True)
-    assert h.pid in [p.pid for p in sbx.commands.list()]
-    sbx.commands.send_stdin(h.pid, "hello\n")
-    deadline = time.monotonic() + 20
-    while "hello" not in h.stdout and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert "hello" in h.stdout
-    assert sbx.commands.kill(h.pid) is True
+    cat = sbx.commands.run("cat", background=True, stdin=True)
+    assert cat.pid in [p.pid for p in sbx.commands.list()]
+    sbx.commands.send_stdin(cat.pid, "hello\n")
+    sbx.commands.close_stdin(cat.pid)
+    assert cat.wait().stdout == "hello\n"
+
+    sleeper = sbx.commands.run("sleep 60", background=True)
+    assert sbx.commands.kill(sleeper.pid) is True
     with pytest.raises(CommandExitException):
-        h.wait()
-    assert h.pid not in [p.pid for p in sbx.commands.list()]
+        sleeper.wait()
+    assert sleeper.pid not in [p.pid for p in sbx.commands.list()]
     assert sbx.commands.kill(999999) is False
 
 
@@ -80,15 +80,16 @@ def test_command_timeout_is_enforced_by_the_server(sbx):
 
 def test_pty_round_trip_and_resize(sbx):
     out = bytearray()
-    term = sbx.pty.create(PtySize(rows=24, cols=80), on_data=out.extend)
-    sbx.pty.send_stdin(term.pid, b"stty size; echo mark-$((6*7))\n")
-    deadline = time.monotonic() + 20
-    while b"mark-42" not in out and time.monotonic() < deadline:
-        time.sleep(0.05)
+    term = sbx.pty.create(PtySize(rows=24, cols=80))
+    sbx.pty.send_stdin(term.pid, b"stty size; echo mark-$((6*7)); exit\n")
+    term.wait(on_pty=out.extend)
     assert b"mark-42" in out and b"24 80" in out
+
+    out.clear()
+    term = sbx.pty.create(PtySize(rows=24, cols=80))
     sbx.pty.resize(term.pid, PtySize(rows=30, cols=100))
     sbx.pty.send_stdin(term.pid, b"stty size; exit\n")
-    term.wait(on_pty=lambda d: out.extend(d))
+    term.wait(on_pty=out.extend)
     assert b"30 100" in out
 
 
@@ -139,7 +140,7 @@ def test_list_connect_info_and_timeout(server_env):
     tag = uuid.uuid4().hex
     sandbox = Sandbox.create(metadata={"tag": tag}, timeout=120)
     try:
-        listed = Sandbox.list(query={"metadata": {"tag": tag}}).next_items()
+        listed = Sandbox.list(query=SandboxQuery(metadata={"tag": tag})).next_items()
         assert [s.sandbox_id for s in listed] == [sandbox.sandbox_id]
         info = sandbox.get_info()
         assert info.metadata == {"tag": tag} and info.template_id
@@ -150,7 +151,7 @@ def test_list_connect_info_and_timeout(server_env):
         while sandbox.is_running() and time.monotonic() < deadline:
             time.sleep(0.25)
         assert not sandbox.is_running()
-        assert Sandbox.list(query={"metadata": {"tag": tag}}).next_items() == []
+        assert Sandbox.list(query=SandboxQuery(metadata={"tag": tag})).next_items() == []
     finally:
         sandbox.kill()
 

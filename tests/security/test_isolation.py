@@ -12,7 +12,7 @@ import pytest
 from e2b import CommandExitException, Sandbox
 from e2b.exceptions import NotFoundException
 
-from tests.conftest import TEST_DATA_DIR
+from tests.conftest import TEST_TEMPLATES_DIR
 
 
 def host_pids_of(sandbox_id: str) -> list[int]:
@@ -70,7 +70,7 @@ def test_the_template_is_unchanged_after_a_sandbox_writes_everywhere(server_env,
     marker = f"hutch-marker-{uuid.uuid4().hex[:8]}"
     sbx.commands.run(f"touch /etc/{marker} /usr/bin/{marker} && rm -f /usr/bin/curl", user="root")
     assert sbx.commands.run(f"ls /etc/{marker}").exit_code == 0
-    templates = TEST_DATA_DIR / "templates"
+    templates = TEST_TEMPLATES_DIR
     assert not list(templates.rglob(marker))
     assert list(templates.rglob("usr/bin/curl"))
     fresh = Sandbox.create()
@@ -109,7 +109,8 @@ def test_a_memory_hog_is_killed_inside_while_others_go_on(server_env, hutch_serv
     try:
         with pytest.raises(CommandExitException) as err:
             sbx.commands.run("python3 -c 'b = bytearray(3 * 1024**3); print(len(b))'", timeout=120)
-        assert err.value.exit_code in (137, -9) or "Killed" in err.value.stderr
+        # killed by a signal: envd reports exit code -1 (Go's convention), a shell 137
+        assert err.value.exit_code in (-1, 137)
         assert sbx.commands.run("echo alive").stdout == "alive\n"
         assert other.commands.run("echo other").stdout == "other\n"
         with urllib.request.urlopen(hutch_server.url + "/health", timeout=10) as r:
