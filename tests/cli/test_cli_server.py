@@ -89,3 +89,45 @@ def test_shell_with_piped_input(hutch, sandbox_id):
     result = hutch("shell", sandbox_id, stdin="echo $((40+2))\nexit 5\n", check=False)
     assert result.returncode == 5
     assert b"42" in result.stdout
+
+
+def test_shell_on_a_terminal(hutch_server, sandbox_id):
+    """`hutch shell` with a real TTY: raw mode, keystrokes forwarded, the exit status kept."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+    import time
+
+    env = {**os.environ, "HUTCH_URL": hutch_server.url, "HUTCH_API_KEY": hutch_server.api_key}
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
+    before = termios.tcgetattr(terminal)
+    proc = subprocess.Popen([sys.executable, "-m", "hutch", "shell", sandbox_id], env=env,
+                            stdin=terminal, stdout=terminal, stderr=terminal)
+    output = bytearray()
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        sent = False
+        while proc.poll() is None or select.select([controller], [], [], 0)[0]:
+            assert time.monotonic() < deadline, output.decode(errors="replace")
+            if select.select([controller], [], [], 0.1)[0]:
+                try:
+                    output += os.read(controller, 65536)
+                except OSError:
+                    break
+            if not sent and b"$ " in output:  # the sandbox shell's prompt
+                os.write(controller, b"stty size; echo $((40+2)); exit 3\r")
+                sent = True
+        assert proc.wait(TIMEOUT) == 3
+        assert b"42" in output
+        assert b"33 101" in output  # our terminal's size became the sandbox terminal's
+        # raw mode was undone on the way out
+        assert termios.tcgetattr(terminal)[3] == before[3]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(controller)
+        os.close(terminal)

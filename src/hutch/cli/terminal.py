@@ -79,8 +79,12 @@ def exec_(ctx: Context, sandbox_id: str, argv: Tuple[str, ...], user: Optional[s
 
 
 def _size() -> PtySize:
-    columns, lines = os.get_terminal_size(sys.stdout.fileno()) if sys.stdout.isatty() else (80, 24)
-    return PtySize(rows=lines, cols=columns)
+    """Our terminal's size; 80x24 when there is none or it reports zero (a fresh pty)."""
+    try:
+        columns, lines = os.get_terminal_size(sys.stdout.fileno())
+    except OSError:
+        columns, lines = 0, 0
+    return PtySize(rows=lines or 24, cols=columns or 80)
 
 
 @click.command("shell")
