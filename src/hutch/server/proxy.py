@@ -18,10 +18,8 @@ import json
 import logging
 from typing import Any
 
-import httpcore
-
 from hutch.server.manager import SandboxManager
-from hutch.server.upstream import agent_url
+from hutch.server.upstream import UpstreamError
 
 log = logging.getLogger("hutch.server.proxy")
 
@@ -29,7 +27,6 @@ AGENT_PORT = 49983
 # Hop-by-hop headers (RFC 9110 §7.6.1) are never forwarded; framing is re-done on each side.
 _HOP = {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te",
         b"trailer", b"upgrade", b"proxy-authenticate", b"proxy-authorization"}
-_NO_TIMEOUT = {"timeout": {"connect": 10.0, "read": None, "write": None, "pool": 30.0}}
 # What uvicorn logs when a handler ends a response early on purpose (see _abort).
 ABORT_LOG_MESSAGE = "ASGI callable returned without completing response."
 
@@ -113,8 +110,6 @@ class DataPlane:
                 framing = b"chunked"
             if name not in _HOP:
                 headers.append((name, value))
-        if framing:
-            headers.append((b"transfer-encoding", b"chunked"))
         expected = live.record.access_token
         if (expected is not None and path != "/health"
                 and token != expected.encode()
@@ -150,21 +145,19 @@ class DataPlane:
         watcher = asyncio.create_task(self._watch_disconnect(receive, body_done, task))
         started = False
         try:
-            request = httpcore.Request(
-                scope["method"], agent_url(target.decode("latin-1")), headers=headers,
-                content=body() if has_body else None, extensions=_NO_TIMEOUT,
-            )
-            response = await live.link.pool.handle_async_request(request)
+            response = await live.link.request(
+                scope["method"], target, headers, body() if has_body else None,
+                chunked=framing is not None)
             try:
-                out = [(n, v) for n, v in response.headers if n.lower() not in _HOP]
+                out = [(n, v) for n, v in response.headers if n not in _HOP]
                 await send({"type": "http.response.start", "status": response.status,
                             "headers": out})
                 started = True
-                async for chunk in response.stream:
+                async for chunk in response.aiter():
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 await send({"type": "http.response.body", "body": b""})
             finally:
-                await response.aclose()
+                response.close()
         except asyncio.CancelledError:
             # Either the client went away (nothing left to answer) or the sandbox was killed:
             # its streams end abruptly, with no end event, as a dead sandbox's would.
@@ -177,8 +170,7 @@ class DataPlane:
                     "sandboxId": sandbox_id, "code": 502, "message": "the server is stopping"})
         except ClientGone:
             pass
-        except (httpcore.NetworkError, httpcore.RemoteProtocolError, httpcore.TimeoutException,
-                OSError) as exc:
+        except (UpstreamError, OSError, asyncio.IncompleteReadError) as exc:
             if started:
                 return   # the response is cut short: the client sees a broken stream
             if self.manager.lookup(sandbox_id) is None:
