@@ -96,3 +96,36 @@ async def test_unknown_sandbox_and_bad_key(opts):
         await AsyncSandbox.create(url=opts["url"], api_key="e2b_" + "0" * 40)
     with pytest.raises(errors.HutchError):
         await AsyncSandbox.create(template="no-such-template", **opts)
+
+
+async def test_list_pages_and_metrics(opts):
+    tag = uuid.uuid4().hex
+    made = [await AsyncSandbox.create(timeout=120, metadata={"tag": tag}, **opts)
+            for _ in range(3)]
+    try:
+        pager = AsyncSandbox.list(query=SandboxQuery(metadata={"tag": tag}), limit=2, **opts)
+        first = await pager.next_items()
+        assert len(first) == 2 and pager.has_next
+        rest = await pager.all()
+        assert not pager.has_next
+        assert sorted(s.sandbox_id for s in first + rest) == sorted(s.sandbox_id for s in made)
+        metrics = await made[0].get_metrics()
+        assert metrics and metrics[-1].mem_total > 0
+    finally:
+        for sbx in made:
+            await sbx.kill()
+            await sbx.close()
+
+
+async def test_killing_the_sandbox_ends_running_commands(opts):
+    sbx = await AsyncSandbox.create(timeout=120, **opts)
+    try:
+        handle = await sbx.commands.run("sleep 600", background=True)
+        assert await AsyncSandbox.kill(sbx.sandbox_id, **opts)
+        with pytest.raises(errors.SandboxNotFoundError):
+            await handle.wait()
+        with pytest.raises(errors.SandboxNotFoundError):
+            await sbx.commands.run("true")
+    finally:
+        await sbx.kill()
+        await sbx.close()

@@ -69,6 +69,17 @@ def test_callbacks_given_to_wait_receive_earlier_output_too(sbx):
     assert "".join(seen) == result.stdout == "one\ntwo\n"
 
 
+def test_iterating_over_the_output(sbx):
+    handle = sbx.commands.run("echo a; sleep 0.3; echo b >&2; sleep 0.3; echo c",
+                                    background=True)
+    got = [item for item in handle]
+    assert "".join(out for out, _, _ in got if out) == "a\nc\n"
+    assert [err for _, err, _ in got if err] == ["b\n"]
+    assert all(pty is None for _, _, pty in got)
+    assert [item for item in handle] != []  # a late iterator replays what was said
+    assert (handle.wait()).stdout == "a\nc\n"
+
+
 def test_background_list_and_kill(sbx):
     handle = sbx.commands.run("sleep 600", background=True)
     assert handle.pid > 0

@@ -97,3 +97,36 @@ def test_unknown_sandbox_and_bad_key(opts):
         Sandbox.create(url=opts["url"], api_key="e2b_" + "0" * 40)
     with pytest.raises(errors.HutchError):
         Sandbox.create(template="no-such-template", **opts)
+
+
+def test_list_pages_and_metrics(opts):
+    tag = uuid.uuid4().hex
+    made = [Sandbox.create(timeout=120, metadata={"tag": tag}, **opts)
+            for _ in range(3)]
+    try:
+        pager = Sandbox.list(query=SandboxQuery(metadata={"tag": tag}), limit=2, **opts)
+        first = pager.next_items()
+        assert len(first) == 2 and pager.has_next
+        rest = pager.all()
+        assert not pager.has_next
+        assert sorted(s.sandbox_id for s in first + rest) == sorted(s.sandbox_id for s in made)
+        metrics = made[0].get_metrics()
+        assert metrics and metrics[-1].mem_total > 0
+    finally:
+        for sbx in made:
+            sbx.kill()
+            sbx.close()
+
+
+def test_killing_the_sandbox_ends_running_commands(opts):
+    sbx = Sandbox.create(timeout=120, **opts)
+    try:
+        handle = sbx.commands.run("sleep 600", background=True)
+        assert Sandbox.kill(sbx.sandbox_id, **opts)
+        with pytest.raises(errors.SandboxNotFoundError):
+            handle.wait()
+        with pytest.raises(errors.SandboxNotFoundError):
+            sbx.commands.run("true")
+    finally:
+        sbx.kill()
+        sbx.close()

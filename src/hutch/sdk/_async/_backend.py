@@ -33,6 +33,10 @@ class Worker:
         await asyncio.wait([self._task])
 
 
+class Queue(asyncio.Queue):
+    """Hands items from the reader to an iterating caller (``put_nowait``, ``await get()``)."""
+
+
 def lock() -> Any:
     """Guards state shared with the reader; one event loop thread needs no real lock."""
     return contextlib.nullcontext()

@@ -200,6 +200,9 @@ class AsyncEventStream:
                             raise error
                         return
                     yield envelope.json()
+            # Connect always closes a stream with an end-stream message; a body that ends
+            # without one was cut off (the sandbox died, a proxy gave up).
+            raise await self._agent.lost(EOFError("the stream ended without its end message"))
         except httpx.TransportError as exc:
             raise await self._agent.lost(exc) from None
         except (_wire.EnvelopeError, ValueError) as exc:

@@ -7,6 +7,7 @@ callbacks fire as output arrives even while the caller is busy elsewhere.
 
 from __future__ import annotations
 
+import queue
 import socket
 import threading
 import time
@@ -35,6 +36,10 @@ class Worker:
             return
         self._abort()
         self._thread.join()
+
+
+class Queue(queue.SimpleQueue):
+    """Hands items from the reader thread to an iterating caller (``put_nowait``, ``get()``)."""
 
 
 def lock() -> Any:

@@ -10,7 +10,7 @@ moment the command starts, so ``on_stdout``/``on_stderr`` fire as output arrives
 from __future__ import annotations
 
 import codecs
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Iterator, Callable, Dict, List, Optional, Tuple, Union
 
 from hutch import errors
 from hutch.sdk import _wire
@@ -44,6 +44,8 @@ class CommandHandle:
         self._error: Optional[errors.HutchError] = None
         self._disconnected = False
         self._lock = _backend.lock()  # output lists and callbacks, shared with the reader
+        self._listeners: List[_backend.Queue] = []  # iterators waiting for output
+        self._worker_done = False
         self._worker = _backend.Worker(self._read, stream.abort)
 
     @property
@@ -87,6 +89,9 @@ class CommandHandle:
             if not self._disconnected:
                 self._error = errors.SandboxError(f"reading the output of pid {self._pid}: {exc!r}")
         self._flush()
+        with self._lock:
+            self._worker_done = True
+            self._tell(None)
 
     def _on_data(self, data: Dict[str, str]) -> None:
         if "stdout" in data:
@@ -94,12 +99,17 @@ class CommandHandle:
         if "stderr" in data:
             self._emit_stderr(self._err_decoder.decode(_wire.unb64(data["stderr"])))
         if "pty" in data:
-            _backend.call(self._on_pty, _wire.unb64(data["pty"]))
+            chunk = _wire.unb64(data["pty"])
+            with self._lock:
+                self._tell((None, None, chunk))
+                callback = self._on_pty
+            _backend.call(callback, chunk)
 
     def _emit_stdout(self, text: str) -> None:
         if text:
             with self._lock:
                 self._stdout.append(text)
+                self._tell((text, None, None))
                 callback = self._on_stdout
             _backend.call(callback, text)
 
@@ -107,8 +117,35 @@ class CommandHandle:
         if text:
             with self._lock:
                 self._stderr.append(text)
+                self._tell((None, text, None))
                 callback = self._on_stderr
             _backend.call(callback, text)
+
+    def _tell(self, item: Any) -> None:
+        for listener in self._listeners:
+            listener.put_nowait(item)
+
+    def __iter__(self) -> Iterator[Tuple[Optional[str], Optional[str], Optional[bytes]]]:
+        """Output as ``(stdout, stderr, pty)`` tuples, one of them set, until the end.
+
+        Output that arrived before iterating comes first (stdout, then stderr).
+        """
+        listener = _backend.Queue()
+        with self._lock:
+            backlog = [(t, None, None) for t in self._stdout] + [(None, t, None) for t in self._stderr]
+            if self._worker_done:
+                backlog.append(None)
+            else:
+                self._listeners.append(listener)
+        for item in backlog:
+            if item is None:
+                return
+            yield item
+        while True:
+            item = listener.get()
+            if item is None:
+                return
+            yield item
 
     def _flush(self) -> None:
         """Emit a UTF-8 sequence cut off at the end as replacement characters, not silence."""
