@@ -22,6 +22,24 @@ USER_AGENT = "hutch-python-sdk/0.1.0"
 _LIMITS = httpx.Limits(max_connections=200, max_keepalive_connections=20, keepalive_expiry=30)
 
 
+# The server refused without doing anything (busy, rate-limited): worth another try or two.
+API_RETRY_STATUSES = (429, 503)
+API_ATTEMPTS = 3
+MAX_RETRY_DELAY = 10.0
+
+
+def retry_delay(response: httpx.Response, attempt: int) -> Optional[float]:
+    """Seconds to wait before retrying ``response``, or None for "do not retry"."""
+    if response.status_code not in API_RETRY_STATUSES or attempt >= API_ATTEMPTS:
+        return None
+    if response.headers.get("Should-Retry", "").lower() == "false":
+        return None
+    try:
+        return min(float(response.headers["Retry-After"]), MAX_RETRY_DELAY)
+    except (KeyError, ValueError):
+        return 0.25 * 2 ** (attempt - 1)
+
+
 def _timeout(seconds: Optional[float], read: Optional[float] = -1.0) -> httpx.Timeout:
     """Connect/write/pool bounded by ``seconds``; ``read`` may differ (streams, uploads)."""
     return httpx.Timeout(seconds, read=seconds if read == -1.0 else read)
@@ -65,14 +83,19 @@ class AsyncTransport:
             raise errors.AuthenticationError(
                 "no API key: pass api_key=..., set HUTCH_API_KEY, or run as root next to the server"
             )
-        try:
-            response = await self._client.request(
-                method, path, json=json_body, params=params,
-                headers={"X-API-KEY": self.config.api_key},
-                timeout=_timeout(self.config.timeout(request_timeout)),
-            )
-        except httpx.TransportError as exc:
-            raise self.unreachable(exc) from None
+        for attempt in range(1, API_ATTEMPTS + 1):
+            try:
+                response = await self._client.request(
+                    method, path, json=json_body, params=params,
+                    headers={"X-API-KEY": self.config.api_key},
+                    timeout=_timeout(self.config.timeout(request_timeout)),
+                )
+            except httpx.TransportError as exc:
+                raise self.unreachable(exc) from None
+            delay = retry_delay(response, attempt)
+            if delay is None:
+                break
+            await _backend.sleep(delay)
         if response.status_code >= 300:
             raise _errors.from_api(response.status_code, response.content, not_found=not_found)
         return response
