@@ -24,6 +24,7 @@ INSTANCE = "hutchs"
 SUBNET = "10.184.0.0/16"
 DATA_DIR = Path("/var/lib/hutch-test-server")
 TEMPLATES_DIR = Path(os.environ.get("HUTCH_TEST_TEMPLATES_DIR", "/var/lib/hutch-test/templates"))
+DOMAIN = "sbx.hutch.test"   # host routing: <port>-<id>.<domain>, sent as a Host header
 STARTUP_TIMEOUT = float(os.environ.get("HUTCH_TEST_STARTUP_TIMEOUT", "1500"))
 
 
@@ -40,7 +41,8 @@ def server_env(port: int) -> dict[str, str]:
             del env[k]
     env.update(HUTCH_DATA_DIR=str(DATA_DIR), HUTCH_HOST="127.0.0.1", HUTCH_PORT=str(port),
                HUTCH_INSTANCE=INSTANCE, HUTCH_SUBNET=SUBNET,
-               HUTCH_TEMPLATES_DIR=str(TEMPLATES_DIR), HUTCH_LOG_LEVEL="debug")
+               HUTCH_TEMPLATES_DIR=str(TEMPLATES_DIR), HUTCH_LOG_LEVEL="debug",
+               HUTCH_DOMAIN=DOMAIN)
     return env
 
 

@@ -242,3 +242,36 @@ def test_streams_pass_through_unbuffered_both_ways(server, api, sandboxes):
             assert box["r"].status_code == 200
         # The Start stream was left early: the proxy must stay usable for the sandbox.
         assert _run(server, sbx, "echo still") == ("still\n", 0)
+
+
+def test_host_routing(server, api, sandboxes):
+    from .conftest import DOMAIN
+    sbx = _create(api, sandboxes)
+    host = f"49983-{sbx['sandboxID']}.{DOMAIN}"
+    r = httpx.get(server.url + "/health", headers={"Host": host})
+    assert r.status_code == 204
+    r = httpx.get(server.url + "/envs", headers={"Host": host,
+                                                 "X-Access-Token": sbx["envdAccessToken"]})
+    assert r.status_code == 200 and isinstance(r.json(), dict)
+    r = httpx.get(server.url + "/health", headers={"Host": f"49983-nosuchsandbox.{DOMAIN}"})
+    assert r.status_code == 502 and "was not found" in r.json()["message"]
+    # Any other host is the control plane.
+    assert httpx.get(server.url + "/health", headers={"Host": "api." + DOMAIN}).json() == \
+        {"status": "ok"}
+
+
+def test_concurrent_creates(api, sandboxes):
+    import concurrent.futures
+
+    def one(_):
+        r = api.post("/v2/sandboxes", json={"templateID": "base", "metadata": {"c": "1"}})
+        return r.status_code, r.json()
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(one, range(6)))
+    for status, body in results:
+        assert status == 201, body
+        sandboxes.append(body["sandboxID"])
+    assert len({b["sandboxID"] for _, b in results}) == 6
+    for _, body in results:
+        assert api.get(f"/sandboxes/{body['sandboxID']}").json()["state"] == "running"

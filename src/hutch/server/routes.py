@@ -107,10 +107,9 @@ class ControlPlane:
         allow = body.get("allow_internet_access", body.get("allowInternetAccess"))
         if allow is not None and not isinstance(allow, bool):
             raise InvalidArgumentError("allow_internet_access must be a boolean")
-        secure = True
-        if not request.url.path.startswith("/v2/"):
-            # v1 lets old SDKs ask for an unsecured sandbox; v2 always issues a token.
-            secure = body.get("secure", True) is not False
+        # A token is issued unless the caller explicitly asks for none (old SDKs' `secure`;
+        # E2B's v2 clients never send it and always get one).
+        secure = body.get("secure", True) is not False
         rec, timing = await self.manager.create(
             template,
             timeout=body.get("timeout"),
