@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+from pathlib import Path
 
 import pytest
 
@@ -175,6 +176,32 @@ async def test_capabilities_stay_inside(box):
     assert capeff & (1 << 21) == 0  # no CAP_SYS_ADMIN
     assert capeff & (1 << 0)        # CAP_CHOWN (Docker's default set)
     assert out.lower().count("operation not permitted") + out.lower().count("permission denied") >= 2
+
+
+async def test_rlimits(box, runtime):
+    rc, out = await box.run("ulimit -n; ulimit -c")
+    assert out.split() == [str(runtime._nofile), "0"]
+    assert runtime._nofile == 1048576 or runtime._nofile >= 1024
+
+
+def _cgroup_file(kind: str, sid: str, v1: str, v2: str) -> Path | None:
+    for p in (Path(f"/sys/fs/cgroup/{kind}/hutchr/{sid}/{v1}"), Path(f"/sys/fs/cgroup/hutchr/{sid}/{v2}")):
+        if p.exists():
+            return p
+    return None
+
+
+async def test_cgroup_limits_as_written(box):
+    """memory 64 MiB with no swap on top, CPU 0.5 cores, 48 pids (cgroup v1 or v2 files)."""
+    mem = _cgroup_file("memory", box.id, "memory.limit_in_bytes", "memory.max")
+    assert int(mem.read_text()) == 64 << 20
+    swap = _cgroup_file("memory", box.id, "memory.memsw.limit_in_bytes", "memory.swap.max")
+    if swap is not None:
+        assert int(swap.read_text()) in (64 << 20, 0)  # v1: mem+swap = mem; v2: swap 0
+    quota = _cgroup_file("cpu", box.id, "cpu.cfs_quota_us", "cpu.max")
+    assert quota.read_text().split()[0] == "50000"
+    pids = _cgroup_file("pids", box.id, "pids.max", "pids.max")
+    assert pids.read_text().strip() == "48"
 
 
 async def test_stats(box, runtime):

@@ -78,6 +78,21 @@ async def test_args_env_cwd_and_hostname(runtime, rootfs):
         await runtime.stats("life1")
 
 
+async def test_concurrent_creates_get_distinct_objects(runtime, rootfs):
+    ids = [f"conc{i}" for i in range(4)]
+    boxes = await asyncio.gather(*(make_box(runtime, box_spec(i, rootfs)) for i in ids))
+    try:
+        assert len({b.handle.address for b in boxes}) == 4
+        outs = await asyncio.gather(*(b.run("cat /etc/hostname; ip -4 addr show eth0")
+                                      for b in boxes))
+        for b, (rc, out) in zip(boxes, outs):
+            assert rc == 0 and f"inet {b.handle.address}/" in out
+    finally:
+        await asyncio.gather(*(runtime.destroy(i) for i in ids))
+    for i in ids:
+        assert host_objects(i) == {}
+
+
 async def test_init_reaps_orphans(runtime, rootfs):
     box = await make_box(runtime, box_spec("life2", rootfs, network="none"))
     try:
