@@ -73,3 +73,30 @@ def test_client_commands_report_an_unreachable_server_in_one_line(tmp_path):
         result = CliRunner().invoke(main.cli, ["--url", url, "--api-key", "k", "ls"])
     assert result.exit_code == 1
     assert result.output.startswith("error: UnavailableError: cannot reach the hutch server")
+
+
+def test_extract_tree_refuses_what_could_escape(tmp_path):
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        def add(name, data=b"", kind=tarfile.REGTYPE, link=""):
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname, info.size, info.mode = kind, link, len(data), 0o4755
+            tar.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+        add("./ok/file.txt", b"fine")
+        add("../escaped.txt", b"bad")
+        add("/abs.txt", b"bad")
+        add("./link", kind=tarfile.SYMTYPE, link="/etc/passwd")
+        add("./dev", kind=tarfile.CHRTYPE)
+    buf.seek(0)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with tarfile.open(fileobj=buf) as tar:
+        skipped = files.extract_tree(tar, str(dest))
+    assert (dest / "ok" / "file.txt").read_bytes() == b"fine"
+    assert (dest / "ok" / "file.txt").stat().st_mode & 0o7777 == 0o755  # no setuid
+    assert not (tmp_path / "escaped.txt").exists()
+    assert sorted(skipped) == ["../escaped.txt", "./dev", "./link", "/abs.txt"]
+    assert sorted(p.name for p in dest.rglob("*")) == ["file.txt", "ok"]

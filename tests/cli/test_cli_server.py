@@ -85,6 +85,26 @@ def test_cp_both_ways(hutch, sandbox_id, tmp_path):
     assert not (tmp_path / "none").exists()
 
 
+def test_cp_directories(hutch, sandbox_id, tmp_path):
+    tree = tmp_path / "tree"
+    (tree / "sub" / "deeper").mkdir(parents=True)
+    (tree / "top.txt").write_text("top")
+    (tree / "sub" / "deeper" / "leaf.bin").write_bytes(bytes(range(256)))
+    refused = hutch("cp", str(tree), f"{sandbox_id}:/tmp/tree", check=False)
+    assert refused.returncode == 2 and b"-r" in refused.stderr
+    hutch("cp", "-r", str(tree), f"{sandbox_id}:/tmp/tree")
+    listing = hutch("exec", sandbox_id, "--", "cd /tmp/tree && find . -type f | sort; stat -c %U top.txt")
+    assert listing.stdout == b"./sub/deeper/leaf.bin\n./top.txt\nuser\n"
+    hutch("cp", "-r", str(tree), f"{sandbox_id}:/tmp/tree")  # onto a directory: goes inside
+    assert hutch("exec", sandbox_id, "--", "cat /tmp/tree/tree/top.txt").stdout == b"top"
+    back = tmp_path / "back"
+    hutch("cp", "-r", f"{sandbox_id}:/tmp/tree", str(back))
+    assert (back / "top.txt").read_text() == "top"
+    assert (back / "sub" / "deeper" / "leaf.bin").read_bytes() == bytes(range(256))
+    assert (back / "tree" / "top.txt").exists()
+    assert hutch("exec", sandbox_id, "--", "ls /tmp | grep -c hutch-cp", check=False).stdout == b"0\n"
+
+
 def test_shell_with_piped_input(hutch, sandbox_id):
     result = hutch("shell", sandbox_id, stdin="echo $((40+2))\nexit 5\n", check=False)
     assert result.returncode == 5

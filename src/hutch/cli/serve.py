@@ -7,7 +7,6 @@ variables); the few flags here override the most common ones.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import os
 import shutil
@@ -83,17 +82,21 @@ def doctor():
           "the server needs root to make namespaces, cgroups and firewall rules")
     try:
         from hutch.runtime.local import LocalRuntime
-        result = LocalRuntime.probe()
-        if inspect.isawaitable(result):
-            result = asyncio.run(result)
-        ok = result is not False and not (isinstance(result, (list, tuple)) and not all(
-            getattr(r, "ok", True) for r in result))
-        check("OCI runtime", ok, _describe(result))
+        results = LocalRuntime.probe()
+        chosen = [r for r in results if cfg.oci_runtime in (r.name, r.path)]
+        for r in results:
+            if r in chosen:
+                check(f"OCI runtime {r.name} (HUTCH_OCI_RUNTIME)", r.ok,
+                      f"{r.version or ''} {r.reason}".strip())
+            else:
+                click.echo(f"[ -- ] OCI runtime {r.name}: {r.reason}")
+        if not chosen:
+            check(f"OCI runtime {cfg.oci_runtime} (HUTCH_OCI_RUNTIME)", False,
+                  "not among the runtimes hutch knows: " + ", ".join(r.name for r in results))
     except HutchError as exc:
         check("OCI runtime", False, str(exc))
     except ImportError as exc:
         check("OCI runtime", False, f"runtime package unavailable: {exc}")
-    check("OCI runtime binary", shutil.which(cfg.oci_runtime) is not None, cfg.oci_runtime)
     cg = Path("/sys/fs/cgroup")
     has_cg = (cg / "cgroup.controllers").exists() or (cg / "memory").is_dir()
     check("cgroups (memory, pids, cpu)", has_cg, "cgroup v2" if (cg / "cgroup.controllers")
@@ -116,16 +119,6 @@ def doctor():
         click.echo(f"{len(failed)} check(s) failed")
         sys.exit(1)
     click.echo("all checks passed")
-
-
-def _describe(result) -> str:
-    if result is None or result is True:
-        return ""
-    if isinstance(result, dict):
-        return ", ".join(f"{k}={v}" for k, v in result.items())
-    if isinstance(result, (list, tuple)):
-        return "; ".join(str(r) for r in result)
-    return str(result)
 
 
 if __name__ == "__main__":  # pragma: no cover - `hutch serve` is the usual door
