@@ -215,3 +215,10 @@ def test_keep_alive_connection_reused(agent):
             assert http.get("/health").status_code == 204
         r = http.post("/process.Process/List", content=b"{}", headers={"Content-Type": "application/json"})
         assert r.status_code == 200 and r.headers.get("connection") != "close"
+
+
+def test_pty_as_another_user(client: Client):
+    res = run_cmd(client, 'tty >/dev/null && echo "$(id -un) $(stat -c %U $(tty))"', user="nobody",
+                  msg={"pty": {"size": {"cols": 80, "rows": 24}}})
+    assert res["pty"].replace(b"\r\n", b"\n") == b"nobody nobody\n"
+    assert res["end"]["exited"] is True

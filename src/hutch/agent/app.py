@@ -48,9 +48,9 @@ class AgentApp:
 
     async def _rpc(self, request: Request, methods: Dict[str, Any], name: str) -> Response:
         entry = methods.get(name)
+        if request.method != "POST":
+            return http_error(405, "RPCs are POST only")
         try:
-            if request.method != "POST":
-                raise HutchError("RPCs are POST only", status=405)
             if entry is None:
                 raise HutchError(f"unknown method {name!r}")
             if not self.state.token_ok(request.headers.get(envd.HEADER_ACCESS_TOKEN)):

@@ -12,6 +12,8 @@ import asyncio
 from typing import AsyncIterator, Awaitable, Callable, Dict, List, Optional, Tuple, Union
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from ..errors import InvalidArgumentError
+
 MAX_HEAD = 64 * 1024
 
 _REASONS = {
@@ -24,7 +26,13 @@ _REASONS = {
 }
 
 
-class BadRequest(Exception):
+def _error_json(status: int, message: str) -> bytes:
+    import json
+
+    return json.dumps({"code": status, "message": message}).encode()
+
+
+class BadRequest(InvalidArgumentError):
     """The peer broke HTTP/1.1; the connection is answered with 400 and closed."""
 
 
@@ -155,10 +163,29 @@ class _Connection:
         try:
             while await self._one():
                 pass
+            await self._linger()
         except (ConnectionError, asyncio.IncompleteReadError, BadRequest, asyncio.LimitOverrunError):
             pass
         finally:
             self.writer.close()
+
+    async def _linger(self) -> None:
+        """Half-close, then discard what the client still sends, briefly.
+
+        Closing a socket with unread input makes the kernel send a reset, which can destroy
+        the response we just wrote before the client reads it.
+        """
+        if self.writer.is_closing() or not self.writer.can_write_eof():
+            return
+        self.writer.write_eof()
+        try:
+            async def discard():
+                while await self.reader.read(64 * 1024):
+                    pass
+
+            await asyncio.wait_for(discard(), 1.0)
+        except (asyncio.TimeoutError, ConnectionError):
+            pass
 
     async def _read_head(self) -> Optional[bytes]:
         try:
@@ -203,11 +230,28 @@ class _Connection:
         try:
             response = await self.handler(request)
         except BadRequest as exc:
-            response = Response(400, f'{{"code":400,"message":"{exc}"}}'.encode(), content_type="application/json")
+            response = Response(400, _error_json(400, str(exc)), content_type="application/json")
             keep_alive = False
-        if not body.done:
-            # Leftover body bytes would be read as the next request: drop the connection instead.
+        except (ConnectionError, asyncio.IncompleteReadError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bug in a handler must not kill the agent
+            import sys
+            import traceback
+
+            traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+            response = Response(500, _error_json(500, f"internal error: {type(exc).__name__}"),
+                                content_type="application/json")
             keep_alive = False
+        if not body.done and keep_alive:
+            # Leftover body bytes would be read as the next request. Skip a small known rest;
+            # otherwise drop the connection.
+            if not body._chunked and body._left <= 64 * 1024:
+                try:
+                    await asyncio.wait_for(body.read_all(), 5)
+                except (asyncio.TimeoutError, BadRequest):
+                    keep_alive = False
+            else:
+                keep_alive = False
         await self._write(response, keep_alive, method == "HEAD", body.done)
         return keep_alive
 

@@ -293,6 +293,8 @@ class ProcessTable:
 
                 master, slave = _pty.openpty()
                 _set_winsize(slave, *pty_size)
+                if user.uid != 0 and os.getuid() == 0:
+                    os.fchown(slave, user.uid, -1)  # the terminal belongs to its user, as at login
                 env.setdefault("TERM", "xterm-256color")
                 popen = subprocess.Popen(
                     [cmd, *args], executable=cmd, stdin=slave, stdout=slave, stderr=slave,
