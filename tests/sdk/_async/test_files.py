@@ -105,3 +105,16 @@ async def test_watch_dir(sbx):
                                                     for e in handle.get_new_events())
     finally:
         await handle.stop()
+
+
+async def test_full_disk_is_not_enough_space(sbx):
+    # Leave 64 KiB free on the sandbox's quota'd disk, then try to write a megabyte.
+    await sbx.commands.run(
+        "fallocate -l $(( $(df --output=avail -B1 /home/user | tail -1) - 65536 )) "
+        "/home/user/filler")
+    try:
+        with pytest.raises(errors.NotEnoughSpaceError):
+            await sbx.files.write("/home/user/one-more.bin", bytes(1 << 20))
+    finally:
+        await sbx.commands.run("rm -f /home/user/filler /home/user/one-more.bin")
+    await sbx.files.write("/home/user/after.txt", "room again")
