@@ -197,7 +197,10 @@ def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
         try:
             values[s.field] = s.parse(raw)
         except ValueError as exc:
-            raise ConfigError(f"invalid {source}={raw!r}: {exc}") from None
+            why = str(exc)
+            if why.startswith(("invalid literal", "could not convert")):
+                why = "expected a number"
+            raise ConfigError(f"invalid {source}={raw!r}: {why}") from None
     if values["templates_dir"] is None:
         values["templates_dir"] = Path(values["data_dir"]) / "templates"
     values["domain"] = values["domain"] or ""

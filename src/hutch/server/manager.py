@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import hutch
 from hutch.errors import (
     HutchError,
     InvalidArgumentError,
@@ -74,7 +73,8 @@ class SandboxManager:
         self._live: dict[str, Live] = {}
         self._wake = asyncio.Event()
         self._reaper: asyncio.Task | None = None
-        self._agent_lib = Path(hutch.__file__).parent
+        # The installed hutch package (agent + protocol), mounted read-only into each sandbox.
+        self._agent_lib = Path(__file__).resolve().parent.parent
 
     # -- start and stop ----------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ Upstream connections are pooled per sandbox (:class:`~hutch.server.upstream.Agen
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 from typing import Any
@@ -112,7 +113,7 @@ class DataPlane:
                 headers.append((name, value))
         expected = live.record.access_token
         if (expected is not None and path != "/health"
-                and token != expected.encode()
+                and not hmac.compare_digest(token or b"", expected.encode())
                 and not (path == "/files" and b"signature=" in scope["query_string"])):
             # Signed /files URLs carry no token; the agent checks their signature itself.
             return await _json(send, 401, {"code": 401, "message": "invalid access token"})

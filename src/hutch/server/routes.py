@@ -234,8 +234,17 @@ class _Auth:
         await self.app(scope, receive, send)
 
 
+_MAX_BODY = 1 << 20   # control-plane bodies are small JSON objects
+
+
 async def _json_object(request: Request, allow_empty: bool = False) -> dict[str, Any]:
-    raw = await request.body()
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > _MAX_BODY:
+            raise InvalidArgumentError(f"the request body exceeds {_MAX_BODY} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     if not raw.strip():
         if allow_empty:
             return {}
