@@ -52,6 +52,10 @@ async def test_disk_quota_gives_enospc(box, runtime):
     assert "rc=1" in out
     rc, out = await box.run("echo still-writable > /after && cat /after")
     assert out.strip() == "still-writable"
+    # The run dir (shared with the host) is on the same quota'd filesystem.
+    rc, out = await box.run("dd if=/dev/zero of=/run/hutch/fill bs=1M count=200 2>&1; "
+                            "rm -f /run/hutch/fill")
+    assert "No space left on device" in out
 
 
 async def test_memory_limit_kills_inside_only(box, runtime):

@@ -1,8 +1,8 @@
 """The sandbox's writable layer: a small ext4 filesystem whose size is the hard disk quota.
 
-Making a filesystem per sandbox with mkfs costs a process spawn and ~15 ms. Instead one blank
-image per size is made once (sparse, no journal, `upper/` and `work/` already owned by the
-mapped root), and each sandbox gets a sparse copy of it: ~1 MiB of metadata copied in the
+Making a filesystem per sandbox with mkfs costs a process spawn and ~15 ms. Instead one
+blank image per size is made once (sparse, no journal, `upper/`, `work/` and `run/` already
+owned by the mapped root), and each sandbox gets a sparse copy of it: ~1 MiB of metadata copied in the
 kernel with copy_file_range, the rest stays holes. The copy is attached to a loop device with
 the LOOP_CONFIGURE ioctl (autoclear: the device detaches itself at the last unmount) and
 mounted with `noinit_itable`, so the kernel never zeroes inode tables in the background and
@@ -34,16 +34,16 @@ EXT4_OPTIONS = "noinit_itable"
 
 def blank_image(cache_dir: Path, size_mb: int, uid: int) -> Path:
     """The cached blank image for this size, made on first use (mkfs once per size)."""
-    path = cache_dir / f"blank-{size_mb}m-{uid}.img"
+    path = cache_dir / f"blank-v2-{size_mb}m-{uid}.img"
     if path.exists():
         return path
     cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
         seed = Path(tmp) / "seed"
-        for name in ("upper", "work"):
+        for name in ("upper", "work", "run"):
             (seed / name).mkdir(parents=True)
             os.chown(seed / name, uid, uid)
-        os.chmod(seed / "upper", 0o755)
+            os.chmod(seed / name, 0o755)
         image = Path(tmp) / "image"
         with open(image, "wb") as f:
             f.truncate(size_mb * 1024 * 1024)
@@ -130,6 +130,10 @@ def mount_overlay(layers: tuple[Path, ...], upper: Path, work: Path, target: Pat
     lower = ":".join(str(p) for p in layers)
     opts = f"lowerdir={lower},upperdir={upper},workdir={work}"
     _libc.mount("overlay", str(target), "overlay", _libc.MS_NODEV, opts)
+
+
+def bind(source: Path, target: Path) -> None:
+    _libc.mount(str(source), str(target), None, _libc.MS_BIND)
 
 
 def unmount(target: Path) -> bool:

@@ -186,8 +186,6 @@ class LocalRuntime:
                     raise r
             t = time.perf_counter()
             run_dir = sdir / "run"
-            run_dir.mkdir(mode=0o755)
-            os.chown(run_dir, self.uid_base, self.uid_base)
             where = bundle.Placement(
                 rootfs=sdir / "rootfs", run_dir=run_dir, init=self.init, sysfs=sdir / "sys",
                 netns=network.netns_path(self.instance, spec.id),
@@ -230,6 +228,10 @@ class LocalRuntime:
         self._write_etc(spec.layers, upper, files)
         (sdir / "rootfs").mkdir()
         disk.mount_overlay(spec.layers, upper, sdir / "disk" / "work", sdir / "rootfs")
+        # The run dir lives on the sandbox's own quota'd filesystem (whatever the sandbox
+        # writes there counts against its disk), shown at the documented host path.
+        (sdir / "run").mkdir()
+        disk.bind(sdir / "disk" / "run", sdir / "run")
         timings["overlay"] = time.perf_counter() - t
 
     def _write_etc(self, layers: tuple[Path, ...], upper: Path, files: dict[str, str]) -> None:
@@ -290,7 +292,7 @@ class LocalRuntime:
         t = time.perf_counter()
         cgroup.remove(self.instance, sandbox_id)
         sdir = self._dir(sandbox_id)
-        for mnt in (sdir / "rootfs", sdir / "disk", sdir / "sys"):
+        for mnt in (sdir / "run", sdir / "rootfs", sdir / "disk", sdir / "sys"):
             try:
                 disk.unmount(mnt)
             except OSError as e:
