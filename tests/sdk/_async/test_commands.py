@@ -79,6 +79,18 @@ async def test_iterating_over_the_output(sbx):
     assert (await handle.wait()).stdout == "a\nc\n"
 
 
+async def test_a_failing_callback_is_reported_by_wait(sbx):
+    def explode(text: str) -> None:
+        raise ValueError("callback broke")
+
+    handle = await sbx.commands.run("echo hi; sleep 600", background=True, on_stdout=explode)
+    try:
+        with pytest.raises(errors.SandboxError, match="callback broke"):
+            await handle.wait()
+    finally:
+        assert await handle.kill()
+
+
 async def test_background_list_and_kill(sbx):
     handle = await sbx.commands.run("sleep 600", background=True)
     assert handle.pid > 0

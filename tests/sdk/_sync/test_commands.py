@@ -80,6 +80,18 @@ def test_iterating_over_the_output(sbx):
     assert (handle.wait()).stdout == "a\nc\n"
 
 
+def test_a_failing_callback_is_reported_by_wait(sbx):
+    def explode(text: str) -> None:
+        raise ValueError("callback broke")
+
+    handle = sbx.commands.run("echo hi; sleep 600", background=True, on_stdout=explode)
+    try:
+        with pytest.raises(errors.SandboxError, match="callback broke"):
+            handle.wait()
+    finally:
+        assert handle.kill()
+
+
 def test_background_list_and_kill(sbx):
     handle = sbx.commands.run("sleep 600", background=True)
     assert handle.pid > 0

@@ -81,16 +81,22 @@ class AsyncCommandHandle:
                     await self._on_data(event["data"])
                 elif "end" in event:
                     await self._on_end(event["end"])
+            await self._flush()
         except errors.HutchError as exc:
             if not self._disconnected:
                 self._error = exc
         except Exception as exc:  # a callback failed, or the stream broke unexpectedly
             if not self._disconnected:
                 self._error = errors.SandboxError(f"reading the output of pid {self._pid}: {exc!r}")
-        await self._flush()
-        with self._lock:
-            self._worker_done = True
-            self._tell(None)
+        finally:
+            # Release the connection even when a callback raised mid-stream.
+            try:
+                await self._stream.aclose()
+            except Exception:
+                pass
+            with self._lock:
+                self._worker_done = True
+                self._tell(None)
 
     async def _on_data(self, data: Dict[str, str]) -> None:
         if "stdout" in data:

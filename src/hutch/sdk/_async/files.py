@@ -48,6 +48,11 @@ class AsyncWatchHandle:
         except Exception as exc:
             if not self._stopped:
                 error = exc
+        finally:
+            try:
+                await self._stream.aclose()
+            except Exception:
+                pass
         await _backend.call(self._on_exit, error)
 
     def get_new_events(self) -> List[FilesystemEvent]:

@@ -82,16 +82,22 @@ class CommandHandle:
                     self._on_data(event["data"])
                 elif "end" in event:
                     self._on_end(event["end"])
+            self._flush()
         except errors.HutchError as exc:
             if not self._disconnected:
                 self._error = exc
         except Exception as exc:  # a callback failed, or the stream broke unexpectedly
             if not self._disconnected:
                 self._error = errors.SandboxError(f"reading the output of pid {self._pid}: {exc!r}")
-        self._flush()
-        with self._lock:
-            self._worker_done = True
-            self._tell(None)
+        finally:
+            # Release the connection even when a callback raised mid-stream.
+            try:
+                self._stream.close()
+            except Exception:
+                pass
+            with self._lock:
+                self._worker_done = True
+                self._tell(None)
 
     def _on_data(self, data: Dict[str, str]) -> None:
         if "stdout" in data:

@@ -49,6 +49,11 @@ class WatchHandle:
         except Exception as exc:
             if not self._stopped:
                 error = exc
+        finally:
+            try:
+                self._stream.close()
+            except Exception:
+                pass
         _backend.call(self._on_exit, error)
 
     def get_new_events(self) -> List[FilesystemEvent]:
