@@ -35,14 +35,16 @@ def free_port() -> int:
 class AgentProcess:
     """One agent subprocess; ``stop()`` ends it by its pid."""
 
-    def __init__(self, *, port: Optional[int] = None, socket_path: Optional[str] = None) -> None:
+    def __init__(self, *, port: Optional[int] = None, socket_path: Optional[str] = None,
+                 env: Optional[Dict[str, str]] = None) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         read_end, write_end = os.pipe()
         args = [PYTHON, "-m", "hutch.agent", "--listen", f"127.0.0.1:{self.port}", "--ready-fd", str(write_end)]
         if socket_path:
             args += ["--socket", socket_path]
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(SRC)}
+        env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": str(SRC),
+               **(env or {})}
         self.started = time.monotonic()
         self.proc = subprocess.Popen(args, env=env, pass_fds=(write_end,))
         os.close(write_end)

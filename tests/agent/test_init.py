@@ -15,7 +15,8 @@ from .conftest import AgentProcess, Client, run_cmd
 
 @pytest.fixture(scope="module")
 def private_agent():
-    agent = AgentProcess()
+    # The runtime starts the agent with the template's variables; processes inherit them.
+    agent = AgentProcess(env={"TEMPLATE_VAR": "tmpl", "OVER": "template", "PATH": "/opt/x:/usr/bin:/bin"})
     yield agent
     agent.stop()
 
@@ -37,8 +38,13 @@ def test_init_contract(private_agent, workdir):
 
     client = Client(url, token="tok-123")
     # Default user is nobody now; env = sandbox env overridden by per-call env.
-    res = run_cmd(client, 'echo "$(id -un)|$SBX|$OVER"', process={"envs": {"OVER": "call"}})
-    assert res["stdout"] == b"nobody|1|call\n"
+    res = run_cmd(client, 'echo "$(id -un)|$SBX|$OVER|$TEMPLATE_VAR|${PYTHONPATH:-unset}"',
+                  process={"envs": {"OVER": "call"}})
+    assert res["stdout"] == b"nobody|1|call|tmpl|unset\n"
+    res = client.stream("process.Process/Start", {"process": {"cmd": "/usr/bin/env"}})
+    env_out = b"".join(__import__("base64").b64decode(e["event"]["data"]["stdout"])
+                       for e in res[:-1] if "data" in e["event"]).decode().splitlines()
+    assert "PATH=/opt/x:/usr/bin:/bin" in env_out and "OVER=sandbox" in env_out and "HOME=/nonexistent" in env_out and "USER=nobody" in env_out
     res = run_cmd(client, "id -un", user="root")
     assert res["stdout"] == b"root\n"
 

@@ -10,10 +10,20 @@ from .processes import ProcessTable
 from .users import Identities, User, default_user_name, lookup
 
 
+#: Variables that configure the agent's own interpreter, never passed on to processes.
+PRIVATE_ENV = ("PYTHONPATH", "PYTHONSAFEPATH", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "PYTHONHOME")
+
+
+def inherited_env(environ: Dict[str, str]) -> Dict[str, str]:
+    """The part of the agent's environment that every process inherits."""
+    return {k: v for k, v in environ.items() if k not in PRIVATE_ENV and not k.startswith("HUTCH_AGENT_")}
+
+
 class AgentState:
     """Sandbox-wide settings plus the tables of live processes and watchers."""
 
-    def __init__(self) -> None:
+    def __init__(self, base_env: Optional[Dict[str, str]] = None) -> None:
+        self.base_env = inherited_env(os.environ if base_env is None else base_env)
         self.env_vars: Dict[str, str] = {}
         self.access_token: Optional[str] = None
         self.default_user: Optional[str] = None
@@ -42,8 +52,18 @@ class AgentState:
         return lookup(name or default_user_name(self.default_user))
 
     def process_env(self, user: User, call_envs: Dict[str, str]) -> Dict[str, str]:
-        """Environment of a new process: login variables < sandbox env < per-call env."""
-        env = user.environ()
+        """Environment of a new process, later layers winning:
+
+        the agent's own environment (the template's variables, as the runtime started the
+        agent with them, minus the agent's private ones) < the user's login variables
+        (HOME, USER, LOGNAME, SHELL; PATH only if the template sets none) < the sandbox env
+        from ``/init`` < the call's own ``envs``.
+        """
+        env = dict(self.base_env)
+        login = user.environ()
+        if "PATH" in env:
+            del login["PATH"]
+        env.update(login)
         env.update(self.env_vars)
         env.update(call_envs)
         return env
