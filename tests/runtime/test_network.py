@@ -6,13 +6,14 @@ sandbox. DNS goes through the runtime's forwarder to a fake upstream on loopback
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 
 import pytest
 
 from .conftest import FAKE_ADDRESS, box_spec, make_box
 from .helpers import (http_banner_server, listening_socket, make_fake_host,
-                      remove_fake_host)
+                      remove_fake_host, syscall_probe)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -71,6 +72,19 @@ async def test_public_host_is_reachable(boxes):
     a, _ = boxes
     rc, out = await a.run(http_get(PUBLIC, PORT))
     assert rc == 0 and out.strip().endswith("hello-public"), out
+
+
+async def test_root_inside_can_serve_low_ports_and_ping(boxes):
+    a, _ = boxes
+    rc, out = await a.run("(nc -l -p 80 -e echo low-port-ok &); sleep 0.3; "
+                          "nc -w 2 127.0.0.1 80 </dev/null")
+    assert "low-port-ok" in out, out
+    if os.uname().machine == "x86_64":  # an ICMP datagram ("ping") socket can be opened
+        probe = a.run_dir / "pingsock"
+        probe.write_bytes(syscall_probe(41, 2, 2, 1))  # socket(AF_INET, SOCK_DGRAM, ICMP)
+        os.chmod(probe, 0o755)
+        rc, out = await a.run("/run/hutch/pingsock; echo rc=$?")
+        assert "rc=0" in out, out
 
 
 @pytest.mark.parametrize("host,port", [(PRIVATE, PORT), (METADATA, 80)])

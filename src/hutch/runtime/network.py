@@ -40,6 +40,17 @@ RTF_GATEWAY = 0x2
 
 T = TypeVar("T")
 
+# Per-namespace settings. The sandbox's user namespace does not own its netns, so root inside
+# lacks CAP_NET_BIND_SERVICE and CAP_NET_RAW there: low ports are opened to every process of
+# the namespace instead (only the sandbox lives in it), and ICMP echo goes through ping
+# sockets (SOCK_DGRAM) for every group. IPv6 is off: the firewall speaks IPv4.
+NETNS_SYSCTLS: tuple[tuple[str, str], ...] = (
+    ("ipv6/conf/all/disable_ipv6", "1"),
+    ("ipv6/conf/default/disable_ipv6", "1"),
+    ("ipv4/ip_unprivileged_port_start", "0"),
+    ("ipv4/ping_group_range", "0 2147483647"),
+)
+
 
 def netns_name(instance: str, sandbox_id: str) -> str:
     return f"{instance}-{sandbox_id}"
@@ -109,11 +120,11 @@ def _sockaddr_in(addr: str) -> bytes:
 def _configure_inside(address: str | None, netmask: str | None, gw: str | None) -> None:
     """In the current thread's netns: IPv6 off, lo up, and eth0 addressed with a default
     route when address is given."""
-    for conf in ("all", "default"):
+    for key, value in NETNS_SYSCTLS:
         try:
-            with open(f"/proc/sys/net/ipv6/conf/{conf}/disable_ipv6", "w") as f:
-                f.write("1")
-        except FileNotFoundError:  # kernel without IPv6
+            with open(f"/proc/sys/net/{key}", "w") as f:
+                f.write(value)
+        except FileNotFoundError:  # e.g. a kernel without IPv6
             pass
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         _ifreq_flags(s, "lo", True)
