@@ -142,9 +142,6 @@ def test_data_plane_checks_the_access_token(server, api, sandboxes):
     assert r.status_code == 401 and r.json()["code"] == 401
     assert _agent(server, sbx, "/envs", token="wrong").status_code == 401
     assert _agent(server, sbx, "/envs").status_code == 200
-    r = httpx.get(server.url + "/health", headers={"E2b-Sandbox-Id": sbx["sandboxID"],
-                                                   "E2b-Sandbox-Port": "8080"})
-    assert r.status_code == 501 and r.json()["code"] == 501
 
 
 def test_list_filters_and_pagination(api, sandboxes):
@@ -275,3 +272,34 @@ def test_concurrent_creates(api, sandboxes):
     assert len({b["sandboxID"] for _, b in results}) == 6
     for _, body in results:
         assert api.get(f"/sandboxes/{body['sandboxID']}").json()["state"] == "running"
+
+
+def test_other_ports_are_forwarded_into_the_sandbox(server, api, sandboxes):
+    from e2b import Sandbox
+    sbx = _create(api, sandboxes)
+    headers = {"E2b-Sandbox-Id": sbx["sandboxID"], "E2b-Sandbox-Port": "8000"}
+    r = httpx.get(server.url + "/", headers=headers)
+    assert r.status_code == 502 and "port is not open" in r.json()["message"]
+
+    e2b = Sandbox.connect(sbx["sandboxID"], api_key=server.key, api_url=server.url,
+                          sandbox_url=server.url)
+    e2b.files.write("/home/user/www/hello.txt", "served from inside")
+    e2b.commands.run("cd /home/user/www && python3 -m http.server 8000", background=True)
+    deadline = time.monotonic() + 30
+    while True:
+        r = httpx.get(server.url + "/hello.txt", headers=headers)
+        if r.status_code == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert r.status_code == 200 and r.text == "served from inside"
+    # No access token is needed for an exposed port, as with E2B's default.
+    r = httpx.get(f"{server.url}/hello.txt", headers={**headers, "X-Access-Token": "wrong"})
+    assert r.status_code == 200
+
+    none = _create(api, sandboxes, allow_internet_access=False)
+    r = httpx.get(server.url + "/", headers={"E2b-Sandbox-Id": none["sandboxID"],
+                                             "E2b-Sandbox-Port": "8000"})
+    assert r.status_code == 502 and "port is not open" in r.json()["message"]
+    r = httpx.get(server.url + "/", headers={"E2b-Sandbox-Id": none["sandboxID"],
+                                             "E2b-Sandbox-Port": "99999"})
+    assert r.status_code == 400

@@ -57,6 +57,16 @@ class HutchApp:
         await self.control(scope, receive, send)
 
 
+def _compile_package() -> None:
+    import compileall
+    from pathlib import Path
+    package = Path(__file__).resolve().parent.parent
+    for sub in ("agent", "protocol"):
+        compileall.compile_dir(package / sub, quiet=2)
+    compileall.compile_file(package / "__init__.py", quiet=2)
+    compileall.compile_file(package / "errors.py", quiet=2)
+
+
 class _DropAbortNoise(logging.Filter):
     """Streams of a killed sandbox end abruptly on purpose; that is not a server error."""
 
@@ -112,6 +122,9 @@ class Server:
         cfg.data_dir.chmod(0o711)
         self.store = Store(cfg.db_path)
         self.admin_key_created = ensure_admin_key(self.store, cfg.admin_key_path)
+        # Every sandbox runs the agent from this package, read-only: compile it once here so
+        # no sandbox pays for compiling it at start.
+        await asyncio.to_thread(_compile_package)
         await self.runtime.start()
         self.manager = SandboxManager(cfg, self.store, self.runtime, self.templates)
         await self.manager.start()

@@ -32,7 +32,7 @@ from hutch.runtime.spec import Mount, SandboxSpec
 from hutch.server.config import Config
 from hutch.server.keys import new_token
 from hutch.server.store import LIVE_STATES, SandboxRecord, Store
-from hutch.server.upstream import AGENT_SOCKET, AgentLink
+from hutch.server.upstream import AGENT_SOCKET, AgentLink, PortLink
 
 log = logging.getLogger("hutch.server")
 
@@ -62,6 +62,20 @@ class Live:
     # dropped at once (no end event), as the SDK expects from a killed sandbox.
     streams: set[asyncio.Task] = field(default_factory=set)
     cpu_sample: tuple[int, float] | None = None   # (cpu ns, monotonic s) of the last metrics
+    ports: dict[int, PortLink] = field(default_factory=dict)
+
+    def port(self, number: int) -> PortLink | None:
+        """The pool for a TCP port inside the sandbox (None without a network address)."""
+        link = self.ports.get(number)
+        if link is None and self.record.address:
+            link = self.ports[number] = PortLink(self.record.address, number)
+        return link
+
+    async def close_links(self) -> None:
+        if self.link:
+            await self.link.aclose()
+        for link in self.ports.values():
+            await link.aclose()
 
 
 class SandboxManager:
@@ -93,8 +107,7 @@ class SandboxManager:
         for live in self._live.values():
             for task in list(live.streams):
                 task.cancel()
-            if live.link:
-                await live.link.aclose()
+            await live.close_links()
         self._live.clear()
 
     async def reconcile(self) -> dict[str, list[str]]:
@@ -213,6 +226,7 @@ class SandboxManager:
                 await self._destroy_quietly(rec.id)
                 _reraise(exc, "the sandbox agent did not start")
             timing["agent"] = time.perf_counter() - t2
+            timing["agent_init"] = link.ready_after or 0.0
             live.link = link
             live.record = self.store.update(rec, state="running", started_at=time.time())
         timing["total"] = time.perf_counter() - t0
@@ -348,8 +362,7 @@ class SandboxManager:
             del self._live[sandbox_id]
             for task in list(live.streams):
                 task.cancel()
-            if live.link:
-                await live.link.aclose()
+            await live.close_links()
             try:
                 await self.runtime.destroy(sandbox_id)
             except Exception as exc:  # recorded killed already; the next start retries

@@ -4,6 +4,10 @@ A request is for a sandbox when it carries ``E2b-Sandbox-Id`` and ``E2b-Sandbox-
 (what the E2B SDKs send when ``E2B_SANDBOX_URL`` is set) or when its Host is
 ``<port>-<sandbox id>.<domain>`` (the SDKs' default URLs, with ``HUTCH_DOMAIN`` set).
 
+Port 49983 is the agent (its unix socket; ``X-Access-Token`` checked when the sandbox has one).
+Any other port is that TCP port inside the sandbox, reached over the bridge at the sandbox's
+address; like E2B's default, such ports need no token (the sandbox id is the capability).
+
 This is a raw ASGI handler rather than a Starlette endpoint because streaming is the whole job:
 every request body chunk is forwarded as it arrives (``StreamInput`` sends one envelope per
 chunk and waits for the effect), every response chunk is sent on as soon as it comes, and a
@@ -95,12 +99,19 @@ class DataPlane:
         live = self.manager.lookup(sandbox_id)
         if live is None:
             return await _json(send, 502, not_found(sandbox_id))
-        if port != AGENT_PORT:
-            return await _json(send, 501, {
-                "code": 501, "sandboxId": sandbox_id,
-                "message": f"forwarding to port {port} is not supported yet; only the agent "
-                           f"port {AGENT_PORT} is served",
-            })
+        if port is None:
+            return await _json(send, 400, {"code": 400, "sandboxId": sandbox_id,
+                                           "message": "invalid sandbox port"})
+        if port == AGENT_PORT:
+            upstream = live.link
+        else:
+            upstream = live.port(port)
+            if upstream is None:
+                return await _json(send, 502, {
+                    "sandboxId": sandbox_id, "code": 502, "port": port,
+                    "message": "The sandbox is running but port is not open (a sandbox in "
+                               "network mode 'none' has no ports to forward)",
+                })
         path = scope["path"]
         headers: list[tuple[bytes, bytes]] = []
         token = framing = None
@@ -111,7 +122,7 @@ class DataPlane:
                 framing = b"chunked"
             if name not in _HOP:
                 headers.append((name, value))
-        expected = live.record.access_token
+        expected = live.record.access_token if port == AGENT_PORT else None
         if (expected is not None and path != "/health"
                 and not hmac.compare_digest(token or b"", expected.encode())
                 and not (path == "/files" and b"signature=" in scope["query_string"])):
@@ -146,7 +157,7 @@ class DataPlane:
         watcher = asyncio.create_task(self._watch_disconnect(receive, body_done, task))
         started = False
         try:
-            response = await live.link.request(
+            response = await upstream.request(
                 scope["method"], target, headers, body() if has_body else None,
                 chunked=framing is not None)
             try:
@@ -178,8 +189,8 @@ class DataPlane:
                 await _json(send, 502, not_found(sandbox_id))
             else:
                 await _json(send, 502, {
-                    "sandboxId": sandbox_id, "code": 502,
-                    "message": f"The sandbox agent is unreachable (port is not open): {exc}",
+                    "sandboxId": sandbox_id, "code": 502, "port": port,
+                    "message": f"The sandbox is running but port is not open: {exc}",
                 })
         finally:
             watcher.cancel()

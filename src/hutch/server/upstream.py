@@ -35,7 +35,7 @@ class UpstreamError(Exception):
 
 
 class UpstreamResponse:
-    def __init__(self, link: "AgentLink", conn: "_Conn", status: int,
+    def __init__(self, link: "Upstream", conn: "_Conn", status: int,
                  headers: list[tuple[bytes, bytes]], body_kind: str, length: int,
                  reusable: bool) -> None:
         self.status = status
@@ -123,11 +123,15 @@ def _parse_head(head: bytes) -> tuple[int, list[tuple[bytes, bytes]]]:
     return int(parts[1]), headers
 
 
-class AgentLink:
-    def __init__(self, socket: Path) -> None:
-        self.socket = socket
+class Upstream:
+    """A pool of keep-alive HTTP/1.1 connections to one endpoint inside a sandbox."""
+
+    def __init__(self) -> None:
         self._idle: list[_Conn] = []
         self._closed = False
+
+    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        raise NotImplementedError
 
     async def aclose(self) -> None:
         self._closed = True
@@ -148,9 +152,9 @@ class AgentLink:
                 return conn, True
             conn.close()
         try:
-            reader, writer = await asyncio.open_unix_connection(str(self.socket), limit=_MAX_HEAD)
+            reader, writer = await self._open()
         except OSError as exc:
-            raise UpstreamError(f"cannot connect to the agent: {exc}") from exc
+            raise UpstreamError(f"cannot connect: {exc}") from exc
         return _Conn(reader, writer), False
 
     async def request(self, method: str, target: bytes, headers: list[tuple[bytes, bytes]],
@@ -240,7 +244,29 @@ class AgentLink:
             reusable = False
         return UpstreamResponse(self, conn, status, resp_headers, kind, length, reusable)
 
-    # -- the manager's calls -----------------------------------------------------------------
+
+class PortLink(Upstream):
+    """A TCP port of a sandbox, reached over the bridge at the sandbox's address."""
+
+    def __init__(self, address: str, port: int) -> None:
+        super().__init__()
+        self.address, self.port = address, port
+
+    async def _open(self):
+        return await asyncio.open_connection(self.address, self.port, limit=_MAX_HEAD)
+
+
+class AgentLink(Upstream):
+    """The agent's unix socket, plus the calls the manager makes on a new sandbox."""
+
+    def __init__(self, socket: Path) -> None:
+        super().__init__()
+        self.socket = socket
+        self.ready_after: float | None = None   # seconds from start() to an accepted /init
+
+    async def _open(self):
+        return await asyncio.open_unix_connection(str(self.socket), limit=_MAX_HEAD)
+
 
     async def _call(self, method: str, path: str, body: dict | None = None,
                     timeout: float = 10.0, token: str | None = None) -> tuple[int, bytes]:
@@ -292,10 +318,12 @@ class AgentLink:
         dominate create latency.
         """
         delay = 0.001
+        t0 = time.perf_counter()
         while True:
             if self.socket.exists():
                 try:
                     await self.init(env_vars, access_token, default_user)
+                    self.ready_after = time.perf_counter() - t0
                     break
                 except UpstreamError as exc:
                     if "cannot connect" not in str(exc):
