@@ -24,7 +24,7 @@ def test_create_inspect_list_kill(opts):
         assert sbx.sandbox_id.isalnum() and sbx.sandbox_id.islower()
         info = sbx.get_info()
         assert info.sandbox_id == sbx.sandbox_id
-        assert info.template_id in ("base", info.template_id)
+        assert info.template_id == "base"
         assert info.metadata.get("tag") == tag
         assert info.state is SandboxState.RUNNING
         assert sbx.is_running()
