@@ -119,3 +119,21 @@ async def test_full_disk_is_not_enough_space(sbx):
     finally:
         await sbx.commands.run("rm -f /home/user/filler /home/user/one-more.bin")
     await sbx.files.write("/home/user/after.txt", "room again")
+
+
+async def test_recursive_watch_with_entries(sbx):
+    await sbx.files.make_dir("/tmp/rwatch/inner")
+    seen: list = []
+    handle = await sbx.files.watch_dir("/tmp/rwatch", on_event=seen.append, recursive=True,
+                                       include_entry=True)
+    try:
+        await sbx.files.write("/tmp/rwatch/inner/deep.txt", "abc")
+        await eventually(lambda: any(e.name == "inner/deep.txt" and e.entry is not None
+                                     for e in seen), what="an event from a subdirectory")
+        entry = next(e.entry for e in seen if e.name == "inner/deep.txt" and e.entry)
+        assert entry.path == "/tmp/rwatch/inner/deep.txt"
+    finally:
+        await handle.stop()
+    await sbx.files.write("/tmp/rwatch/plain.txt", "x")
+    with pytest.raises(errors.HutchError):
+        await sbx.files.watch_dir("/tmp/rwatch/plain.txt")

@@ -120,3 +120,21 @@ def test_full_disk_is_not_enough_space(sbx):
     finally:
         sbx.commands.run("rm -f /home/user/filler /home/user/one-more.bin")
     sbx.files.write("/home/user/after.txt", "room again")
+
+
+def test_recursive_watch_with_entries(sbx):
+    sbx.files.make_dir("/tmp/rwatch/inner")
+    seen: list = []
+    handle = sbx.files.watch_dir("/tmp/rwatch", on_event=seen.append, recursive=True,
+                                       include_entry=True)
+    try:
+        sbx.files.write("/tmp/rwatch/inner/deep.txt", "abc")
+        eventually(lambda: any(e.name == "inner/deep.txt" and e.entry is not None
+                                     for e in seen), what="an event from a subdirectory")
+        entry = next(e.entry for e in seen if e.name == "inner/deep.txt" and e.entry)
+        assert entry.path == "/tmp/rwatch/inner/deep.txt"
+    finally:
+        handle.stop()
+    sbx.files.write("/tmp/rwatch/plain.txt", "x")
+    with pytest.raises(errors.HutchError):
+        sbx.files.watch_dir("/tmp/rwatch/plain.txt")
