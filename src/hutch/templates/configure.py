@@ -39,12 +39,15 @@ def script(recipe: Recipe, *, ca_source: Path | None) -> str:
         "in_root usermod --shell /bin/bash root",
         f"in_root useradd --create-home --home-dir {q(home)} --uid {uid} --user-group"
         f" --shell /bin/bash {q(user)}",
-        # Passwordless sudo for the default user: the sandbox boundary is the namespace and the
-        # runtime's policy, not the password of an account nobody can type into.
-        f'printf "%s\\n" {q(f"{user} ALL=(ALL:ALL) NOPASSWD: ALL")}'
-        ' > "$root/etc/sudoers.d/hutch-user"',
-        'chmod 0440 "$root/etc/sudoers.d/hutch-user"',
     ]
+    if "sudo" in recipe.packages:
+        # Passwordless sudo for the default user: the sandbox boundary is the namespace and
+        # the runtime's policy, not the password of an account nobody can type into.
+        lines += [
+            f'printf "%s\\n" {q(f"{user} ALL=(ALL:ALL) NOPASSWD: ALL")}'
+            ' > "$root/etc/sudoers.d/hutch-user"',
+            'chmod 0440 "$root/etc/sudoers.d/hutch-user"',
+        ]
     if ca_source is not None:
         lines += [
             f'mkdir -p "$root{CA_DIR_INSIDE}"',

@@ -18,6 +18,7 @@ is why every sandbox create can call it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import hashlib
 import json
@@ -47,6 +48,14 @@ class Template:
     env: dict[str, str] = field(default_factory=dict)
     user: str = "user"
     workdir: str = "/home/user"
+
+
+@dataclass
+class _Shared:
+    """One build in flight on one event loop and how many callers await it."""
+
+    task: asyncio.Future
+    waiters: int = 0
 
 
 class TemplateStore:
@@ -79,6 +88,7 @@ class TemplateStore:
                     self._digests[recipe.name] = digest(recipe, parent_digest=parent,
                                                         inputs=inputs)
         self._known: dict[str, Template] = {}
+        self._inflight: dict[tuple[str, int], _Shared] = {}
 
     # -- lookups ---------------------------------------------------------------------------
 
@@ -117,11 +127,34 @@ class TemplateStore:
 
     async def ensure(self, name: str, progress: Progress | None = None) -> Template:
         """The current template, built first if missing or outdated. Concurrent callers in
-        any task, thread or process wait for one build instead of starting their own."""
+        any task, thread or process wait for one build instead of starting their own: tasks
+        on one event loop share the build (and its outcome) directly, everyone else queues
+        on the template's file lock and finds the build done. ``progress`` hears about a
+        build this call performs; a caller that only waits hears nothing."""
         canonical = self.resolve(name)
         template = self.get(canonical)
         if template is not None:
             return template
+        key = (canonical, id(asyncio.get_running_loop()))
+        shared = self._inflight.get(key)
+        if shared is None:
+            shared = _Shared(asyncio.ensure_future(self._ensure(canonical, progress)))
+            self._inflight[key] = shared
+            shared.task.add_done_callback(lambda _: self._inflight.pop(key, None))
+        shared.waiters += 1
+        try:
+            return await asyncio.shield(shared.task)
+        except asyncio.CancelledError:
+            # The last caller to give up stops the build; the others keep it going.
+            if shared.waiters == 1 and not shared.task.done():
+                shared.task.cancel()
+                with contextlib.suppress(BaseException):
+                    await shared.task
+            raise
+        finally:
+            shared.waiters -= 1
+
+    async def _ensure(self, canonical: str, progress: Progress | None) -> Template:
         recipe = self.catalog.recipe(canonical)
         if recipe.parent is not None:
             await self.ensure(recipe.parent, progress)
@@ -129,7 +162,7 @@ class TemplateStore:
         async with FileLock(self._lock_path(canonical)):
             template = self.get(canonical)
             if template is not None:
-                return template          # someone else built it while we waited
+                return template          # another thread or process built it meanwhile
             self._sweep(canonical)
             await self._build(recipe, progress)
         template = self.get(canonical)
