@@ -274,23 +274,20 @@ class _Connection:
             await w.drain()
             return
         out.append("Transfer-Encoding: chunked\r\n\r\n")
-        w.write("".join(out).encode("latin-1"))
+        head = "".join(out).encode("latin-1")
         if body_done:
-            await self._stream(body)
+            await self._stream(body, head)
         else:
-            await self._pump(body)
-            w.write(b"0\r\n\r\n")
-            await w.drain()
+            await self._pump(body, head)
 
-    async def _stream(self, body: AsyncIterator[bytes]) -> None:
+    async def _stream(self, body: AsyncIterator[bytes], head: bytes) -> None:
         """Write chunks as the iterator yields them; stop it at once if the client leaves.
 
         While a server stream runs the request body is finished, so any read on the socket
         returning EOF means the client is gone. The watcher's read is cancelled before the next
         request could arrive (a client sends it only after our last chunk).
         """
-        w = self.writer
-        pump = asyncio.ensure_future(self._pump(body))
+        pump = asyncio.ensure_future(self._pump(body, head))
         watch = asyncio.ensure_future(self.reader.read(1))
         try:
             await asyncio.wait((pump, watch), return_when=asyncio.FIRST_COMPLETED)
@@ -306,17 +303,42 @@ class _Connection:
                     task.cancel()
             await asyncio.gather(pump, watch, return_exceptions=True)
         pump.result()
-        w.write(b"0\r\n\r\n")
-        await w.drain()
 
-    async def _pump(self, body: AsyncIterator[bytes]) -> None:
+    async def _pump(self, body: AsyncIterator[bytes], head: bytes) -> None:
+        """Write the head, each chunk and the terminator, coalescing what is ready together.
+
+        Chunks produced within one turn of the event loop (say a process's last output, its
+        `end` event and the end-stream message) leave in one write: the flush runs once the
+        producer has to wait. Backpressure still applies through ``drain()``.
+        """
         w = self.writer
+        loop = asyncio.get_running_loop()
+        pending = [head]
+        scheduled = False
+
+        def flush() -> None:
+            nonlocal scheduled
+            scheduled = False
+            if pending and not w.is_closing():
+                w.write(b"".join(pending))
+            pending.clear()
+
         try:
             async for chunk in body:
-                if chunk:
-                    w.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                if not chunk:
+                    continue
+                pending.append(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                if not scheduled:
+                    scheduled = True
+                    loop.call_soon(flush)
+                if w.transport.get_write_buffer_size() > 256 * 1024 or len(pending) > 64:
+                    flush()
                     await w.drain()
+            pending.append(b"0\r\n\r\n")
+            flush()
+            await w.drain()
         finally:
+            pending.clear()
             aclose = getattr(body, "aclose", None)
             if aclose is not None:
                 await aclose()

@@ -63,22 +63,48 @@ class User:
         }
 
 
+_cache: Dict[str, Optional[User]] = {}
+_cache_key: tuple = ()
+
+
+def _account_files_key() -> tuple:
+    out = []
+    for path in ("/etc/passwd", "/etc/group"):
+        try:
+            st = os.stat(path)
+            out.append((st.st_mtime_ns, st.st_ino, st.st_size))
+        except OSError:
+            out.append(None)
+    return tuple(out)
+
+
+def _find(name: str) -> Optional[User]:
+    """Look an account up, cached until /etc/passwd or /etc/group change (useradd inside)."""
+    global _cache_key
+    key = _account_files_key()
+    if key != _cache_key:
+        _cache.clear()
+        _cache_key = key
+    if name not in _cache:
+        try:
+            _cache[name] = User(pwd.getpwnam(name))
+        except KeyError:
+            _cache[name] = None
+    return _cache[name]
+
+
 def lookup(name: str) -> User:
-    try:
-        return User(pwd.getpwnam(name))
-    except KeyError:
-        raise AuthenticationError(f"user {name!r} does not exist") from None
+    user = _find(name)
+    if user is None:
+        raise AuthenticationError(f"user {name!r} does not exist")
+    return user
 
 
 def default_user_name(configured: Optional[str]) -> str:
     """The user for requests that name none: from /init, else ``user`` if present, else root."""
     if configured:
         return configured
-    try:
-        pwd.getpwnam("user")
-        return "user"
-    except KeyError:
-        return "root"
+    return "user" if _find("user") is not None else "root"
 
 
 def basic_auth_user(header: Optional[str]) -> Optional[str]:
