@@ -177,3 +177,16 @@ async def test_teardown_leaves_nothing(runtime, rootfs):
                 f"/{INSTANCE}/" not in open(f"/proc/{pid}/cgroup").read()
     finally:
         await runtime.start()  # the session's runtime stays usable for other modules
+
+
+@pytest.mark.parametrize("bad", [
+    dict(id="Bad-Id"), dict(id="a" * 49), dict(network="bridge"), dict(layers=()),
+    dict(layers=(Path("/x,upperdir=/etc"),)), dict(hostname="bad\nname"),
+])
+async def test_invalid_specs_are_refused_before_anything_is_made(runtime, rootfs, bad):
+    from hutch.errors import InvalidArgumentError
+    fields = dict(id="inval1", layers=(rootfs,), args=("/bin/true",))
+    fields.update(bad)
+    with pytest.raises(InvalidArgumentError):
+        await runtime.create(SandboxSpec(**fields))
+    assert host_objects(fields["id"] if fields["id"] == "inval1" else "inval1") == {}

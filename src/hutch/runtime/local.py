@@ -17,6 +17,7 @@ import os
 import re
 import resource
 import shutil
+import stat
 import time
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from hutch.runtime.spec import SandboxHandle, SandboxSpec
 log = logging.getLogger(__name__)
 
 ID_RE = re.compile(r"^[a-z0-9]{1,48}$")
+HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,62})$")
 NOFILE = 1048576
 INIT_CANDIDATES = ("/usr/bin/tini-static", "/usr/sbin/tini-static", "/usr/bin/tini")
 
@@ -115,10 +117,8 @@ class LocalRuntime:
         os.chmod(self.sandboxes_dir, 0o711)
         _ = self.driver
         self._raise_nofile()
-        cmds = [] if network.link_exists(self.bridge) else [f"link add {self.bridge} type bridge"]
-        cmds += [f"addr replace {self.gateway}/{self.prefix} dev {self.bridge}",
-                 f"link set {self.bridge} up"]
-        await network.ip_batch(cmds)
+        await network.ip_batch(network.bridge_commands(
+            self.instance, self.subnet, exists=network.link_exists(self.bridge)))
         network.set_sysctl(f"net/ipv6/conf/{self.bridge}/disable_ipv6", "1")
         network.set_sysctl("net/ipv4/ip_forward", "1")
         addrs, subnets = await firewall.host_facts(exclude_ifname=self.bridge)
@@ -167,6 +167,10 @@ class LocalRuntime:
             raise InvalidArgumentError(f"unknown network mode {spec.network!r}")
         if not spec.layers:
             raise InvalidArgumentError("a sandbox needs at least one layer")
+        if any(c in str(p) for p in spec.layers for c in ",:\\"):
+            raise InvalidArgumentError("layer paths may not contain ',', ':' or '\\'")
+        if not HOSTNAME_RE.match(spec.hostname):
+            raise InvalidArgumentError(f"invalid hostname {spec.hostname!r}")
         sdir = self._dir(spec.id)
         try:
             sdir.mkdir(mode=0o711)
@@ -238,7 +242,8 @@ class LocalRuntime:
         """Files hutch generates go into the sandbox's own upper layer; the upper /etc copies
         owner and mode of the template's /etc so the merged directory looks unchanged."""
         etc = upper / "etc"
-        st = next((os.stat(p / "etc") for p in layers if (p / "etc").is_dir()), None)
+        st = next((s for s in (_lstat(p / "etc") for p in layers)
+                   if s is not None and stat.S_ISDIR(s.st_mode)), None)
         etc.mkdir(mode=0o755)
         if st is not None:
             os.chown(etc, st.st_uid, st.st_gid)
@@ -369,6 +374,13 @@ class LocalRuntime:
         shutil.rmtree(self.addresses.dir, ignore_errors=True)
         if errors:
             raise RuntimeError_("teardown: " + "; ".join(errors))
+
+
+def _lstat(path: Path) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
 
 
 def _listdir(path: Path) -> list[str]:

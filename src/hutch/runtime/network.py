@@ -257,12 +257,12 @@ def veth_commands(instance: str, sandbox_id: str) -> list[str]:
     ]
 
 
-def bridge_commands(instance: str, subnet: str) -> list[str]:
+def bridge_commands(instance: str, subnet: str, *, exists: bool = False) -> list[str]:
+    """Make (or re-assert) the instance's bridge with the gateway address; idempotent."""
     net = ipaddress.ip_network(subnet)
     br = bridge_name(instance)
-    return [
-        f"link add {br} type bridge",
-        f"addr add {gateway(subnet)}/{net.prefixlen} dev {br}",
+    return ([] if exists else [f"link add {br} type bridge"]) + [
+        f"addr replace {gateway(subnet)}/{net.prefixlen} dev {br}",
         f"link set {br} up",
     ]
 
