@@ -15,7 +15,7 @@ import os
 import signal
 import subprocess
 from collections import deque
-from typing import Any, Deque, Dict, List, Optional, Set
+from typing import Any, Deque, Dict, List, Optional, Set, Tuple
 
 from ..errors import InvalidArgumentError, NotFoundError
 from ..protocol import envd
@@ -34,7 +34,7 @@ class Subscriber:
 
     def __init__(self, proc: "Process") -> None:
         self.proc = proc
-        self.items: Deque[Dict[str, Any]] = deque()
+        self.items: Deque[Tuple[Dict[str, Any], int]] = deque()
         self.pending = 0
         self._ready = asyncio.Event()
 
