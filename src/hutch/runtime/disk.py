@@ -2,11 +2,15 @@
 
 Making a filesystem per sandbox with mkfs costs a process spawn and ~15 ms. Instead one
 blank image per size is made once (sparse, no journal, `upper/`, `work/` and `run/` already
-owned by the mapped root), and each sandbox gets a sparse copy of it: ~1 MiB of metadata copied in the
-kernel with copy_file_range, the rest stays holes. The copy is attached to a loop device with
-the LOOP_CONFIGURE ioctl (autoclear: the device detaches itself at the last unmount) and
-mounted with `noinit_itable`, so the kernel never zeroes inode tables in the background and
-the file stays sparse.
+owned by the mapped root), and each sandbox gets a sparse copy of it: ~1 MiB of metadata
+copied in the kernel with copy_file_range, the rest stays holes.
+
+The copy is attached to a loop device with the LOOP_CONFIGURE ioctl, with two flags:
+autoclear (the device detaches itself at the last unmount, so nothing is left to reap) and
+direct I/O (the image's pages are not cached twice, by the sandbox's ext4 and again as the
+host file; fsync'd writes were 2-3x faster here; the kernel falls back to buffered I/O where
+the host filesystem cannot do direct I/O). It is mounted with `noinit_itable`, so the kernel
+never zeroes inode tables in the background and the file stays sparse.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from hutch.runtime import _libc
 LOOP_CTL_GET_FREE = 0x4C82
 LOOP_CONFIGURE = 0x4C0A
 LO_FLAGS_AUTOCLEAR = 4
+LO_FLAGS_DIRECT_IO = 16
 # struct loop_config { u32 fd; u32 block_size; struct loop_info64 info; u64 reserved[8]; }
 # loop_info64: 5 x u64, 4 x u32 (lo_flags last), name[64], crypt_name[64], key[32], 2 x u64.
 _LOOP_CONFIG = struct.Struct("=II QQQQQ IIII 64s64s32s QQ 64x")
@@ -94,7 +99,8 @@ def attach_loop(image: Path) -> tuple[str, int]:
     ctl = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
     try:
         name = str(image).encode()[:63]
-        cfg = _LOOP_CONFIG.pack(ffd, 0, 0, 0, 0, 0, 0, 0, 0, 0, LO_FLAGS_AUTOCLEAR,
+        flags = LO_FLAGS_AUTOCLEAR | LO_FLAGS_DIRECT_IO
+        cfg = _LOOP_CONFIG.pack(ffd, 0, 0, 0, 0, 0, 0, 0, 0, 0, flags,
                                 name, b"", b"", 0, 0)
         for _ in range(64):
             dev = f"/dev/loop{fcntl.ioctl(ctl, LOOP_CTL_GET_FREE)}"
