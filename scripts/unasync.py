@@ -12,8 +12,10 @@ hand-written on both sides and, like ``__init__.py`` and ``conftest.py``, never 
 from __future__ import annotations
 
 import argparse
+import io
 import re
 import sys
+import tokenize
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,12 +45,54 @@ RULES: list[tuple[str, str]] = [
     (r"\bthe async SDK\b", "the sync SDK"),
 ]
 _COMPILED = [(re.compile(pattern), repl) for pattern, repl in RULES]
+FSTRING_START = getattr(tokenize, "FSTRING_START", -1)  # Python 3.12 splits f-strings
+
+
+def rewrite_line(line: str) -> str:
+    for pattern, repl in _COMPILED:
+        line = pattern.sub(repl, line)
+    return line
+
+
+def _layout(text: str) -> tuple[dict[int, int], set[int]]:
+    """Per line (1-based): bracket depth at its start; and the lines inside a string token."""
+    depth_at: dict[int, int] = {}
+    in_string: set[int] = set()
+    depth = 0
+    row = 1
+    for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+        while row <= tok.start[0]:
+            depth_at[row] = depth
+            row += 1
+        if tok.type == tokenize.OP and tok.string in "([{":
+            depth += 1
+        elif tok.type == tokenize.OP and tok.string in ")]}":
+            depth -= 1
+        elif tok.type in (tokenize.STRING, FSTRING_START) and tok.end[0] > tok.start[0]:
+            in_string.update(range(tok.start[0] + 1, tok.end[0] + 1))
+    return depth_at, in_string
 
 
 def rewrite(text: str) -> str:
-    for pattern, repl in _COMPILED:
-        text = pattern.sub(repl, text)
-    return text
+    """Rewrite every line; continuation lines aligned after a shortened spot move with it."""
+    depth_at, in_string = _layout(text)
+    out = []
+    shift: tuple[int, int] | None = None  # (columns removed, column where the removal began)
+    for number, line in enumerate(text.splitlines(keepends=True), start=1):
+        new = rewrite_line(line)
+        continuation = depth_at.get(number, 0) > 0 and number not in in_string
+        if continuation and shift is not None:
+            removed, column = shift
+            indent = len(new) - len(new.lstrip(" "))
+            if indent > column:
+                new = new[min(removed, indent - column):]
+        elif not continuation:
+            shift = None
+            if len(new) < len(line):
+                common = next((i for i, (a, b) in enumerate(zip(line, new)) if a != b), len(new))
+                shift = (len(line) - len(new), common)
+        out.append(new)
+    return "".join(out)
 
 
 def generate(source: Path, root: Path) -> str:

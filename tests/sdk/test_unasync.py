@@ -76,6 +76,36 @@ def test_rewrite_matches_golden():
     assert unasync.rewrite(GOLDEN_ASYNC) == GOLDEN_SYNC
 
 
+def test_continuation_lines_follow_the_shortened_line():
+    source = (
+        "async def fetch(self, a,\n"
+        "                b):\n"
+        "    value = await self.call(a,\n"
+        "                            b)\n"
+        "    other = await self.call(\n"
+        "        a, b)\n"
+        "    text = \"\"\"keeps\n"
+        "                 its own spacing\"\"\"\n"
+    )
+    assert unasync.rewrite(source) == (
+        "def fetch(self, a,\n"
+        "          b):\n"
+        "    value = self.call(a,\n"
+        "                      b)\n"
+        "    other = self.call(\n"
+        "        a, b)\n"
+        "    text = \"\"\"keeps\n"
+        "                 its own spacing\"\"\"\n"
+    )
+
+
+def test_generated_files_compile():
+    for path in (ROOT / "src/hutch/sdk/_sync").glob("*.py"):
+        compile(path.read_text(), str(path), "exec")
+    for path in (ROOT / "tests/sdk/_sync").glob("*.py"):
+        compile(path.read_text(), str(path), "exec")
+
+
 def test_rewrite_leaves_plain_words_alone():
     text = "asynchronous = 'awaited'; reader.read(); thread.join()\n"
     assert unasync.rewrite(text) == text

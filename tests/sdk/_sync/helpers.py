@@ -12,7 +12,7 @@ PATIENCE = 60.0
 
 
 def eventually(predicate: Callable[[], bool], timeout: float = PATIENCE,
-                     what: str = "condition") -> None:
+               what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, f"{what} not met within {timeout} s"

@@ -14,7 +14,7 @@ from .helpers import eventually
 @pytest.fixture(scope="module")
 def sbx(module_opts):
     sandbox = Sandbox.create(timeout=600, metadata={"suite": "sdk-commands"},
-                                        **module_opts)
+                             **module_opts)
     try:
         yield sandbox
     finally:
@@ -38,7 +38,7 @@ def test_non_zero_exit_raises_with_the_output(sbx):
 
 def test_env_cwd_and_users(sbx):
     result = sbx.commands.run('echo "$GREETING" "$PWD"', envs={"GREETING": "hi there"},
-                                    cwd="/tmp")
+                              cwd="/tmp")
     assert result.stdout == "hi there /tmp\n"
     assert (sbx.commands.run("whoami")).stdout == "user\n"
     assert (sbx.commands.run("echo $HOME")).stdout == "/home/user\n"
@@ -49,7 +49,7 @@ def test_env_cwd_and_users(sbx):
 def test_output_streams_as_it_arrives(sbx):
     seen: list = []
     handle = sbx.commands.run("echo first; sleep 600; echo never", background=True,
-                                    on_stdout=seen.append)
+                              on_stdout=seen.append)
     try:
         eventually(lambda: "first\n" in seen, what="streamed output")
         assert handle.exit_code is None  # still running: the output was not buffered to the end
@@ -71,7 +71,7 @@ def test_callbacks_given_to_wait_receive_earlier_output_too(sbx):
 
 def test_iterating_over_the_output(sbx):
     handle = sbx.commands.run("echo a; sleep 0.3; echo b >&2; sleep 0.3; echo c",
-                                    background=True)
+                              background=True)
     got = [item for item in handle]
     assert "".join(out for out, _, _ in got if out) == "a\nc\n"
     assert [err for _, err, _ in got if err] == ["b\n"]

@@ -19,7 +19,7 @@ from .helpers import eventually
 @pytest.fixture(scope="module")
 def sbx(module_opts):
     sandbox = Sandbox.create(timeout=600, metadata={"suite": "sdk-files"},
-                                        **module_opts)
+                             **module_opts)
     try:
         yield sandbox
     finally:
@@ -66,7 +66,7 @@ def test_list_make_dir_rename_remove(sbx):
     assert sbx.files.make_dir("/tmp/tree/a/b") is True
     assert sbx.files.make_dir("/tmp/tree/a/b") is False
     sbx.files.write_files([{"path": "/tmp/tree/one.txt", "data": "1"},
-                                 {"path": "/tmp/tree/a/two.txt", "data": b"22"}])
+                           {"path": "/tmp/tree/a/two.txt", "data": b"22"}])
     top = sbx.files.list("/tmp/tree")
     assert sorted((e.name, e.type) for e in top) == [("a", FileType.DIR),
                                                       ("one.txt", FileType.FILE)]
@@ -98,8 +98,8 @@ def test_watch_dir(sbx):
     try:
         sbx.files.write("/tmp/watched/new.txt", "x")
         eventually(lambda: any(e.name == "new.txt" and e.type in (
-            FilesystemEventType.CREATE, FilesystemEventType.WRITE) for e in seen),
-            what="a watch event")
+        FilesystemEventType.CREATE, FilesystemEventType.WRITE) for e in seen),
+        what="a watch event")
         assert "new.txt" in {e.name for e in handle.get_new_events()}
         sbx.files.write("/tmp/watched/second.txt", "y")
         eventually(lambda: any(e.name == "second.txt" for e in seen), what="a second event")
@@ -112,8 +112,8 @@ def test_watch_dir(sbx):
 def test_full_disk_is_not_enough_space(sbx):
     # Leave 64 KiB free on the sandbox's quota'd disk, then try to write a megabyte.
     sbx.commands.run(
-        "fallocate -l $(( $(df --output=avail -B1 /home/user | tail -1) - 65536 )) "
-        "/home/user/filler")
+    "fallocate -l $(( $(df --output=avail -B1 /home/user | tail -1) - 65536 )) "
+    "/home/user/filler")
     try:
         with pytest.raises(errors.NotEnoughSpaceError):
             sbx.files.write("/home/user/one-more.bin", bytes(1 << 20))
@@ -126,11 +126,11 @@ def test_recursive_watch_with_entries(sbx):
     sbx.files.make_dir("/tmp/rwatch/inner")
     seen: list = []
     handle = sbx.files.watch_dir("/tmp/rwatch", on_event=seen.append, recursive=True,
-                                       include_entry=True)
+                                 include_entry=True)
     try:
         sbx.files.write("/tmp/rwatch/inner/deep.txt", "abc")
         eventually(lambda: any(e.name == "inner/deep.txt" and e.entry is not None
-                                     for e in seen), what="an event from a subdirectory")
+                               for e in seen), what="an event from a subdirectory")
         entry = next(e.entry for e in seen if e.name == "inner/deep.txt" and e.entry)
         assert entry.path == "/tmp/rwatch/inner/deep.txt"
     finally:

@@ -19,7 +19,7 @@ from .helpers import PATIENCE
 def test_create_inspect_list_kill(opts):
     tag = uuid.uuid4().hex
     sbx = Sandbox.create(timeout=120, metadata={"suite": "sdk", "tag": tag},
-                                    envs={"SANDBOX_WIDE": "yes"}, **opts)
+                         envs={"SANDBOX_WIDE": "yes"}, **opts)
     try:
         assert sbx.sandbox_id.isalnum() and sbx.sandbox_id.islower()
         info = sbx.get_info()

@@ -14,7 +14,7 @@ from .helpers import eventually
 @pytest.fixture(scope="module")
 def sbx(module_opts):
     sandbox = Sandbox.create(timeout=600, metadata={"suite": "sdk-pty"},
-                                        **module_opts)
+                             **module_opts)
     try:
         yield sandbox
     finally:

@@ -168,8 +168,8 @@ class CommandHandle:
         )
 
     def wait(self, on_pty: Optional[OutputHandler] = None,
-                   on_stdout: Optional[OutputHandler] = None,
-                   on_stderr: Optional[OutputHandler] = None) -> CommandResult:
+             on_stdout: Optional[OutputHandler] = None,
+             on_stderr: Optional[OutputHandler] = None) -> CommandResult:
         """Wait for the command to end; a non-zero exit code raises ``CommandExitError``.
 
         Callbacks given here replace the ones given at start; they first receive the output
@@ -186,7 +186,7 @@ class CommandHandle:
         return self._result
 
     def _attach(self, on_pty: Optional[OutputHandler], on_stdout: Optional[OutputHandler],
-                      on_stderr: Optional[OutputHandler]) -> None:
+                on_stderr: Optional[OutputHandler]) -> None:
         backlog_out: List[str] = []
         backlog_err: List[str] = []
         with self._lock:
@@ -211,7 +211,7 @@ class CommandHandle:
         return self._commands.kill(self._pid)
 
     def send_stdin(self, data: Union[str, bytes],
-                         request_timeout: Optional[float] = None) -> None:
+                   request_timeout: Optional[float] = None) -> None:
         self._commands._send_input(self._pid, self._input_field, data, request_timeout)
 
     def close_stdin(self, request_timeout: Optional[float] = None) -> None:
@@ -226,45 +226,45 @@ class Commands:
 
     def list(self, request_timeout: Optional[float] = None) -> List[ProcessInfo]:
         reply = self._agent.unary("process.Process/List", {},
-                                        request_timeout=request_timeout)
+                                  request_timeout=request_timeout)
         return [ProcessInfo.from_wire(p) for p in reply.get("processes") or []]
 
     def kill(self, pid: int, request_timeout: Optional[float] = None) -> bool:
         """SIGKILL the process; False if there is no such process."""
         try:
             self._agent.unary(
-                "process.Process/SendSignal",
-                {"process": _wire.selector(pid), "signal": "SIGNAL_SIGKILL"},
-                request_timeout=request_timeout,
+            "process.Process/SendSignal",
+            {"process": _wire.selector(pid), "signal": "SIGNAL_SIGKILL"},
+            request_timeout=request_timeout,
             )
         except errors.NotFoundError:
             return False
         return True
 
     def send_stdin(self, pid: int, data: Union[str, bytes],
-                         request_timeout: Optional[float] = None) -> None:
+                   request_timeout: Optional[float] = None) -> None:
         """Write to the process's stdin (it must have been started with ``stdin=True``)."""
         self._send_input(pid, "stdin", data, request_timeout)
 
     def _send_input(self, pid: int, field: str, data: Union[str, bytes],
-                          request_timeout: Optional[float]) -> None:
+                    request_timeout: Optional[float]) -> None:
         self._agent.unary(
-            "process.Process/SendInput",
-            {"process": _wire.selector(pid), "input": {field: _wire.b64(data)}},
-            request_timeout=request_timeout,
+        "process.Process/SendInput",
+        {"process": _wire.selector(pid), "input": {field: _wire.b64(data)}},
+        request_timeout=request_timeout,
         )
 
     def close_stdin(self, pid: int, request_timeout: Optional[float] = None) -> None:
         """Close the process's stdin: it reads end-of-file."""
         self._agent.unary("process.Process/CloseStdin", {"process": _wire.selector(pid)},
-                                request_timeout=request_timeout)
+                          request_timeout=request_timeout)
 
     def run(self, cmd: str, background: Optional[bool] = None,
-                  envs: Optional[Dict[str, str]] = None, user: Optional[str] = None,
-                  cwd: Optional[str] = None, on_stdout: Optional[OutputHandler] = None,
-                  on_stderr: Optional[OutputHandler] = None, stdin: Optional[bool] = None,
-                  timeout: Optional[float] = 60,
-                  request_timeout: Optional[float] = None) -> Any:
+            envs: Optional[Dict[str, str]] = None, user: Optional[str] = None,
+            cwd: Optional[str] = None, on_stdout: Optional[OutputHandler] = None,
+            on_stderr: Optional[OutputHandler] = None, stdin: Optional[bool] = None,
+            timeout: Optional[float] = 60,
+            request_timeout: Optional[float] = None) -> Any:
         """Run ``cmd`` in a bash login shell.
 
         Foreground (default): wait and return a ``CommandResult``; a non-zero exit code
@@ -278,13 +278,13 @@ class Commands:
             "stdin": bool(stdin),
         }
         handle = self._start(request, user, timeout, request_timeout,
-                                   on_stdout=on_stdout, on_stderr=on_stderr)
+                             on_stdout=on_stdout, on_stderr=on_stderr)
         return handle if background else handle.wait()
 
     def connect(self, pid: int, timeout: Optional[float] = 60,
-                      request_timeout: Optional[float] = None,
-                      on_stdout: Optional[OutputHandler] = None,
-                      on_stderr: Optional[OutputHandler] = None) -> CommandHandle:
+                request_timeout: Optional[float] = None,
+                on_stdout: Optional[OutputHandler] = None,
+                on_stderr: Optional[OutputHandler] = None) -> CommandHandle:
         """Attach to a running process and receive its output from now on."""
         stream = self._agent.stream(
             "process.Process/Connect", {"process": _wire.selector(pid)},
@@ -293,13 +293,13 @@ class Commands:
         return self._handle(stream, on_stdout=on_stdout, on_stderr=on_stderr)
 
     def _start(self, request: dict, user: Optional[str], timeout: Optional[float],
-                     request_timeout: Optional[float], **callbacks: Any) -> CommandHandle:
+               request_timeout: Optional[float], **callbacks: Any) -> CommandHandle:
         stream = self._agent.stream("process.Process/Start", request, user=user,
-                                          timeout=timeout, request_timeout=request_timeout)
+                                    timeout=timeout, request_timeout=request_timeout)
         return self._handle(stream, **callbacks)
 
     def _handle(self, stream: EventStream, input_field: str = "stdin",
-                      **callbacks: Any) -> CommandHandle:
+           **callbacks: Any) -> CommandHandle:
         try:
             first = stream.first()
             start = (first.get("event") or {}).get("start")
@@ -309,4 +309,4 @@ class Commands:
             stream.close()
             raise
         return CommandHandle(int(start["pid"]), stream, self, input_field=input_field,
-                                  **callbacks)
+                             **callbacks)

@@ -77,8 +77,8 @@ class Filesystem:
         return params
 
     def read(self, path: str, format: Literal["text", "bytes", "stream"] = "text",
-                   user: Optional[str] = None,
-                   request_timeout: Optional[float] = None) -> Any:
+             user: Optional[str] = None,
+             request_timeout: Optional[float] = None) -> Any:
         """The file's content: ``str`` (text), ``bytearray`` (bytes) or an iterator of chunks."""
         client = self._agent.transport.client
         request = client.build_request(
@@ -116,7 +116,7 @@ class Filesystem:
             response.close()
 
     def write(self, path: str, data: WriteData, user: Optional[str] = None,
-                    request_timeout: Optional[float] = None) -> WriteInfo:
+              request_timeout: Optional[float] = None) -> WriteInfo:
         """Create or overwrite a file (parent directories are created)."""
         written = self._upload(path, data, user, request_timeout)
         if not written:
@@ -124,7 +124,7 @@ class Filesystem:
         return written[0]
 
     def write_files(self, files: Sequence[Dict[str, Any]], user: Optional[str] = None,
-                          request_timeout: Optional[float] = None) -> List[WriteInfo]:
+                    request_timeout: Optional[float] = None) -> List[WriteInfo]:
         """Write several files: ``[{"path": ..., "data": ...}, ...]``."""
         batches = _backend.gather(
             *[self._upload(f["path"], f["data"], user, request_timeout) for f in files]
@@ -132,7 +132,7 @@ class Filesystem:
         return [info for batch in batches for info in batch]
 
     def _upload(self, path: str, data: WriteData, user: Optional[str],
-                      request_timeout: Optional[float]) -> List[WriteInfo]:
+                request_timeout: Optional[float]) -> List[WriteInfo]:
         if isinstance(data, str):
             data = data.encode()
         streamed = not isinstance(data, (bytes, bytearray, memoryview))
@@ -159,25 +159,25 @@ class Filesystem:
             yield chunk.encode() if isinstance(chunk, str) else bytes(chunk)
 
     def list(self, path: str, depth: Optional[int] = 1, user: Optional[str] = None,
-                   request_timeout: Optional[float] = None) -> List[EntryInfo]:
+             request_timeout: Optional[float] = None) -> List[EntryInfo]:
         """Entries under ``path``, ``depth`` levels down (1 = direct children)."""
         if depth is not None and depth < 1:
             raise errors.InvalidArgumentError("depth must be at least 1")
         reply = self._agent.unary(_FS + "ListDir", {"path": path, "depth": depth or 1},
-                                        user=user, request_timeout=request_timeout,
-                                        not_found=errors.FileNotFoundError_)
+                                  user=user, request_timeout=request_timeout,
+                                  not_found=errors.FileNotFoundError_)
         entries = [EntryInfo.from_wire(e) for e in reply.get("entries") or []]
         return [e for e in entries if e.type is not None]
 
     def get_info(self, path: str, user: Optional[str] = None,
-                       request_timeout: Optional[float] = None) -> EntryInfo:
+                 request_timeout: Optional[float] = None) -> EntryInfo:
         reply = self._agent.unary(_FS + "Stat", {"path": path}, user=user,
-                                        request_timeout=request_timeout,
-                                        not_found=errors.FileNotFoundError_)
+                                  request_timeout=request_timeout,
+                                  not_found=errors.FileNotFoundError_)
         return EntryInfo.from_wire(reply.get("entry") or {})
 
     def exists(self, path: str, user: Optional[str] = None,
-                     request_timeout: Optional[float] = None) -> bool:
+               request_timeout: Optional[float] = None) -> bool:
         try:
             self.get_info(path, user, request_timeout)
         except errors.NotFoundError:
@@ -185,39 +185,39 @@ class Filesystem:
         return True
 
     def remove(self, path: str, user: Optional[str] = None,
-                     request_timeout: Optional[float] = None) -> None:
+               request_timeout: Optional[float] = None) -> None:
         self._agent.unary(_FS + "Remove", {"path": path}, user=user,
-                                request_timeout=request_timeout,
-                                not_found=errors.FileNotFoundError_)
+                          request_timeout=request_timeout,
+                          not_found=errors.FileNotFoundError_)
 
     def rename(self, old_path: str, new_path: str, user: Optional[str] = None,
-                     request_timeout: Optional[float] = None) -> EntryInfo:
+               request_timeout: Optional[float] = None) -> EntryInfo:
         reply = self._agent.unary(_FS + "Move",
-                                        {"source": old_path, "destination": new_path},
-                                        user=user, request_timeout=request_timeout,
-                                        not_found=errors.FileNotFoundError_)
+                                  {"source": old_path, "destination": new_path},
+                                  user=user, request_timeout=request_timeout,
+                                  not_found=errors.FileNotFoundError_)
         return EntryInfo.from_wire(reply.get("entry") or {})
 
     def make_dir(self, path: str, user: Optional[str] = None,
-                       request_timeout: Optional[float] = None) -> bool:
+                 request_timeout: Optional[float] = None) -> bool:
         """Create a directory and its parents; False if it already existed."""
         try:
             self._agent.unary(_FS + "MakeDir", {"path": path}, user=user,
-                                    request_timeout=request_timeout)
+                              request_timeout=request_timeout)
         except errors.AlreadyExistsError:
             return False
         return True
 
     def watch_dir(self, path: str, on_event: Optional[OutputHandler] = None,
-                        on_exit: Optional[OutputHandler] = None, user: Optional[str] = None,
-                        request_timeout: Optional[float] = None, timeout: Optional[float] = 60,
-                        recursive: bool = False,
-                        include_entry: bool = False) -> WatchHandle:
+                  on_exit: Optional[OutputHandler] = None, user: Optional[str] = None,
+                  request_timeout: Optional[float] = None, timeout: Optional[float] = 60,
+                  recursive: bool = False,
+                  include_entry: bool = False) -> WatchHandle:
         """Watch a directory; ``timeout`` (seconds, 0 = none) bounds the watch."""
         request = {"path": path, "recursive": recursive, "includeEntry": include_entry}
         stream = self._agent.stream(_FS + "WatchDir", request, user=user, timeout=timeout,
-                                          request_timeout=request_timeout,
-                                          not_found=errors.FileNotFoundError_)
+                                    request_timeout=request_timeout,
+                                    not_found=errors.FileNotFoundError_)
         try:
             first = stream.first()
             if "start" not in first:

@@ -23,9 +23,9 @@ class Pty:
         self._commands = commands
 
     def create(self, size: PtySize, on_data: Optional[OutputHandler] = None,
-                     user: Optional[str] = None, cwd: Optional[str] = None,
-                     envs: Optional[Dict[str, str]] = None, timeout: Optional[float] = 60,
-                     request_timeout: Optional[float] = None) -> CommandHandle:
+               user: Optional[str] = None, cwd: Optional[str] = None,
+               envs: Optional[Dict[str, str]] = None, timeout: Optional[float] = 60,
+               request_timeout: Optional[float] = None) -> CommandHandle:
         """Start an interactive bash login shell on a new terminal of ``size``."""
         request = {
             "process": _wire.process_config("/bin/bash", ["-i", "-l"],
@@ -33,12 +33,12 @@ class Pty:
             "pty": {"size": {"cols": size.cols, "rows": size.rows}},
         }
         stream = self._agent.stream("process.Process/Start", request, user=user,
-                                          timeout=timeout, request_timeout=request_timeout)
+                                    timeout=timeout, request_timeout=request_timeout)
         return self._commands._handle(stream, input_field="pty", on_pty=on_data)
 
     def connect(self, pid: int, on_data: Optional[OutputHandler] = None,
-                      timeout: Optional[float] = 60,
-                      request_timeout: Optional[float] = None) -> CommandHandle:
+                timeout: Optional[float] = 60,
+                request_timeout: Optional[float] = None) -> CommandHandle:
         stream = self._agent.stream(
             "process.Process/Connect", {"process": _wire.selector(pid)},
             timeout=timeout, request_timeout=request_timeout,
@@ -46,16 +46,16 @@ class Pty:
         return self._commands._handle(stream, input_field="pty", on_pty=on_data)
 
     def send_stdin(self, pid: int, data: Union[str, bytes],
-                         request_timeout: Optional[float] = None) -> None:
+                   request_timeout: Optional[float] = None) -> None:
         """Type into the terminal."""
         self._commands._send_input(pid, "pty", data, request_timeout)
 
     def resize(self, pid: int, size: PtySize,
-                     request_timeout: Optional[float] = None) -> None:
+               request_timeout: Optional[float] = None) -> None:
         self._agent.unary(
-            "process.Process/Update",
-            {"process": _wire.selector(pid), "pty": {"size": {"cols": size.cols, "rows": size.rows}}},
-            request_timeout=request_timeout,
+        "process.Process/Update",
+        {"process": _wire.selector(pid), "pty": {"size": {"cols": size.cols, "rows": size.rows}}},
+        request_timeout=request_timeout,
         )
 
     def kill(self, pid: int, request_timeout: Optional[float] = None) -> bool:

@@ -82,11 +82,11 @@ class Sandbox:
 
     @classmethod
     def create(cls, template: Optional[str] = None, timeout: Optional[int] = None,
-                     metadata: Optional[Dict[str, str]] = None,
-                     envs: Optional[Dict[str, str]] = None, secure: Optional[bool] = None,
-                     allow_internet_access: Optional[bool] = True,
-                     api_key: Optional[str] = None, url: Optional[str] = None,
-                     request_timeout: Optional[float] = None) -> "Sandbox":
+               metadata: Optional[Dict[str, str]] = None,
+               envs: Optional[Dict[str, str]] = None, secure: Optional[bool] = None,
+               allow_internet_access: Optional[bool] = True,
+               api_key: Optional[str] = None, url: Optional[str] = None,
+               request_timeout: Optional[float] = None) -> "Sandbox":
         """Create a sandbox from ``template`` (default ``base``), alive for ``timeout`` s (300)."""
         body: Dict[str, Any] = {
             "templateID": template or DEFAULT_TEMPLATE,
@@ -102,7 +102,7 @@ class Sandbox:
         transport = Transport(_config.resolve(url, api_key, request_timeout))
         try:
             response = transport.api("POST", "/v2/sandboxes", json_body=body,
-                                           not_found=errors.TemplateError)
+                                     not_found=errors.TemplateError)
         except BaseException:
             transport.close()
             raise
@@ -115,9 +115,9 @@ class Sandbox:
 
     @hybridmethod
     def connect(self_or_cls: Any, sandbox_id: Optional[str] = None,
-                      timeout: Optional[int] = None, api_key: Optional[str] = None,
-                      url: Optional[str] = None,
-                      request_timeout: Optional[float] = None) -> "Sandbox":
+                timeout: Optional[int] = None, api_key: Optional[str] = None,
+                url: Optional[str] = None,
+                request_timeout: Optional[float] = None) -> "Sandbox":
         """Attach to a running sandbox; ``timeout`` (s), if given, extends its life from now."""
         body = {} if timeout is None else {"timeout": int(timeout)}
         if isinstance(self_or_cls, type):
@@ -126,61 +126,61 @@ class Sandbox:
             transport = Transport(_config.resolve(url, api_key, request_timeout))
             try:
                 response = transport.api("POST", f"/v2/sandboxes/{sandbox_id}/connect",
-                                               json_body=body)
+                                         json_body=body)
             except BaseException:
                 transport.close()
                 raise
             return self_or_cls._from_wire(response.json(), transport)
         self_or_cls._transport.api(
-            "POST", f"/v2/sandboxes/{self_or_cls.sandbox_id}/connect", json_body=body,
-            request_timeout=request_timeout,
+        "POST", f"/v2/sandboxes/{self_or_cls.sandbox_id}/connect", json_body=body,
+        request_timeout=request_timeout,
         )
         return self_or_cls
 
     @hybridmethod
     def kill(self_or_cls: Any, sandbox_id: Optional[str] = None,
-                   api_key: Optional[str] = None, url: Optional[str] = None,
-                   request_timeout: Optional[float] = None) -> bool:
+             api_key: Optional[str] = None, url: Optional[str] = None,
+             request_timeout: Optional[float] = None) -> bool:
         """Kill the sandbox; False if it did not exist (any more)."""
         try:
             _api(self_or_cls, sandbox_id, "DELETE", "/sandboxes/{id}", api_key=api_key,
-                       url=url, request_timeout=request_timeout)
+                 url=url, request_timeout=request_timeout)
         except errors.SandboxNotFoundError:
             return False
         return True
 
     @hybridmethod
     def set_timeout(self_or_cls: Any, timeout: int, sandbox_id: Optional[str] = None,
-                          api_key: Optional[str] = None, url: Optional[str] = None,
-                          request_timeout: Optional[float] = None) -> None:
+                    api_key: Optional[str] = None, url: Optional[str] = None,
+                    request_timeout: Optional[float] = None) -> None:
         """The sandbox now lives ``timeout`` seconds from now (shorter or longer)."""
         if isinstance(self_or_cls, type) and sandbox_id is None:
             raise errors.InvalidArgumentError("set_timeout() on the class needs a sandbox_id")
         _api(self_or_cls, sandbox_id, "POST", "/sandboxes/{id}/timeout",
-                   json_body={"timeout": int(timeout)}, api_key=api_key, url=url,
-                   request_timeout=request_timeout)
+             json_body={"timeout": int(timeout)}, api_key=api_key, url=url,
+             request_timeout=request_timeout)
 
     @hybridmethod
     def get_info(self_or_cls: Any, sandbox_id: Optional[str] = None,
-                       api_key: Optional[str] = None, url: Optional[str] = None,
-                       request_timeout: Optional[float] = None) -> SandboxInfo:
+                 api_key: Optional[str] = None, url: Optional[str] = None,
+                 request_timeout: Optional[float] = None) -> SandboxInfo:
         response = _api(self_or_cls, sandbox_id, "GET", "/sandboxes/{id}",
-                              api_key=api_key, url=url, request_timeout=request_timeout)
+                        api_key=api_key, url=url, request_timeout=request_timeout)
         return SandboxInfo.from_wire(response.json())
 
     @hybridmethod
     def get_metrics(self_or_cls: Any, sandbox_id: Optional[str] = None,
-                          start: Optional[datetime] = None, end: Optional[datetime] = None,
-                          api_key: Optional[str] = None, url: Optional[str] = None,
-                          request_timeout: Optional[float] = None) -> List[SandboxMetrics]:
+                    start: Optional[datetime] = None, end: Optional[datetime] = None,
+                    api_key: Optional[str] = None, url: Optional[str] = None,
+                    request_timeout: Optional[float] = None) -> List[SandboxMetrics]:
         params = {}
         if start is not None:
             params["start"] = int(start.timestamp())
         if end is not None:
             params["end"] = int(end.timestamp())
         response = _api(self_or_cls, sandbox_id, "GET", "/sandboxes/{id}/metrics",
-                              params=params, api_key=api_key, url=url,
-                              request_timeout=request_timeout)
+                        params=params, api_key=api_key, url=url,
+                        request_timeout=request_timeout)
         return [SandboxMetrics.from_wire(m) for m in response.json() or []]
 
     def is_running(self, request_timeout: Optional[float] = None) -> bool:
@@ -201,8 +201,8 @@ class Sandbox:
 
 
 def _api(self_or_cls: Any, sandbox_id: Optional[str], method: str, path: str, *,
-               api_key: Optional[str], url: Optional[str], request_timeout: Optional[float],
-               **kwargs: Any) -> Any:
+         api_key: Optional[str], url: Optional[str], request_timeout: Optional[float],
+         **kwargs: Any) -> Any:
     """A control-plane call about one sandbox, through the instance's client or a short one."""
     if not isinstance(self_or_cls, type):
         return self_or_cls._transport.api(

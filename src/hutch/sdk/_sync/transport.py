@@ -76,9 +76,9 @@ class Transport:
         return errors.UnavailableError(f"cannot reach the hutch server at {self.config.url}: {exc!r}")
 
     def api(self, method: str, path: str, *, json_body: Any = None,
-                  params: Optional[Dict[str, Any]] = None,
-                  request_timeout: Optional[float] = None,
-                  not_found: Type[errors.HutchError] = errors.SandboxNotFoundError) -> httpx.Response:
+            params: Optional[Dict[str, Any]] = None,
+            request_timeout: Optional[float] = None,
+            not_found: Type[errors.HutchError] = errors.SandboxNotFoundError) -> httpx.Response:
         """One control-plane call; any status >= 300 raises the matching hutch error."""
         if not self.config.api_key:
             raise errors.AuthenticationError(
@@ -156,8 +156,8 @@ class Agent:
         }
 
     def unary(self, method: str, message: dict, *, user: Optional[str] = None,
-                    request_timeout: Optional[float] = None,
-                    not_found: Type[errors.HutchError] = errors.NotFoundError) -> dict:
+              request_timeout: Optional[float] = None,
+              not_found: Type[errors.HutchError] = errors.NotFoundError) -> dict:
         """A unary Connect call, e.g. ``unary("filesystem.Filesystem/Stat", {"path": p})``."""
         timeout = self.config.timeout(request_timeout)
         try:
@@ -173,8 +173,8 @@ class Agent:
         return response.json() if response.content else {}
 
     def stream(self, method: str, message: dict, *, user: Optional[str] = None,
-                     timeout: Optional[float] = None, request_timeout: Optional[float] = None,
-                     not_found: Type[errors.HutchError] = errors.NotFoundError) -> "EventStream":
+               timeout: Optional[float] = None, request_timeout: Optional[float] = None,
+               not_found: Type[errors.HutchError] = errors.NotFoundError) -> "EventStream":
         """Open a server-streaming Connect call; ``timeout`` bounds the whole call (0: none)."""
         headers = self._rpc_headers("application/connect+json", user, timeout)
         headers["Keepalive-Ping-Interval"] = str(_wire.KEEPALIVE_INTERVAL)
