@@ -94,7 +94,7 @@ async def test_unknown_sandbox_and_bad_key(opts):
     assert await AsyncSandbox.kill("doesnotexist0000", **opts) is False
     with pytest.raises(errors.AuthenticationError):
         await AsyncSandbox.create(url=opts["url"], api_key="e2b_" + "0" * 40)
-    with pytest.raises(errors.HutchError):
+    with pytest.raises(errors.TemplateError):
         await AsyncSandbox.create(template="no-such-template", **opts)
 
 

@@ -95,7 +95,7 @@ def test_unknown_sandbox_and_bad_key(opts):
     assert Sandbox.kill("doesnotexist0000", **opts) is False
     with pytest.raises(errors.AuthenticationError):
         Sandbox.create(url=opts["url"], api_key="e2b_" + "0" * 40)
-    with pytest.raises(errors.HutchError):
+    with pytest.raises(errors.TemplateError):
         Sandbox.create(template="no-such-template", **opts)
 
 
