@@ -31,10 +31,10 @@ def parse_time(value: Optional[str]) -> datetime:
 
 @dataclass
 class CommandResult:
-    """What a finished command produced."""
+    """What a finished command produced (output is None when it was not retained)."""
 
-    stderr: str
-    stdout: str
+    stderr: Optional[str]
+    stdout: Optional[str]
     exit_code: int
     error: Optional[str] = None
 

@@ -91,6 +91,15 @@ async def test_a_failing_callback_is_reported_by_wait(sbx):
         assert await handle.kill()
 
 
+async def test_output_not_retained_still_reaches_callbacks(sbx):
+    seen: list = []
+    result = await sbx.commands.run("seq 3", on_stdout=seen.append, retain_output=False)
+    assert (result.stdout, result.stderr, "".join(seen)) == (None, None, "1\n2\n3\n")
+    with pytest.raises(errors.CommandExitError) as caught:
+        await sbx.commands.run("echo gone >&2; exit 4", retain_output=False)
+    assert caught.value.exit_code == 4
+
+
 async def test_background_list_and_kill(sbx):
     handle = await sbx.commands.run("sleep 600", background=True)
     assert handle.pid > 0

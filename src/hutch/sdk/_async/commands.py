@@ -9,6 +9,7 @@ moment the command starts, so ``on_stdout``/``on_stderr`` fire as output arrives
 from __future__ import annotations
 
 import codecs
+import dataclasses
 from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Tuple, Union
 
 from hutch import errors
@@ -27,7 +28,7 @@ class AsyncCommandHandle:
                  on_stdout: Optional[OutputHandler] = None,
                  on_stderr: Optional[OutputHandler] = None,
                  on_pty: Optional[OutputHandler] = None,
-                 input_field: str = "stdin") -> None:
+                 input_field: str = "stdin", retain_output: bool = True) -> None:
         self._pid = pid
         self._stream = stream
         self._commands = commands
@@ -35,8 +36,9 @@ class AsyncCommandHandle:
         self._on_stderr = on_stderr
         self._on_pty = on_pty
         self._input_field = input_field
-        self._stdout: List[str] = []
-        self._stderr: List[str] = []
+        # Without retained output (a long, chatty command) only callbacks see the text.
+        self._stdout: Optional[List[str]] = [] if retain_output else None
+        self._stderr: Optional[List[str]] = [] if retain_output else None
         self._out_decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._err_decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._result: Optional[CommandResult] = None
@@ -52,12 +54,13 @@ class AsyncCommandHandle:
         return self._pid
 
     @property
-    def stdout(self) -> str:
-        return "".join(self._stdout)
+    def stdout(self) -> Optional[str]:
+        """The output so far; None when started with ``retain_output=False``."""
+        return None if self._stdout is None else "".join(self._stdout)
 
     @property
-    def stderr(self) -> str:
-        return "".join(self._stderr)
+    def stderr(self) -> Optional[str]:
+        return None if self._stderr is None else "".join(self._stderr)
 
     @property
     def exit_code(self) -> Optional[int]:
@@ -113,7 +116,8 @@ class AsyncCommandHandle:
     async def _emit_stdout(self, text: str) -> None:
         if text:
             with self._lock:
-                self._stdout.append(text)
+                if self._stdout is not None:
+                    self._stdout.append(text)
                 self._tell((text, None, None))
                 callback = self._on_stdout
             await _backend.call(callback, text)
@@ -121,7 +125,8 @@ class AsyncCommandHandle:
     async def _emit_stderr(self, text: str) -> None:
         if text:
             with self._lock:
-                self._stderr.append(text)
+                if self._stderr is not None:
+                    self._stderr.append(text)
                 self._tell((None, text, None))
                 callback = self._on_stderr
             await _backend.call(callback, text)
@@ -137,7 +142,8 @@ class AsyncCommandHandle:
         """
         listener = _backend.Queue()
         with self._lock:
-            backlog = [(t, None, None) for t in self._stdout] + [(None, t, None) for t in self._stderr]
+            backlog = ([(t, None, None) for t in self._stdout or []]
+                       + [(None, t, None) for t in self._stderr or []])
             if self._worker_done:
                 backlog.append(None)
             else:
@@ -181,7 +187,10 @@ class AsyncCommandHandle:
         if self._result is None:
             raise errors.SandboxError(f"the command (pid {self._pid}) ended without an end event")
         if self._result.exit_code != 0:
-            raise errors.CommandExitError(self._result)
+            # CommandExitError quotes the stderr tail, so unretained output reads as empty.
+            raise errors.CommandExitError(
+                self._result if self._result.stderr is not None
+                else dataclasses.replace(self._result, stderr=""))
         return self._result
 
     async def _attach(self, on_pty: Optional[OutputHandler], on_stdout: Optional[OutputHandler],
@@ -192,9 +201,9 @@ class AsyncCommandHandle:
             if on_pty is not None:
                 self._on_pty = on_pty
             if on_stdout is not None:
-                self._on_stdout, backlog_out = on_stdout, list(self._stdout)
+                self._on_stdout, backlog_out = on_stdout, list(self._stdout or [])
             if on_stderr is not None:
-                self._on_stderr, backlog_err = on_stderr, list(self._stderr)
+                self._on_stderr, backlog_err = on_stderr, list(self._stderr or [])
         for text in backlog_out:
             await _backend.call(on_stdout, text)
         for text in backlog_err:
@@ -262,8 +271,8 @@ class AsyncCommands:
                   envs: Optional[Dict[str, str]] = None, user: Optional[str] = None,
                   cwd: Optional[str] = None, on_stdout: Optional[OutputHandler] = None,
                   on_stderr: Optional[OutputHandler] = None, stdin: Optional[bool] = None,
-                  timeout: Optional[float] = 60,
-                  request_timeout: Optional[float] = None) -> Any:
+                  timeout: Optional[float] = 60, request_timeout: Optional[float] = None,
+                  *, retain_output: bool = True) -> Any:
         """Run ``cmd`` in a bash login shell.
 
         Foreground (default): wait and return a ``CommandResult``; a non-zero exit code
@@ -277,19 +286,22 @@ class AsyncCommands:
             "stdin": bool(stdin),
         }
         handle = await self._start(request, user, timeout, request_timeout,
-                                   on_stdout=on_stdout, on_stderr=on_stderr)
+                                   on_stdout=on_stdout, on_stderr=on_stderr,
+                                   retain_output=retain_output)
         return handle if background else await handle.wait()
 
     async def connect(self, pid: int, timeout: Optional[float] = 60,
                       request_timeout: Optional[float] = None,
                       on_stdout: Optional[OutputHandler] = None,
-                      on_stderr: Optional[OutputHandler] = None) -> AsyncCommandHandle:
+                      on_stderr: Optional[OutputHandler] = None, *,
+                      retain_output: bool = True) -> AsyncCommandHandle:
         """Attach to a running process and receive its output from now on."""
         stream = await self._agent.stream(
             "process.Process/Connect", {"process": _wire.selector(pid)},
             timeout=timeout, request_timeout=request_timeout,
         )
-        return await self._handle(stream, on_stdout=on_stdout, on_stderr=on_stderr)
+        return await self._handle(stream, on_stdout=on_stdout, on_stderr=on_stderr,
+                                  retain_output=retain_output)
 
     async def _start(self, request: dict, user: Optional[str], timeout: Optional[float],
                      request_timeout: Optional[float], **callbacks: Any) -> AsyncCommandHandle:
