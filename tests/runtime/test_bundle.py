@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hutch.runtime import bundle, firewall, network, seccomp
+from hutch.runtime import bundle, firewall, netlink, network, seccomp
 from hutch.runtime.spec import Mount, SandboxSpec
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -57,7 +57,8 @@ def check(name: str, value) -> None:
     ("etc_files_none.json", lambda: bundle.etc_files(SPEC, None, None)),
     ("seccomp_x86_64.json", lambda: seccomp.profile("SCMP_ARCH_X86_64")),
     ("firewall.nft", lambda: firewall.ruleset(FACTS)),
-    ("veth.txt", lambda: "\n".join(network.veth_commands("hutch", "abc123")) + "\n"),
+    ("veth_request.hex", lambda: netlink.veth_request("v6e43abcdef0123", "eth0", 7, 42).hex()
+     + "\n"),
     ("bridge.txt", lambda: "\n".join(network.bridge_commands("hutch", "10.11.0.0/16")) + "\n"),
 ])
 def test_golden(name, make):

@@ -259,19 +259,13 @@ class LocalRuntime:
     async def _make_network(self, sandbox_id: str, address: str | None,
                             timings: dict[str, float]) -> None:
         t = time.perf_counter()
-        path = network.netns_path(self.instance, sandbox_id)
         sysfs = self._dir(sandbox_id) / "sys"
         sysfs.mkdir()
-        await network.create_netns(path, sysfs)
-        timings["netns"] = time.perf_counter() - t
-        if address is None:
-            return
-        t = time.perf_counter()
-        await network.ip_batch(network.veth_commands(self.instance, sandbox_id))
-        timings["veth"] = time.perf_counter() - t
-        t = time.perf_counter()
-        await network.configure_inside(path, address, self.prefix, self.gateway)
-        timings["net_inside"] = time.perf_counter() - t
+        link = None if address is None else network.Link(
+            network.host_ifname(self.instance, sandbox_id), self.bridge, address,
+            self.prefix, self.gateway)
+        await network.create_netns(network.netns_path(self.instance, sandbox_id), sysfs, link)
+        timings["network"] = time.perf_counter() - t
 
     async def destroy(self, sandbox_id: str) -> None:
         """Remove every kernel object and file of the sandbox; fine if some never existed.

@@ -3,9 +3,9 @@
 Each sandbox gets a network namespace made here, owned by the host's user namespace: root
 inside the sandbox has no CAP_NET_ADMIN over it, so it can neither change its address nor
 touch netfilter from inside. The namespace is created in-process (unshare in a short-lived
-thread, bind-mounted at /run/netns/<instance>-<id> like `ip netns add` does) and the veth
-pair in one `ip -batch` run; the inside is configured with the classic interface ioctls
-from a thread that entered the namespace. Deleting the namespace is the whole teardown: the
+thread, bind-mounted at /run/netns/<instance>-<id> like `ip netns add` does), the veth pair
+with one rtnetlink request, and the inside with the classic interface ioctls from the same
+thread after it entered the namespace: no process is started. Deleting the namespace is the whole teardown: the
 kernel destroys the veth with it, asynchronously (a synchronous veth delete costs ~30 ms).
 """
 
@@ -21,10 +21,11 @@ import socket
 import struct
 import threading
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable, TypeVar
 
 from hutch.errors import RuntimeError_
-from hutch.runtime import _libc
+from hutch.runtime import _libc, netlink
 
 NETNS_DIR = Path("/run/netns")
 SANDBOX_IFNAME = "eth0"
@@ -143,7 +144,21 @@ def _configure_inside(address: str | None, netmask: str | None, gw: str | None) 
         fcntl.ioctl(s, SIOCADDRT, rt)
 
 
-def _create_netns(path: Path, sysfs: Path | None) -> None:
+@dataclass(frozen=True)
+class Link:
+    """The sandbox's side of the network in mode "internet"."""
+
+    host_ifname: str
+    bridge: str
+    address: str
+    prefix: int
+    gateway: str
+
+
+def _create_netns(path: Path, sysfs: Path | None, link: Link | None) -> None:
+    """All of a sandbox's network setup, in the calling (throwaway) thread: the namespace
+    with its sysctls and lo, a sysfs of it, and with `link` the veth pair and eth0's address
+    and default route."""
     NETNS_DIR.mkdir(mode=0o755, exist_ok=True)
     fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0)
     os.close(fd)
@@ -161,6 +176,13 @@ def _create_netns(path: Path, sysfs: Path | None) -> None:
                             | _libc.MS_NODEV | _libc.MS_NOEXEC)
         finally:
             _libc.setns(home, _libc.CLONE_NEWNET)
+        if link is not None:
+            netlink.create_veth(link.host_ifname, SANDBOX_IFNAME, str(path), link.bridge)
+            # Isolated bridge ports cannot talk to each other, only to the bridge itself.
+            with open(f"/sys/class/net/{link.host_ifname}/brport/isolated", "w") as f:
+                f.write("1")
+            netmask = str(ipaddress.ip_network(f"0.0.0.0/{link.prefix}").netmask)
+            _enter_and(path, lambda: _configure_inside(link.address, netmask, link.gateway))
     except BaseException:
         _delete_netns(path)
         raise
@@ -198,19 +220,14 @@ def _delete_netns(path: Path) -> bool:
     return found
 
 
-async def create_netns(path: Path, sysfs: Path | None = None) -> None:
+async def create_netns(path: Path, sysfs: Path | None = None, link: Link | None = None) -> None:
     """A new netns with lo up and IPv6 off, bound at path; with `sysfs`, a read-only sysfs
-    of that namespace is mounted there."""
-    await _in_thread(lambda: _create_netns(path, sysfs))
+    of that namespace is mounted there; with `link`, connected to the bridge."""
+    await _in_thread(lambda: _create_netns(path, sysfs, link))
 
 
 async def delete_netns(path: Path) -> bool:
     return _delete_netns(path)
-
-
-async def configure_inside(path: Path, address: str, prefix: int, gw: str) -> None:
-    netmask = str(ipaddress.ip_network(f"0.0.0.0/{prefix}").netmask)
-    await _in_thread(lambda: _enter_and(path, lambda: _configure_inside(address, netmask, gw)))
 
 
 def in_netns(path: Path, fn: Callable[[], T]) -> T:
@@ -242,19 +259,6 @@ async def ip_batch(commands: list[str], *, netns: str | None = None) -> None:
     _, err = await proc.communicate("\n".join(commands).encode() + b"\n")
     if proc.returncode != 0:
         raise RuntimeError_(f"ip -batch failed: {err.decode(errors='replace').strip()}")
-
-
-def veth_commands(instance: str, sandbox_id: str) -> list[str]:
-    """Host-side veth creation: the peer is born inside the sandbox's netns as eth0, the host
-    end joins the bridge as an isolated port (ports cannot talk to each other)."""
-    host = host_ifname(instance, sandbox_id)
-    ns = netns_name(instance, sandbox_id)
-    return [
-        f"link add {host} type veth peer name {SANDBOX_IFNAME} netns {ns}",
-        f"link set {host} master {bridge_name(instance)}",
-        f"link set dev {host} type bridge_slave isolated on",
-        f"link set {host} up",
-    ]
 
 
 def bridge_commands(instance: str, subnet: str, *, exists: bool = False) -> list[str]:
