@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 import struct
 from pathlib import Path
@@ -78,8 +79,10 @@ async def fake_upstream():
 
 
 @pytest.fixture(scope="session")
-def rootfs() -> Path:
-    return build_busybox_rootfs(STATE_DIR.parent / "hutch-test-runtime-rootfs", UID_BASE)
+def rootfs():
+    path = build_busybox_rootfs(STATE_DIR.parent / "hutch-test-runtime-rootfs", UID_BASE)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -68,11 +68,13 @@ async def test_args_env_cwd_and_hostname(runtime, rootfs):
         assert (h.run_dir / "foo").read_text().strip() == "bar baz"
         assert (h.run_dir / "host").read_text().strip() == "h1"
         assert "life1" in await runtime.list()
+        assert await runtime.is_running("life1")
         with pytest.raises(AlreadyExistsError):
             await runtime.create(spec)
     finally:
         await runtime.destroy("life1")
     assert host_objects("life1") == {}
+    assert not await runtime.is_running("life1")
     await runtime.destroy("life1")  # idempotent
     with pytest.raises(SandboxNotFoundError):
         await runtime.stats("life1")
@@ -144,6 +146,7 @@ async def test_destroy_removes_half_made_sandboxes(runtime):
     await network.create_netns(network.netns_path(INSTANCE, sid))
     runtime.addresses.allocate(sid)
     assert sid in await runtime.list()
+    assert not await runtime.is_running(sid)
     await runtime.destroy(sid)
     assert host_objects(sid) == {}
     assert sid not in await runtime.list()

@@ -340,6 +340,19 @@ class LocalRuntime:
         ids.update(_listdir(self.state_dir / "oci"))  # the OCI runtime's state, per container
         return sorted(i for i in ids if ID_RE.match(i))
 
+    async def is_running(self, sandbox_id: str) -> bool:
+        """Is the sandbox's init alive? (list() also reports what is only left over, e.g.
+        the directories of sandboxes that did not survive a host reboot.)"""
+        try:
+            pid = int((self._dir(sandbox_id) / "init.pid").read_text())
+            with open(f"/proc/{pid}/cgroup") as f:
+                if cgroup.cgroups_path(self.instance, sandbox_id) not in f.read():
+                    return False
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+        except (OSError, ValueError, IndexError):
+            return False
+
     async def stats(self, sandbox_id: str) -> dict:
         found = cgroup.stats(self.instance, sandbox_id)
         if found is None:
@@ -365,7 +378,8 @@ class LocalRuntime:
         if network.link_exists(self.bridge):
             await network.ip_batch([f"link del {self.bridge}"])
         cgroup.remove_parent(self.instance)
-        shutil.rmtree(self.addresses.dir, ignore_errors=True)
+        for d in (self.addresses.dir, self.state_dir / "cache", self.state_dir / "oci"):
+            shutil.rmtree(d, ignore_errors=True)
         if errors:
             raise RuntimeError_("teardown: " + "; ".join(errors))
 
