@@ -303,3 +303,55 @@ def test_other_ports_are_forwarded_into_the_sandbox(server, api, sandboxes):
     r = httpx.get(server.url + "/", headers={"E2b-Sandbox-Id": none["sandboxID"],
                                              "E2b-Sandbox-Port": "99999"})
     assert r.status_code == 400
+
+
+_TICKER = """
+import http.server, time
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a):
+        pass
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        try:
+            while True:
+                self.wfile.write(b"5\\r\\ntick\\n\\r\\n")
+                self.wfile.flush()
+                time.sleep(0.05)
+        except OSError:
+            open("/tmp/closed", "w").write("closed")
+http.server.ThreadingHTTPServer(("0.0.0.0", 8001), H).serve_forever()
+"""
+
+
+def test_client_disconnect_closes_the_upstream_connection(server, api, sandboxes):
+    """An endless response streams through, and leaving it is seen inside the sandbox."""
+    from e2b import Sandbox
+    sbx = _create(api, sandboxes)
+    e2b = Sandbox.connect(sbx["sandboxID"], api_key=server.key, api_url=server.url,
+                          sandbox_url=server.url)
+    e2b.files.write("/tmp/ticker.py", _TICKER)
+    e2b.commands.run("python3 /tmp/ticker.py", background=True)
+    headers = {"E2b-Sandbox-Id": sbx["sandboxID"], "E2b-Sandbox-Port": "8001"}
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with httpx.stream("GET", server.url + "/", headers=headers, timeout=30) as r:
+                if r.status_code == 200:
+                    got = b""
+                    for piece in r.iter_raw():
+                        got += piece
+                        if got.count(b"tick") >= 3:
+                            break
+                    break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "the ticker never answered"
+        time.sleep(0.1)
+    assert not e2b.files.exists("/tmp/closed")      # still streaming until we left
+    deadline = time.monotonic() + 20
+    while not e2b.files.exists("/tmp/closed"):
+        assert time.monotonic() < deadline, "the upstream connection stayed open"
+        time.sleep(0.1)

@@ -154,7 +154,9 @@ class DataPlane:
         task = asyncio.current_task()
         live.streams.add(task)
         self._tasks.add(task)
-        watcher = asyncio.create_task(self._watch_disconnect(receive, body_done, task))
+        finished: list = []
+        watcher = asyncio.create_task(
+            self._watch_disconnect(receive, body_done, task, finished))
         started = False
         try:
             response = await upstream.request(
@@ -167,6 +169,7 @@ class DataPlane:
                 started = True
                 async for chunk in response.aiter():
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                finished.append(True)
                 await send({"type": "http.response.body", "body": b""})
             finally:
                 response.close()
@@ -198,9 +201,15 @@ class DataPlane:
             self._tasks.discard(task)
 
     @staticmethod
-    async def _watch_disconnect(receive, body_done: asyncio.Event, task: asyncio.Task) -> Any:
-        """Cancel the proxy task as soon as the client disconnects after sending its body."""
+    async def _watch_disconnect(receive, body_done: asyncio.Event, task: asyncio.Task,
+                                finished: list) -> Any:
+        """Cancel the proxy task as soon as the client disconnects after sending its body.
+
+        Without a body the first message is the (empty) request itself; after the response
+        the server reports a disconnect too, which ``finished`` tells apart.
+        """
         await body_done.wait()
-        msg = await receive()
-        if msg["type"] == "http.disconnect":
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        if not finished:
             task.cancel()
