@@ -15,8 +15,10 @@ import asyncio
 import base64
 import os
 import pwd
-from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Dict, List, Optional, TypeVar
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, TypeVar
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
 from ..errors import AuthenticationError, HutchError
 
@@ -156,11 +158,13 @@ class Identities:
 
     def __init__(self, workers: int = 4) -> None:
         self._workers = workers
-        self._pools: Dict[int, ThreadPoolExecutor] = {}
+        self._pools: Dict[int, "ThreadPoolExecutor"] = {}
 
-    def _pool(self, user: User) -> ThreadPoolExecutor:
+    def _pool(self, user: User) -> "ThreadPoolExecutor":
         pool = self._pools.get(user.uid)
         if pool is None:
+            from concurrent.futures import ThreadPoolExecutor  # on first file operation only
+
             if user.uid == 0:
                 pool = ThreadPoolExecutor(self._workers, thread_name_prefix="fs-root")
             else:
