@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any, AsyncIterator, Awaitable, Callable, Optional
+
+from hutch import errors
 
 
 class Worker:
@@ -57,6 +59,20 @@ async def gather(*aws: Awaitable[Any]) -> list:
 
 def abort_response(response: Any) -> None:
     """Nothing to do: cancelling the reading task interrupts the read."""
+
+
+@contextlib.asynccontextmanager
+async def deadline(seconds: Optional[float], abort: Callable[[], None],
+                   what: str) -> AsyncIterator[None]:
+    """Bound the block to ``seconds`` (None: unbounded); past it, raise ``TimeoutError_``."""
+    if not seconds:
+        yield
+        return
+    try:
+        async with asyncio.timeout(seconds):
+            yield
+    except TimeoutError:
+        raise errors.TimeoutError_(f"{what} took longer than {seconds:g} s") from None
 
 
 async def sleep(seconds: float) -> None:

@@ -189,15 +189,18 @@ class AsyncAgent:
             body = await response.aread()
             await response.aclose()
             raise _errors.from_agent(response.status_code, body, not_found=not_found)
-        return AsyncEventStream(self, response, not_found)
+        return AsyncEventStream(self, response, not_found,
+                                start_timeout=self.config.timeout(request_timeout))
 
 
 class AsyncEventStream:
     """The messages of one server stream; ends quietly, or raises the end-stream error."""
 
     def __init__(self, agent: AsyncAgent, response: httpx.Response,
-                 not_found: Type[errors.HutchError]) -> None:
+                 not_found: Type[errors.HutchError],
+                 start_timeout: Optional[float] = None) -> None:
         self._agent = agent
+        self._start_timeout = start_timeout
         self._response = response
         self._not_found = not_found
         self.ended = False  # the end-stream message arrived
@@ -234,8 +237,13 @@ class AsyncEventStream:
             await self._response.aclose()
 
     async def first(self) -> dict:
-        """The first message (a stream always starts with a ``start`` event)."""
+        """The first message (a stream always starts with a ``start`` event).
+
+        Waiting for it is bounded by the request timeout, as in e2b; the stream itself is
+        bounded by the call's own ``timeout``.
+        """
         try:
-            return await anext(self.messages)
+            async with _backend.deadline(self._start_timeout, self.abort, "starting the stream"):
+                return await anext(self.messages)
         except StopAsyncIteration:
             raise errors.SandboxError("the stream ended before it started") from None

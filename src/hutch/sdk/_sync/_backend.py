@@ -7,11 +7,14 @@ callbacks fire as output arrives even while the caller is busy elsewhere.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import socket
 import threading
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
+
+from hutch import errors
 
 
 class Worker:
@@ -66,6 +69,35 @@ def abort_response(response: Any) -> None:
             sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+
+
+@contextlib.contextmanager
+def deadline(seconds: Optional[float], abort: Callable[[], None],
+             what: str) -> Iterator[None]:
+    """Bound the block to ``seconds`` (None: unbounded); past it, raise ``TimeoutError_``.
+
+    A blocked read cannot be interrupted, so a timer unblocks it through ``abort``.
+    """
+    if not seconds:
+        yield
+        return
+    fired = threading.Event()
+
+    def expire() -> None:
+        fired.set()
+        abort()
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    except Exception:
+        if fired.is_set():
+            raise errors.TimeoutError_(f"{what} took longer than {seconds:g} s") from None
+        raise
+    finally:
+        timer.cancel()
 
 
 def sleep(seconds: float) -> None:

@@ -190,15 +190,18 @@ class Agent:
             body = response.read()
             response.close()
             raise _errors.from_agent(response.status_code, body, not_found=not_found)
-        return EventStream(self, response, not_found)
+        return EventStream(self, response, not_found,
+                           start_timeout=self.config.timeout(request_timeout))
 
 
 class EventStream:
     """The messages of one server stream; ends quietly, or raises the end-stream error."""
 
     def __init__(self, agent: Agent, response: httpx.Response,
-                 not_found: Type[errors.HutchError]) -> None:
+                 not_found: Type[errors.HutchError],
+                 start_timeout: Optional[float] = None) -> None:
         self._agent = agent
+        self._start_timeout = start_timeout
         self._response = response
         self._not_found = not_found
         self.ended = False  # the end-stream message arrived
@@ -235,8 +238,13 @@ class EventStream:
             self._response.close()
 
     def first(self) -> dict:
-        """The first message (a stream always starts with a ``start`` event)."""
+        """The first message (a stream always starts with a ``start`` event).
+
+        Waiting for it is bounded by the request timeout, as in e2b; the stream itself is
+        bounded by the call's own ``timeout``.
+        """
         try:
-            return next(self.messages)
+            with _backend.deadline(self._start_timeout, self.abort, "starting the stream"):
+                return next(self.messages)
         except StopIteration:
             raise errors.SandboxError("the stream ended before it started") from None
