@@ -193,3 +193,15 @@ async def test_invalid_specs_are_refused_before_anything_is_made(runtime, rootfs
     with pytest.raises(InvalidArgumentError):
         await runtime.create(SandboxSpec(**fields))
     assert host_objects(fields["id"] if fields["id"] == "inval1" else "inval1") == {}
+
+
+def test_probe_reports_what_works_and_why_not(runtime):
+    from hutch.runtime import LocalRuntime
+    results = LocalRuntime.probe(("runc", "hutch-no-such-runtime", "/bin/false"))
+    by_name = {r.name: r for r in results}
+    assert by_name["runc"].ok and by_name["runc"].version.startswith("runc")
+    assert not by_name["hutch-no-such-runtime"].ok
+    assert by_name["hutch-no-such-runtime"].reason == "not installed"
+    assert not by_name["/bin/false"].ok and by_name["/bin/false"].reason
+    # the probe cleans up after itself
+    assert not glob.glob(f"/sys/fs/cgroup/*/hutch-probe/probe{os.getpid()}")
