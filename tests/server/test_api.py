@@ -355,3 +355,22 @@ def test_client_disconnect_closes_the_upstream_connection(server, api, sandboxes
     while not e2b.files.exists("/tmp/closed"):
         assert time.monotonic() < deadline, "the upstream connection stayed open"
         time.sleep(0.1)
+
+
+def test_a_sandbox_that_dies_by_itself_is_recorded_and_cleaned_up(server, api, sandboxes):
+    import os
+    import signal
+    from .conftest import DATA_DIR
+    sbx = _create(api, sandboxes)
+    sid = sbx["sandboxID"]
+    pid = int((DATA_DIR / "runtime" / "sandboxes" / sid / "init.pid").read_text())
+    os.kill(pid, signal.SIGKILL)        # the sandbox's init, as an OOM kill would
+    deadline = time.monotonic() + 30
+    while True:
+        r = _agent(server, sbx, "/envs")
+        if r.status_code == 502 and "was not found" in r.json()["message"]:
+            break
+        assert time.monotonic() < deadline, r.text
+        time.sleep(0.1)
+    assert api.get(f"/sandboxes/{sid}").status_code == 404
+    assert not (DATA_DIR / "runtime" / "sandboxes" / sid).exists()

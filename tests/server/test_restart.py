@@ -11,6 +11,7 @@ import pytest
 from e2b import Sandbox
 
 from hutch.runtime.spec import SandboxSpec
+from hutch.server.store import SandboxRecord, Store
 
 from .conftest import DATA_DIR, INSTANCE, SUBNET, TEMPLATES_DIR
 
@@ -49,7 +50,19 @@ def test_restart_keeps_sandboxes_and_reaps_orphans(server, e2b_env):
     assert server.stop() == 0
     orphan = "orphan" + os.urandom(7).hex()
     asyncio.run(_make_orphan(orphan))
-    assert orphan in asyncio.run(_list_ids())
+    # A create the server never finished (record still "creating", container made) and a
+    # record whose sandbox is gone (say after a host reboot).
+    halfway = "halfway" + os.urandom(6).hex() + "0"
+    asyncio.run(_make_orphan(halfway))
+    gone = "gone" + os.urandom(8).hex()
+    store = Store(DATA_DIR / "hutch.db")
+    now = time.time()
+    for sid, state in ((halfway, "creating"), (gone, "running")):
+        store.insert(SandboxRecord(id=sid, template="base", state=state, created_at=now,
+                                   end_at=now + 600, cpu=1, memory_mb=256, disk_mb=256,
+                                   pids=64, network="none"))
+    store.close()
+    assert {orphan, halfway} <= set(asyncio.run(_list_ids()))
     time.sleep(5)             # `short` expires while the server is down
     server.start()
 
@@ -60,13 +73,20 @@ def test_restart_keeps_sandboxes_and_reaps_orphans(server, e2b_env):
     assert not short.is_running()
     running = asyncio.run(_list_ids())
     assert orphan not in running and short.sandbox_id not in running
+    assert halfway not in running
     assert keep.sandbox_id in running
 
     db = sqlite3.connect(DATA_DIR / "hutch.db")
     try:
         state, reason = db.execute("SELECT state, reason FROM sandboxes WHERE id=?",
                                    (short.sandbox_id,)).fetchone()
+        halfway_state = db.execute("SELECT state FROM sandboxes WHERE id=?",
+                                   (halfway,)).fetchone()[0]
+        gone_state = db.execute("SELECT state, reason FROM sandboxes WHERE id=?",
+                                (gone,)).fetchone()
     finally:
         db.close()
     assert (state, reason) == ("killed", "timeout")
+    assert halfway_state == "error"
+    assert gone_state == ("killed", "not found at server start")
     assert keep.kill() is True

@@ -131,6 +131,12 @@ class SandboxManager:
                 self.store.update(rec, state="killed", reason="not found at server start",
                                   ended_at=now)
                 report["lost"].append(rec.id)
+            elif not await self._alive(rec.id):
+                # Leftovers only (say after a host reboot): the work inside is gone.
+                self.store.update(rec, state="killed", reason="not running at server start",
+                                  ended_at=now)
+                await self._destroy_quietly(rec.id)
+                report["lost"].append(rec.id)
             elif rec.end_at <= now:
                 self.store.update(rec, state="killed", reason="timeout", ended_at=now)
                 await self._destroy_quietly(rec.id)
@@ -360,14 +366,32 @@ class SandboxManager:
             live.record = self.store.update(live.record, state="killed", reason=reason,
                                             ended_at=time.time())
             del self._live[sandbox_id]
+            me = asyncio.current_task()
             for task in list(live.streams):
-                task.cancel()
+                if task is not me:     # a proxy request may be what found the sandbox dead
+                    task.cancel()
             await live.close_links()
             try:
-                await self.runtime.destroy(sandbox_id)
+                # Shielded: a caller that goes away must not leave a half-destroyed sandbox.
+                await asyncio.shield(self.runtime.destroy(sandbox_id))
             except Exception as exc:  # recorded killed already; the next start retries
                 log.error("destroying %s failed: %s", sandbox_id, exc)
         log.info("sandbox %s killed (%s)", sandbox_id, reason)
+
+    async def _alive(self, sandbox_id: str) -> bool:
+        probe = getattr(self.runtime, "is_running", None)
+        return True if probe is None else bool(await _maybe_await(probe(sandbox_id)))
+
+    async def vanished(self, sandbox_id: str) -> bool:
+        """Called when a sandbox's agent cannot be reached: if the sandbox itself has stopped
+        (its init exited, say after an out-of-memory kill), record that and clean up."""
+        if sandbox_id not in self._live or await self._alive(sandbox_id):
+            return False
+        try:
+            await self.kill(sandbox_id, reason="the sandbox stopped by itself")
+        except SandboxNotFoundError:
+            pass
+        return True
 
     async def _destroy_quietly(self, sandbox_id: str) -> None:
         try:

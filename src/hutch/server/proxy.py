@@ -188,7 +188,8 @@ class DataPlane:
         except (UpstreamError, OSError, asyncio.IncompleteReadError) as exc:
             if started:
                 return   # the response is cut short: the client sees a broken stream
-            if self.manager.lookup(sandbox_id) is None:
+            if (self.manager.lookup(sandbox_id) is None
+                    or (upstream is live.link and await self.manager.vanished(sandbox_id))):
                 await _json(send, 502, not_found(sandbox_id))
             else:
                 await _json(send, 502, {
