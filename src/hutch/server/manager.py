@@ -104,11 +104,12 @@ class SandboxManager:
                 await self._reaper
             except asyncio.CancelledError:
                 pass
-        for live in self._live.values():
+        lives = list(self._live.values())
+        self._live.clear()
+        for live in lives:
             for task in list(live.streams):
                 task.cancel()
             await live.close_links()
-        self._live.clear()
 
     async def reconcile(self) -> dict[str, list[str]]:
         """Make the store and the runtime agree; return what was done, for the log."""

@@ -32,7 +32,8 @@ AGENT_PORT = 49983
 # Hop-by-hop headers (RFC 9110 §7.6.1) are never forwarded; framing is re-done on each side.
 _HOP = {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te",
         b"trailer", b"upgrade", b"proxy-authenticate", b"proxy-authorization"}
-# What uvicorn logs when a handler ends a response early on purpose (see _abort).
+# What uvicorn logs when a handler ends a response early on purpose: the streams of a killed
+# sandbox are cut without their end, which must look like a broken connection to the client.
 ABORT_LOG_MESSAGE = "ASGI callable returned without completing response."
 
 
@@ -115,14 +116,17 @@ class DataPlane:
         path = scope["path"]
         headers: list[tuple[bytes, bytes]] = []
         token = framing = None
+        to_agent = port == AGENT_PORT
         for name, value in scope["headers"]:
             if name == b"x-access-token":
                 token = value
-            if name == b"transfer-encoding":
+                if not to_agent:
+                    continue   # the agent's credential is none of a web app's business
+            elif name == b"transfer-encoding":
                 framing = b"chunked"
-            if name not in _HOP:
+            if name not in _HOP and (to_agent or not name.startswith(b"e2b-")):
                 headers.append((name, value))
-        expected = live.record.access_token if port == AGENT_PORT else None
+        expected = live.record.access_token if to_agent else None
         if (expected is not None and path != "/health"
                 and not hmac.compare_digest(token or b"", expected.encode())
                 and not (path == "/files" and b"signature=" in scope["query_string"])):
