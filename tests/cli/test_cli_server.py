@@ -47,6 +47,9 @@ def test_create_ls_info_kill(hutch, sandbox_id):
     assert table.startswith("ID") and sandbox_id in table
     info = json.loads(hutch("sandbox", "info", sandbox_id).stdout)
     assert info["sandboxID"] == sandbox_id and info["metadata"]["suite"] == "cli"
+    hutch("sandbox", "timeout", sandbox_id, "3000")
+    later = json.loads(hutch("sandbox", "info", sandbox_id).stdout)
+    assert later["endAt"] > info["endAt"]
     assert hutch("sandbox", "kill", sandbox_id).returncode == 0
     gone = hutch("kill", sandbox_id, check=False)
     assert gone.returncode == 1 and b"not found" in gone.stderr

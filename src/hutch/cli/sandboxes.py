@@ -123,6 +123,15 @@ def kill(ctx: Context, sandbox_ids: Tuple[str, ...]) -> None:
         raise SystemExit(1)
 
 
+@sandbox.command("timeout")
+@click.argument("sandbox_id")
+@click.argument("seconds", type=click.IntRange(min=1))
+@pass_ctx
+def set_timeout(ctx: Context, sandbox_id: str, seconds: int) -> None:
+    """Make a sandbox live SECONDS from now (shorter or longer)."""
+    run_guarded(lambda: Sandbox.set_timeout(seconds, sandbox_id, **ctx.opts))
+
+
 sandbox.add_command(ls)
 sandbox.add_command(info)
 sandbox.add_command(kill)
