@@ -7,7 +7,7 @@ from hutch.sdk import _config
 
 def test_defaults():
     config = _config.resolve(env={}, euid=1000)
-    assert config.url == "http://127.0.0.1:49980"
+    assert config.url == "http://127.0.0.1:7711"
     assert config.api_key is None
     assert config.request_timeout == 60.0
 
@@ -23,16 +23,16 @@ def test_environment_then_arguments_win():
 def test_root_on_loopback_reads_the_admin_key(tmp_path):
     (tmp_path / "admin.key").write_text("e2b_" + "a" * 40 + "\n")
     env = {"HUTCH_DATA_DIR": str(tmp_path)}
-    for url in ("http://127.0.0.1:49980", "http://localhost:5", "http://[::1]:7"):
+    for url in ("http://127.0.0.1:7711", "http://localhost:5", "http://[::1]:7"):
         assert _config.resolve(url=url, env=env, euid=0).api_key == "e2b_" + "a" * 40
 
 
 def test_admin_key_is_never_used_for_remote_urls_or_non_root(tmp_path):
     (tmp_path / "admin.key").write_text("secret")
     env = {"HUTCH_DATA_DIR": str(tmp_path)}
-    assert _config.resolve(url="http://10.0.0.5:49980", env=env, euid=0).api_key is None
+    assert _config.resolve(url="http://10.0.0.5:7711", env=env, euid=0).api_key is None
     assert _config.resolve(url="http://sandbox.example", env=env, euid=0).api_key is None
-    assert _config.resolve(url="http://127.0.0.1:49980", env=env, euid=1000).api_key is None
+    assert _config.resolve(url="http://127.0.0.1:7711", env=env, euid=1000).api_key is None
 
 
 def test_explicit_key_beats_admin_key(tmp_path):

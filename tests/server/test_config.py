@@ -13,7 +13,7 @@ from hutch.server.config import SETTINGS, Config, load, markdown_table
 def test_defaults():
     cfg = load({})
     assert cfg.data_dir == Path("/var/lib/hutch")
-    assert (cfg.host, cfg.port, cfg.instance) == ("127.0.0.1", 49980, "hutch")
+    assert (cfg.host, cfg.port, cfg.instance) == ("127.0.0.1", 7711, "hutch")
     assert cfg.subnet == "10.11.0.0/16"
     assert cfg.templates_dir == Path("/var/lib/hutch/templates")
     assert cfg.uid_base == 100000 and cfg.trust_host_cas is True

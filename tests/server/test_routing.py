@@ -15,7 +15,7 @@ def test_header_routing():
     assert route(_scope(("E2b-Sandbox-Id", "abc123")), "") == ("abc123", AGENT_PORT)
     assert route(_scope(("E2b-Sandbox-Id", "abc"), ("E2b-Sandbox-Port", "x")), "") == \
         ("abc", None)
-    assert route(_scope(("Host", "127.0.0.1:49980")), "") is None
+    assert route(_scope(("Host", "127.0.0.1:7711")), "") is None
 
 
 def test_host_routing_only_under_the_domain():

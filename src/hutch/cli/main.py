@@ -48,7 +48,7 @@ def _unavailable(name: str, exc: ImportError) -> click.Command:
 
 @click.group(cls=HutchGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--url", envvar="HUTCH_URL", default=None, metavar="URL",
-              help="hutch server URL [env HUTCH_URL; default http://127.0.0.1:49980]")
+              help="hutch server URL [env HUTCH_URL; default http://127.0.0.1:7711]")
 @click.option("--api-key", envvar="HUTCH_API_KEY", default=None, metavar="KEY",
               help="API key [env HUTCH_API_KEY; as root on the server host: the admin key]")
 @click.version_option(package_name="hutch", prog_name="hutch")

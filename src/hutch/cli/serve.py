@@ -28,7 +28,7 @@ def _config(**overrides):
 
 @click.command()
 @click.option("--host", default=None, help="Listen address (HUTCH_HOST, default 127.0.0.1).")
-@click.option("--port", type=int, default=None, help="TCP port (HUTCH_PORT, default 49980).")
+@click.option("--port", type=int, default=None, help="TCP port (HUTCH_PORT, default 7711).")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
               help="State directory (HUTCH_DATA_DIR, default /var/lib/hutch).")
 def serve(host, port, data_dir):

@@ -6,7 +6,7 @@
         print(sbx.commands.run("uname -a").stdout)
         sbx.files.write("/home/user/data.csv", b"a,b\n1,2\n")
 
-Where requests go: ``url=`` or ``HUTCH_URL`` (default ``http://127.0.0.1:49980``); the key:
+Where requests go: ``url=`` or ``HUTCH_URL`` (default ``http://127.0.0.1:7711``); the key:
 ``api_key=`` or ``HUTCH_API_KEY``. As root on the server's own machine no key is needed: for
 a loopback URL the SDK reads the server's admin key from
 ``<HUTCH_DATA_DIR or /var/lib/hutch>/admin.key`` (details in ``hutch.sdk._config``).

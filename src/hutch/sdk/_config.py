@@ -2,7 +2,7 @@
 
 | setting         | argument  | environment      | default                      |
 |-----------------|-----------|------------------|------------------------------|
-| server URL      | `url`     | `HUTCH_URL`      | `http://127.0.0.1:49980`     |
+| server URL      | `url`     | `HUTCH_URL`      | `http://127.0.0.1:7711`     |
 | API key         | `api_key` | `HUTCH_API_KEY`  | the local admin key (below)  |
 | request timeout | `request_timeout` | –        | 60 s                         |
 
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Mapping, Optional
 from urllib.parse import urlsplit
 
-DEFAULT_URL = "http://127.0.0.1:49980"
+DEFAULT_URL = "http://127.0.0.1:7711"
 DEFAULT_DATA_DIR = "/var/lib/hutch"
 DEFAULT_REQUEST_TIMEOUT = 60.0
 

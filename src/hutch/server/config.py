@@ -99,7 +99,7 @@ SETTINGS: tuple[Setting, ...] = (
             "State directory: the SQLite store, admin.key, the runtime's sandbox state."),
     Setting("host", "HUTCH_HOST", "127.0.0.1", _text,
             "Address the HTTP server listens on (control plane and data plane share it)."),
-    Setting("port", "HUTCH_PORT", "49980", _port, "TCP port of the HTTP server."),
+    Setting("port", "HUTCH_PORT", "7711", _port, "TCP port of the HTTP server."),
     Setting("instance", "HUTCH_INSTANCE", "hutch", _instance,
             "Name carried by every host object (nft table, bridge, cgroup parent) so that "
             "several servers on one host never collide."),
