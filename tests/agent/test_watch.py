@@ -123,3 +123,36 @@ def test_filesystem_type_reads_statfs_magic():
     from hutch.agent.watcher import filesystem_type
 
     assert filesystem_type("/proc") == 0x9FA0  # PROC_SUPER_MAGIC
+
+
+def test_upload_then_poll_sees_create_chmod_write_at_once(client: Client, workdir):
+    """Events of a finished upload are there on the very next poll, in envd's order."""
+    for attempt in range(5):
+        wid = client.ok("filesystem.Filesystem/CreateWatcher", {"path": str(workdir)})["watcherId"]
+        target = workdir / f"w{attempt}.txt"
+        r = client.http.post("/files", files=[("file", (str(target), b"watched", "application/octet-stream"))])
+        assert r.status_code == 200
+        events = client.ok("filesystem.Filesystem/GetWatcherEvents", {"watcherId": wid})["events"]
+        assert [(e["name"], e["type"]) for e in events] == [
+            (target.name, "EVENT_TYPE_CREATE"), (target.name, "EVENT_TYPE_CHMOD"), (target.name, "EVENT_TYPE_WRITE")]
+        # Overwriting an existing file starts with a WRITE (the truncation).
+        client.http.post("/files", params={"path": str(target)}, content=b"again",
+                         headers={"Content-Type": "application/octet-stream"})
+        events = client.ok("filesystem.Filesystem/GetWatcherEvents", {"watcherId": wid})["events"]
+        assert events[0] == {"name": target.name, "type": "EVENT_TYPE_WRITE"}
+        client.ok("filesystem.Filesystem/RemoveWatcher", {"watcherId": wid})
+
+
+def test_recursive_watch_reports_files_made_inside_a_new_directory(client: Client, workdir):
+    wid = client.ok("filesystem.Filesystem/CreateWatcher", {"path": str(workdir), "recursive": True})["watcherId"]
+    # One upload creates the directory and the file before the agent can watch the directory.
+    r = client.http.post("/files", params={"path": str(workdir / "new" / "deeper" / "f.txt")}, content=b"x",
+                         headers={"Content-Type": "application/octet-stream"})
+    assert r.status_code == 200
+    seen: list = []
+    _wait_for(lambda: seen.extend(client.ok("filesystem.Filesystem/GetWatcherEvents",
+                                             {"watcherId": wid}).get("events", []))
+              or ("new/deeper/f.txt", "EVENT_TYPE_CREATE") in [(e["name"], e["type"]) for e in seen])
+    names = [e["name"] for e in seen]
+    assert names[0] == "new" and "new/deeper" in names
+    client.ok("filesystem.Filesystem/RemoveWatcher", {"watcherId": wid})

@@ -104,7 +104,15 @@ def _open_write(path: str) -> int:
         os.makedirs(parent, exist_ok=True)
     if os.path.isdir(path):
         raise InvalidArgumentError(f"path {path!r} is a directory")
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+    try:
+        # Re-apply the mode the file already has. A no-op for the file, but watchers then see
+        # the CREATE, CHMOD, WRITE sequence that envd's uploads produce and clients expect.
+        os.fchmod(fd, stat.S_IMODE(os.fstat(fd).st_mode))
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -115,7 +115,10 @@ class FilesystemService:
         return polled  # type: ignore[return-value]
 
     async def get_watcher_events(self, call: Call, msg: Dict[str, Any]) -> Dict[str, Any]:
-        events = self._polled(msg).take()
+        polled = self._polled(msg)
+        if polled.watcher is not None:
+            polled.watcher.poll()
+        events = polled.take()
         return {"events": events} if events else {}
 
     async def remove_watcher(self, call: Call, msg: Dict[str, Any]) -> Dict[str, Any]:

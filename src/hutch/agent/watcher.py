@@ -154,14 +154,28 @@ class DirWatcher:
                     pass
         return out
 
+    def poll(self) -> None:
+        """Take in every event the kernel holds now (non-blocking).
+
+        A client that changes a file and then asks for events expects to see that change:
+        the kernel queued the events before the change's syscall returned, so reading the fd
+        here, not only when the loop gets round to it, makes that hold.
+        """
+        if not self.closed and self.fd >= 0:
+            self._on_readable()
+
     def _on_readable(self) -> None:
-        try:
-            data = os.read(self.fd, 64 * 1024)
-        except BlockingIOError:
-            return
-        except OSError:
-            self.close()
-            return
+        while not self.closed:
+            try:
+                data = os.read(self.fd, 64 * 1024)
+            except BlockingIOError:
+                return
+            except OSError:
+                self.close()
+                return
+            self._parse(data)
+
+    def _parse(self, data: bytes) -> None:
         offset = 0
         new_dirs: List[str] = []
         while offset + _EVENT.size <= len(data):
@@ -191,14 +205,43 @@ class DirWatcher:
             asyncio.ensure_future(self._add_later(rel))
 
     async def _add_later(self, rel: str) -> None:
+        """Watch a directory that appeared under a recursive watch.
+
+        Whatever was created in it before its watch was in place (``mkdir -p a/b && touch
+        a/b/f`` runs faster than the agent reacts) is reported as CREATE events from a scan,
+        so a recursive watcher does not silently miss it.
+        """
         if self.closed:
             return
         try:
             added = await self._run_as(self._add_tree, rel)
+            found = await self._run_as(self._scan, [d for d in added.values() if d != rel] + [rel])
         except OSError:
             return
-        if not self.closed:
-            self._dirs.update(added)
+        if self.closed:
+            return
+        self._dirs.update(added)
+        for name, entry in found:
+            self.sink(envd.filesystem_event(name, envd.EVENT_CREATE, entry))
+
+    def _scan(self, dirs: List[str]) -> List[tuple]:
+        """Blocking: (relative name, entry or None) for the entries of ``dirs``."""
+        out = []
+        for rel in sorted(set(dirs)):
+            try:
+                names = sorted(os.listdir(os.path.join(self.root, rel)))
+            except OSError:
+                continue
+            for item in names:
+                name = os.path.join(rel, item)
+                entry = None
+                if self.include_entry:
+                    try:
+                        entry = filesystem.entry(os.path.join(self.root, name))
+                    except OSError:
+                        continue
+                out.append((name, entry))
+        return out
 
     def close(self) -> None:
         """Release the inotify fd now (idempotent)."""
