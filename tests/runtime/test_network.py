@@ -48,6 +48,13 @@ async def boxes(runtime, rootfs, fake_hosts):
     await runtime.destroy(b.id)
 
 
+def wait_listening(port: int) -> str:
+    """Shell: wait until a TCP socket listens on `port`, then print LISTENING."""
+    check = f"cat /proc/net/tcp /proc/net/tcp6 | grep -q ':{port:04X} 0*:0000 0A'"
+    return (f"i=0; until {check}; do i=$((i+1)); [ $i -gt 400 ] && break; sleep 0.05; done;"
+            f" {check} && echo LISTENING")
+
+
 def http_get(host: str, port: int) -> str:
     """A shell command: one HTTP/1.0 GET with busybox nc (its wget needs glibc's NSS)."""
     return f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {host} {port}"
@@ -76,7 +83,7 @@ async def test_public_host_is_reachable(boxes):
 
 async def test_root_inside_can_serve_low_ports_and_ping(boxes):
     a, _ = boxes
-    rc, out = await a.run("(nc -l -p 80 -e echo low-port-ok &); sleep 0.3; "
+    rc, out = await a.run(f"(nc -l -p 80 -e echo low-port-ok &); {wait_listening(80)}; "
                           "nc -w 2 127.0.0.1 80 </dev/null")
     assert "low-port-ok" in out, out
     if os.uname().machine == "x86_64":  # an ICMP datagram ("ping") socket can be opened
@@ -108,10 +115,11 @@ async def test_host_is_not_reachable_except_dns(boxes, runtime):
 
 async def test_sandboxes_cannot_reach_each_other(boxes):
     a, b = boxes
-    rc, out = await b.run("(nc -l -p 9000 -e echo hi-from-b &) ; sleep 0.3; "
+    rc, out = await b.run(f"(nc -l -p 9000 -e echo hi-from-b &); {wait_listening(9000)}; "
                           "nc -w 2 127.0.0.1 9000 </dev/null")
     assert "hi-from-b" in out  # the listener works locally
-    await b.run("(nc -l -p 9000 -e echo hi-from-b &)")
+    rc, out = await b.run(f"(nc -l -p 9000 -e echo hi-from-b &); {wait_listening(9000)}")
+    assert "LISTENING" in out
     rc, out = await a.run(f"nc -w 3 {b.handle.address} 9000 </dev/null 2>&1; echo rc=$?")
     assert "hi-from-b" not in out, out
     rc, out = await a.run(f"ping -c 1 -W 2 {b.handle.address} 2>&1; echo rc=$?")
