@@ -179,7 +179,8 @@ async def test_capabilities_stay_inside(box):
     capeff = int(re.search(r"CapEff:\s+([0-9a-f]+)", out).group(1), 16)
     assert capeff & (1 << 21) == 0  # no CAP_SYS_ADMIN
     assert capeff & (1 << 0)        # CAP_CHOWN (Docker's default set)
-    assert out.lower().count("operation not permitted") + out.lower().count("permission denied") >= 2
+    low = out.lower()
+    assert low.count("operation not permitted") + low.count("permission denied") >= 2
 
 
 async def test_rlimits(box, runtime):
@@ -189,7 +190,8 @@ async def test_rlimits(box, runtime):
 
 
 def _cgroup_file(kind: str, sid: str, v1: str, v2: str) -> Path | None:
-    for p in (Path(f"/sys/fs/cgroup/{kind}/hutchr/{sid}/{v1}"), Path(f"/sys/fs/cgroup/hutchr/{sid}/{v2}")):
+    for p in (Path(f"/sys/fs/cgroup/{kind}/hutchr/{sid}/{v1}"),
+              Path(f"/sys/fs/cgroup/hutchr/{sid}/{v2}")):
         if p.exists():
             return p
     return None

@@ -69,7 +69,8 @@ def _host_can_reach(address: str, port: int) -> bool:
 async def test_addresses_and_routes(boxes, runtime):
     a, b = boxes
     assert a.handle.address != b.handle.address
-    rc, out = await a.run("ip -4 addr show eth0; ip route; cat /proc/sys/net/ipv6/conf/all/disable_ipv6")
+    rc, out = await a.run("ip -4 addr show eth0; ip route; "
+                          "cat /proc/sys/net/ipv6/conf/all/disable_ipv6")
     assert f"inet {a.handle.address}/24" in out
     assert f"default via {runtime.gateway}" in out
     assert out.strip().endswith("1")

@@ -5,8 +5,9 @@ inside the sandbox has no CAP_NET_ADMIN over it, so it can neither change its ad
 touch netfilter from inside. The namespace is created in-process (unshare in a short-lived
 thread, bind-mounted at /run/netns/<instance>-<id> like `ip netns add` does), the veth pair
 with one rtnetlink request, and the inside with the classic interface ioctls from the same
-thread after it entered the namespace: no process is started. Deleting the namespace is the whole teardown: the
-kernel destroys the veth with it, asynchronously (a synchronous veth delete costs ~30 ms).
+thread after it entered the namespace: no process is started. Deleting the namespace is the
+whole teardown: the kernel destroys the veth with it, asynchronously (a synchronous veth
+delete costs ~30 ms).
 """
 
 from __future__ import annotations
