@@ -60,6 +60,35 @@ def sync_checks(workdir):
     with pytest.raises(e2b.FileNotFoundException):
         sbx.files.read(f"{base}/w/d/b2")
 
+    # Watchers, as the SDK's own suite uses them: events are there right after the write.
+    sbx.files.make_dir(f"{base}/wd")
+    handle = sbx.files.watch_dir(f"{base}/wd")
+    sbx.files.write(f"{base}/wd/t.txt", "watched")
+    events = handle.get_new_events()
+    assert [(e.type, e.name) for e in events] == [
+        (e2b.FilesystemEventType.CREATE, "t.txt"), (e2b.FilesystemEventType.CHMOD, "t.txt"),
+        (e2b.FilesystemEventType.WRITE, "t.txt")]
+    handle.stop()
+    handle = sbx.files.watch_dir(f"{base}/wd", recursive=True)
+    sbx.files.make_dir(f"{base}/wd/nested")
+    sbx.files.write(f"{base}/wd/nested/f.txt", "x")
+    assert (e2b.FilesystemEventType.WRITE, "nested/f.txt") in [(e.type, e.name) for e in handle.get_new_events()]
+    handle.stop()
+    with pytest.raises(e2b.NotFoundException):
+        sbx.files.watch_dir(f"{base}/absent")
+    with pytest.raises(e2b.SandboxException):
+        sbx.files.watch_dir(f"{base}/wd/t.txt")
+
+    # Metadata: returned by the write, kept by rename, cleared by an overwrite without it.
+    meta = {"author": "mish", "purpose": "upload"}
+    assert sbx.files.write(f"{base}/m.txt", "m", metadata=meta).metadata == meta
+    assert sbx.files.write(f"{base}/m2.txt", "m", metadata=meta, use_octet_stream=True).metadata == meta
+    assert sbx.files.rename(f"{base}/m.txt", f"{base}/m3.txt").metadata == meta
+    assert sbx.files.write(f"{base}/m3.txt", "again").metadata is None
+    assert sbx.files.get_info(f"{base}/m3.txt").metadata is None
+    with pytest.raises(Exception, match="depth should be at least 1"):
+        sbx.files.list(base, depth=-1)
+
     watch = sbx.files.watch_dir(base, recursive=True)
     sbx.files.write(f"{base}/w/new.txt", "n")
     deadline = time.monotonic() + 10

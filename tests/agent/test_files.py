@@ -68,10 +68,17 @@ def test_multipart_several_files_with_metadata(client: Client, workdir):
     assert (workdir / "m1.txt").read_bytes() == b"one"
     assert (workdir / "deep" / "m2.bin").read_bytes() == b"\x00\x01two" * 100000
     try:
+        assert all(e["metadata"] == {"owner": "Alice", "k2": "v2"} for e in r.json())
         entry = client.ok("filesystem.Filesystem/Stat", {"path": str(workdir / "m1.txt")})["entry"]
         assert entry["metadata"] == {"owner": "Alice", "k2": "v2"}
     finally:
         os.unlink("/root/rel-name.txt")
+    # Overwriting without metadata clears what the earlier upload stored.
+    r = client.http.post("/files", params={"path": str(workdir / "m1.txt")}, content=b"new",
+                         headers={"Content-Type": "application/octet-stream"})
+    assert "metadata" not in r.json()[0]
+    entry = client.ok("filesystem.Filesystem/Stat", {"path": str(workdir / "m1.txt")})["entry"]
+    assert "metadata" not in entry
 
 
 def test_multipart_single_file_uses_query_path(client: Client, workdir):

@@ -7,6 +7,7 @@ several files); downloads stream from disk, gzip-compressed when the client acce
 from __future__ import annotations
 
 import base64
+import errno
 import os
 import stat
 import time
@@ -122,9 +123,19 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def _finish(fd: int, path: str, metadata: Dict[str, str]) -> None:
-    os.close(fd)
-    if metadata:
-        filesystem.set_metadata(path, metadata)
+    """Close the file and make its metadata exactly ``metadata``: an overwrite without
+    metadata must not keep what an earlier upload stored."""
+    try:
+        stale = [n for n in os.listxattr(fd) if n.startswith(envd.METADATA_XATTR_PREFIX)]
+        for name in stale:
+            os.removexattr(fd, name)
+        for key, value in metadata.items():
+            os.setxattr(fd, envd.METADATA_XATTR_PREFIX + key.lower(), value.encode())
+    except OSError as exc:
+        if metadata or exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+    finally:
+        os.close(fd)
 
 
 class FilesRoute:
@@ -192,7 +203,15 @@ class FilesRoute:
             if name.startswith(envd.METADATA_HEADER_PREFIX) and len(name) > len(envd.METADATA_HEADER_PREFIX)
         }
         ctype = request.headers.get("content-type", "application/octet-stream")
-        written: List[Dict[str, str]] = []
+        written: List[Dict[str, object]] = []
+        shown = {k.lower(): v for k, v in metadata.items()}
+
+        def info(path: str) -> Dict[str, object]:
+            out: Dict[str, object] = {"name": os.path.basename(path), "type": "file", "path": path}
+            if shown:
+                out["metadata"] = shown
+            return out
+
         query_path = request.arg("path")
         if ctype.lower().startswith("multipart/form-data"):
             reader = MultipartReader(request.body, boundary_of(ctype))
@@ -204,7 +223,7 @@ class FilesRoute:
                 path = self.state.resolve(user, target)
                 encoding = headers.get("content-encoding", "").lower()
                 await self._write(user, path, chunks, encoding == "gzip", metadata)
-                written.append({"name": os.path.basename(path), "type": "file", "path": path})
+                written.append(info(path))
             if not written:
                 raise InvalidArgumentError("the multipart body holds no file")
         else:
@@ -215,7 +234,7 @@ class FilesRoute:
             if encoding not in ("", "identity", "gzip"):
                 return http_error(415, f"unsupported Content-Encoding {encoding!r}")
             await self._write(user, path, request.body, encoding == "gzip", metadata)
-            written.append({"name": os.path.basename(path), "type": "file", "path": path})
+            written.append(info(path))
         return Response(200, dumps(written), content_type="application/json")
 
     async def _write(self, user: User, path: str, chunks, gunzip: bool, metadata: Dict[str, str]) -> None:

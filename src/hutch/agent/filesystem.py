@@ -136,7 +136,7 @@ def stat_entry(path: str) -> Dict[str, Any]:
 def list_dir(path: str, depth: int) -> List[Dict[str, Any]]:
     """Entries under ``path`` down to ``depth`` levels, in lexical walk order."""
     if depth < 1:
-        raise InvalidArgumentError("depth must be at least 1")
+        raise InvalidArgumentError("depth should be at least 1")
     st = guarded(os.stat, path)
     if not stat.S_ISDIR(st.st_mode):
         raise InvalidArgumentError(f"path {path!r} is not a directory")

@@ -12,7 +12,7 @@ import asyncio
 import os
 import stat
 import struct
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..errors import InvalidArgumentError
 from ..protocol import envd
@@ -97,8 +97,10 @@ class DirWatcher:
         sink: Callable[[Dict[str, Any]], None],
         run_as: Callable[..., Any],
         allow_network_mounts: bool = False,
+        ids: Optional[Tuple[int, List[int]]] = None,
     ) -> None:
         self.allow_network_mounts = allow_network_mounts
+        self._ids = ids  # (uid, groups) of the watching user; None = root
         self.root = root
         self.recursive = recursive
         self.include_entry = include_entry
@@ -129,14 +131,38 @@ class DirWatcher:
         self._dirs.update(added)
         asyncio.get_running_loop().add_reader(self.fd, self._on_readable)
 
-    def _add_tree(self, rel: str) -> Dict[int, str]:
-        """Blocking: watch ``rel`` (and below it if recursive). Runs on the user's thread."""
+    def _may_read(self, path: str) -> bool:
+        """Would the watching user be allowed to read ``path``? (mode bits, as the kernel does
+        for a watch, minus ACLs). Used where the watch is placed from the event loop's thread."""
+        if self._ids is None or self._ids[0] == 0:
+            return True
+        uid, groups = self._ids
+        try:
+            st = os.stat(path)
+        except OSError:
+            return False
+        if st.st_uid == uid:
+            return bool(st.st_mode & stat.S_IRUSR)
+        if st.st_gid in groups:
+            return bool(st.st_mode & stat.S_IRGRP)
+        return bool(st.st_mode & stat.S_IROTH)
+
+    def _add_tree(self, rel: str, check: bool = False) -> Dict[int, str]:
+        """Watch ``rel`` (and below it if recursive); blocking.
+
+        The first watch is placed on the user's own thread, where the kernel checks the
+        permissions. Directories that appear later are added at once from the loop's thread
+        (``check=True``), so that a client which makes a directory and then writes into it
+        never outruns the watch; the user's read permission is checked by hand there.
+        """
         lib, _ = _lib()
         out: Dict[int, str] = {}
         stack = [rel]
         while stack:
             current = stack.pop()
             full = os.path.join(self.root, current) if current else self.root
+            if check and not self._may_read(full):
+                continue
             try:
                 wd = _check(lib.inotify_add_watch(self.fd, os.fsencode(full), WATCH_MASK), full)
             except OSError:
@@ -202,9 +228,9 @@ class DirWatcher:
                     entry = None
             self.sink(envd.filesystem_event(name, kind, entry))
         for rel in new_dirs:
-            asyncio.ensure_future(self._add_later(rel))
+            self._add_new_dir(rel)
 
-    async def _add_later(self, rel: str) -> None:
+    def _add_new_dir(self, rel: str) -> None:
         """Watch a directory that appeared under a recursive watch.
 
         Whatever was created in it before its watch was in place (``mkdir -p a/b && touch
@@ -213,16 +239,11 @@ class DirWatcher:
         """
         if self.closed:
             return
-        try:
-            added = await self._run_as(self._add_tree, rel)
-            found = await self._run_as(self._scan, [d for d in added.values() if d != rel] + [rel])
-        except OSError:
-            return
-        if self.closed:
-            return
+        added = self._add_tree(rel, check=True)
         self._dirs.update(added)
-        for name, entry in found:
-            self.sink(envd.filesystem_event(name, envd.EVENT_CREATE, entry))
+        if added:
+            for name, entry in self._scan(list(added.values())):
+                self.sink(envd.filesystem_event(name, envd.EVENT_CREATE, entry))
 
     def _scan(self, dirs: List[str]) -> List[tuple]:
         """Blocking: (relative name, entry or None) for the entries of ``dirs``."""
