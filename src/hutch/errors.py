@@ -99,7 +99,8 @@ class CommandExitError(HutchError):
         self.stdout = result.stdout
         self.stderr = result.stderr
         self.error = result.error
-        super().__init__(f"command exited with code {result.exit_code}: {result.stderr[-500:]}")
+        tail = (result.stderr or "")[-500:]  # None when output went to callbacks only
+        super().__init__(f"command exited with code {result.exit_code}: {tail}")
 
 
 class SandboxError(HutchError):
