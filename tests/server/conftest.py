@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -51,6 +51,7 @@ class RunningServer:
     port: int
     process: subprocess.Popen | None = None
     key: str = ""
+    extra_env: dict = field(default_factory=dict)   # settings for the next start()
 
     @property
     def url(self) -> str:
@@ -70,7 +71,8 @@ class RunningServer:
         DATA_DIR.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "hutch", "serve"], env=server_env(self.port),
+                [sys.executable, "-m", "hutch", "serve"],
+                env={**server_env(self.port), **self.extra_env},
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while True:

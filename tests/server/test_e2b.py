@@ -37,6 +37,9 @@ def test_sdk_lifecycle_commands_and_files(e2b_env):
         assert [s.sandbox_id for s in listed] == [sbx.sandbox_id]
         info = sbx.get_info()
         assert info.metadata == {"tag": tag} and info.template_id == "base"
+        metrics = sbx.get_metrics()
+        assert metrics and metrics[-1].mem_used > 0 and metrics[-1].mem_total >= metrics[-1].mem_used
+        assert metrics[-1].disk_total > 0 and 0 <= metrics[-1].cpu_used_pct <= 100
         again = Sandbox.connect(sbx.sandbox_id)
         assert again.commands.run("echo again").stdout == "again\n"
         assert sbx.is_running()

@@ -44,6 +44,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("expected 0 or a positive integer")
+    return value
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -129,6 +136,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("default_network", "HUTCH_DEFAULT_NETWORK", "internet", _network_mode,
             "Network mode when a create request does not say: 'internet' (egress with the "
             "always-deny list) or 'none'."),
+    Setting("pool_size", "HUTCH_POOL_SIZE", "0", _non_negative_int,
+            "Sandboxes of the base template kept started and ready, so that a create asking "
+            "for the defaults takes milliseconds (0: no warm pool)."),
     Setting("domain", "HUTCH_DOMAIN", "", _text,
             "Domain for host routing: requests to <port>-<sandbox id>.<domain> go to that "
             "sandbox (empty: header routing only)."),
@@ -157,6 +167,7 @@ class Config:
     default_disk_mb: int
     default_pids: int
     default_network: str
+    pool_size: int
     domain: str
     agent_timeout: float
     log_level: str

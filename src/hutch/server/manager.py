@@ -34,11 +34,14 @@ from hutch.server.keys import new_token
 from hutch.server.store import LIVE_STATES, SandboxRecord, Store
 from hutch.server.upstream import AGENT_SOCKET, AgentLink, PortLink
 
+from hutch.server.pool import WarmPool
+
 log = logging.getLogger("hutch.server")
 
 # Names the E2B SDKs use by default, mapped to hutch's built-in templates.
 TEMPLATE_ALIASES = {"code-interpreter-v1": "code-interpreter"}
 DEFAULT_USER = "user"
+POOL_TEMPLATE = "base"
 AGENT_LIB = "/opt/hutch/lib"
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 
@@ -89,15 +92,21 @@ class SandboxManager:
         self._reaper: asyncio.Task | None = None
         # The installed hutch package (agent + protocol), mounted read-only into each sandbox.
         self._agent_lib = Path(__file__).resolve().parent.parent
+        self.pool: WarmPool | None = None
 
     # -- start and stop ----------------------------------------------------------------------
 
     async def start(self) -> None:
         await self.reconcile()
         self._reaper = asyncio.create_task(self._reap_loop(), name="hutch-reaper")
+        if self.config.pool_size > 0:
+            self.pool = WarmPool(self, POOL_TEMPLATE, self.config.pool_size)
+            self.pool.start()
 
     async def close(self) -> None:
         """Stop serving; sandboxes keep running and are adopted by the next start."""
+        if self.pool is not None:
+            await self.pool.close()
         if self._reaper:
             self._reaper.cancel()
             try:
@@ -114,14 +123,21 @@ class SandboxManager:
     async def reconcile(self) -> dict[str, list[str]]:
         """Make the store and the runtime agree; return what was done, for the log."""
         report: dict[str, list[str]] = {"adopted": [], "orphans": [], "expired": [], "lost": [],
-                                        "failed": []}
+                                        "failed": [], "unpooled": []}
         running = set(await _maybe_await(self.runtime.list()))
         now = time.time()
         adopt: list[SandboxRecord] = []
         known: set[str] = set()
         for rec in self.store.in_states(LIVE_STATES):
             known.add(rec.id)
-            if rec.state == "creating":
+            if rec.state == "pooled":
+                # Never handed out: cheaper to start afresh than to vet.
+                if rec.id in running:
+                    await self._destroy_quietly(rec.id)
+                self.store.update(rec, state="killed", reason="warm pool emptied at start",
+                                  ended_at=now)
+                report["unpooled"].append(rec.id)
+            elif rec.state == "creating":
                 # The server stopped half-way through a create: nobody got this sandbox.
                 if rec.id in running:
                     await self._destroy_quietly(rec.id)
@@ -198,16 +214,39 @@ class SandboxManager:
         tmpl = await self._template(name)
         timing["template"] = time.perf_counter() - t0
 
+        net = network or cfg.default_network
+        if self.pool is not None and self.pool.serves(name, net, secure):
+            live = self.pool.take()
+            if live is not None:
+                claimed = await self._claim(live, template, timeout, metadata, env_vars)
+                if claimed is not None:
+                    timing["pool"] = time.perf_counter() - t0 - timing["template"]
+                    timing["total"] = time.perf_counter() - t0
+                    return claimed, timing
+
         now = time.time()
         rec = SandboxRecord(
             id=new_sandbox_id(), template=name,
             alias=template if template != name else None, digest=getattr(tmpl, "digest", None),
             state="creating", created_at=now, end_at=now + timeout,
             cpu=cfg.default_cpu, memory_mb=cfg.default_memory_mb, disk_mb=cfg.default_disk_mb,
-            pids=cfg.default_pids, network=network or cfg.default_network,
+            pids=cfg.default_pids, network=net,
             metadata=dict(metadata or {}), env_vars=dict(env_vars or {}),
             access_token=new_token() if secure else None,
         )
+        live = await self.boot(rec, tmpl, timing, "running")
+        timing["total"] = time.perf_counter() - t0
+        self._wake.set()
+        log.debug("created %s (%s) in %.1f ms: %s", rec.id, name, timing["total"] * 1e3,
+                  {k: round(v * 1e3, 2) for k, v in timing.items()})
+        return live.record, timing
+
+    async def boot(self, rec: SandboxRecord, tmpl, timing: dict[str, float],
+                   state: str) -> Live:
+        """Record, start and initialise a sandbox; it ends in ``state`` (running or pooled).
+
+        On any failure (cancellation included) the record says why and nothing is left on
+        the host."""
         self.store.insert(rec)
         live = Live(record=rec)
         self._live[rec.id] = live
@@ -217,7 +256,7 @@ class SandboxManager:
                 handle = await self.runtime.create(self._spec(rec, tmpl))
             except BaseException as exc:
                 self._fail(live, f"runtime: {exc}")
-                await self._destroy_quietly(rec.id)
+                await asyncio.shield(self._destroy_quietly(rec.id))
                 _reraise(exc, "could not start the sandbox")
             timing["runtime"] = time.perf_counter() - t1
             rec = live.record = self.store.update(
@@ -226,21 +265,59 @@ class SandboxManager:
             link = AgentLink(handle.agent_socket)
             try:
                 await link.start(rec.env_vars, rec.access_token, DEFAULT_USER,
-                                 time.monotonic() + cfg.agent_timeout)
+                                 time.monotonic() + self.config.agent_timeout)
             except BaseException as exc:
                 await link.aclose()
                 self._fail(live, f"agent: {exc}")
-                await self._destroy_quietly(rec.id)
+                await asyncio.shield(self._destroy_quietly(rec.id))
                 _reraise(exc, "the sandbox agent did not start")
             timing["agent"] = time.perf_counter() - t2
             timing["agent_init"] = link.ready_after or 0.0
             live.link = link
-            live.record = self.store.update(rec, state="running", started_at=time.time())
-        timing["total"] = time.perf_counter() - t0
+            live.record = self.store.update(rec, state=state, started_at=time.time())
+        return live
+
+    async def start_pooled(self, template: str) -> Live:
+        """Start a sandbox with the defaults for the warm pool (not handed out yet)."""
+        cfg = self.config
+        tmpl = await self._template(template)
+        now = time.time()
+        rec = SandboxRecord(
+            id=new_sandbox_id(), template=template, digest=getattr(tmpl, "digest", None),
+            state="creating", created_at=now, end_at=now + cfg.max_timeout,
+            cpu=cfg.default_cpu, memory_mb=cfg.default_memory_mb, disk_mb=cfg.default_disk_mb,
+            pids=cfg.default_pids, network=cfg.default_network, access_token=new_token(),
+        )
+        return await self.boot(rec, tmpl, {}, "pooled")
+
+    async def _claim(self, live: Live, template: str, timeout: int,
+                     metadata: dict | None, env_vars: dict | None) -> SandboxRecord | None:
+        """Hand a pooled sandbox out: give its agent the caller's env and a fresh token."""
+        rec = live.record
+        token = new_token()
+        try:
+            await live.link.init(dict(env_vars or {}), token, DEFAULT_USER,
+                                 current_token=rec.access_token)
+        except Exception as exc:
+            log.warning("pooled sandbox %s unusable, starting a fresh one: %s", rec.id, exc)
+            await self.discard(live, f"pool claim failed: {exc}")
+            return None
+        now = time.time()
+        live.record = self.store.update(
+            rec, state="running", access_token=token, metadata=dict(metadata or {}),
+            env_vars=dict(env_vars or {}), created_at=now, started_at=now, end_at=now + timeout,
+            alias=template if template != rec.template else None)
+        self.store.move_to_end(rec.id)
         self._wake.set()
-        log.debug("created %s (%s) in %.1f ms: %s", rec.id, name, timing["total"] * 1e3,
-                  {k: round(v * 1e3, 2) for k, v in timing.items()})
-        return live.record, timing
+        return live.record
+
+    async def discard(self, live: Live, reason: str) -> None:
+        """Destroy a sandbox that was never handed out (pooled), recording why."""
+        self._live.pop(live.record.id, None)
+        live.record = self.store.update(live.record, state="killed", reason=reason[:500],
+                                        ended_at=time.time())
+        await live.close_links()
+        await asyncio.shield(self._destroy_quietly(live.record.id))
 
     def _check_timeout(self, seconds: Any) -> int:
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:

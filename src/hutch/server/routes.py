@@ -97,7 +97,11 @@ class ControlPlane:
     # -- endpoints ---------------------------------------------------------------------------
 
     async def health(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
+        body: dict[str, Any] = {"status": "ok"}
+        pool = self.manager.pool
+        if pool is not None:
+            body["pool"] = {"template": pool.template, "size": pool.size, "ready": pool.ready}
+        return JSONResponse(body)
 
     async def create(self, request: Request) -> Response:
         body = await _json_object(request)

@@ -26,8 +26,9 @@ from typing import Iterable
 
 from hutch.errors import InvalidArgumentError
 
-STATES = ("creating", "running", "paused", "killed", "error")
-LIVE_STATES = ("creating", "running", "paused")
+# "pooled": started and ready but not handed out yet (the warm pool); never listed.
+STATES = ("creating", "pooled", "running", "paused", "killed", "error")
+LIVE_STATES = ("creating", "pooled", "running", "paused")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sandboxes (
@@ -167,6 +168,11 @@ class Store:
             (*params, rec.id),
         )
         return new
+
+    def move_to_end(self, sandbox_id: str) -> None:
+        """Order the record as if inserted now (a pooled sandbox handed out lists as new)."""
+        self._seq += 1
+        self._db.execute("UPDATE sandboxes SET seq=? WHERE id=?", (self._seq, sandbox_id))
 
     def get(self, sandbox_id: str) -> SandboxRecord | None:
         row = self._db.execute(

@@ -301,11 +301,14 @@ class AgentLink(Upstream):
         return status in (200, 204)
 
     async def init(self, env_vars: dict[str, str], access_token: str | None,
-                   default_user: str) -> None:
-        # An agent that was initialised before (a server restart) wants the current token.
+                   default_user: str, current_token: str | None = None) -> None:
+        """Set the sandbox's env vars, access token and default user.
+
+        An agent initialised before (after a server restart, or a pooled sandbox being handed
+        out with a new token) wants its current token to accept new settings."""
         status, body = await self._call("POST", "/init", {
             "envVars": env_vars, "accessToken": access_token, "defaultUser": default_user,
-        }, token=access_token)
+        }, token=current_token or access_token)
         if status >= 300:
             raise SandboxError(f"agent refused /init: {status} {body[:200]!r}")
 
