@@ -34,6 +34,7 @@ async def test_root_inside_is_uid_base_outside(box):
     assert uids == [str(UID_BASE)] * 4
     assert "Seccomp:\t2" in status
     assert "NoNewPrivs:\t0" in status  # sudo must keep working inside
+    assert open(f"/proc/{box.init_pid}/oom_score_adj").read().strip() == "500"
 
 
 async def test_pid_namespace_and_init(box):

@@ -45,6 +45,9 @@ DEVICES: tuple[tuple[int, int], ...] = (
 )
 
 CPU_PERIOD_US = 100_000
+# When the host itself runs out of memory, sandbox processes go before the server and the
+# rest of the host (each sandbox is also capped by its own memory cgroup).
+OOM_SCORE_ADJ = 500
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,7 @@ def process(spec: SandboxSpec, nofile: int) -> dict:
         "capabilities": capabilities(),
         "rlimits": rlimits(nofile),
         "noNewPrivileges": False,
+        "oomScoreAdj": OOM_SCORE_ADJ,
     }
 
 
