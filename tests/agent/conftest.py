@@ -124,9 +124,11 @@ class Client:
         self.http.close()
 
 
-def run_cmd(client: Client, cmd: str, user: Optional[str] = None, **kw) -> Dict[str, Any]:
-    """Run ``bash -l -c cmd`` like commands.run; return stdout, stderr, end and the raw events."""
-    msg: Dict[str, Any] = {"process": {"cmd": "/bin/bash", "args": ["-l", "-c", cmd], **kw.pop("process", {})}}
+def run_cmd(client: Client, cmd: str, user: Optional[str] = None, login: bool = False, **kw) -> Dict[str, Any]:
+    """Run ``bash -c cmd`` (``-l -c`` like commands.run when ``login``); return stdout, stderr,
+    the end event and the raw events. Login shells are slow on some hosts, so tests opt in."""
+    args = ["-l", "-c", cmd] if login else ["-c", cmd]
+    msg: Dict[str, Any] = {"process": {"cmd": "/bin/bash", "args": args, **kw.pop("process", {})}}
     msg.update(kw.pop("msg", {}))
     events = client.stream("process.Process/Start", msg, user, kw.pop("headers", None))
     out = {"stdout": b"", "stderr": b"", "pty": b"", "end": None, "events": events, "error": None}

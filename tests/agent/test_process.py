@@ -222,3 +222,26 @@ def test_pty_as_another_user(client: Client):
                   msg={"pty": {"size": {"cols": 80, "rows": 24}}})
     assert res["pty"].replace(b"\r\n", b"\n") == b"nobody nobody\n"
     assert res["end"]["exited"] is True
+
+
+def test_many_concurrent_commands_lose_nothing(agent):
+    import concurrent.futures
+
+    def one(i):
+        c = Client(agent.url)
+        try:
+            res = run_cmd(c, f"seq 1 {2000 + i}; echo e{i} >&2; exit {i % 3}")
+            return i, res
+        finally:
+            c.close()
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        for i, res in pool.map(one, range(32)):
+            assert res["stdout"] == "".join(f"{n}\n" for n in range(1, 2001 + i)).encode()
+            assert res["stderr"] == f"e{i}\n".encode()
+            assert res["end"].get("exitCode", 0) == i % 3
+
+
+def test_login_shell_like_commands_run(client: Client):
+    res = run_cmd(client, "shopt -q login_shell && echo login", login=True)
+    assert res["stdout"] == b"login\n" and res["end"]["exited"] is True
