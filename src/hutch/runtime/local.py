@@ -196,7 +196,10 @@ class LocalRuntime:
                 cgroups_path=cgroup.cgroups_path(self.instance, spec.id),
                 uid_base=self.uid_base, uid_count=self.uid_count, nofile=self._nofile,
                 extra_masked=self._masked)
-            (sdir / "config.json").write_text(bundle.render(bundle.config(spec, where)))
+            # 0600: the environment in it may carry secrets
+            fd = os.open(sdir / "config.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(bundle.render(bundle.config(spec, where)))
             timings["bundle"] = time.perf_counter() - t
             t = time.perf_counter()
             await self.driver.run(spec.id, sdir, stdio=sdir / "disk" / "console.log",

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hutch.errors import RuntimeError_
+from hutch.runtime import cgroup
 
 CANDIDATES = ("runc", "crun")
 
@@ -176,7 +177,6 @@ def probe_one(name: str, init: Path, uid_base: int, uid_count: int,
         finally:
             subprocess.run([path, "--root", str(state), "delete", "--force", cid],
                            capture_output=True)
-            from hutch.runtime import cgroup
             cgroup.remove(cgroup_parent, cid)
             cgroup.remove_parent(cgroup_parent)
         if proc.returncode != 0:
