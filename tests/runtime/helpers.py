@@ -132,6 +132,7 @@ def syscall_probe(nr: int, *args: int, compat: bool = False) -> bytes:
 def make_fake_host(name: str, host_if: str, addresses: list[str]) -> Path:
     """A netns reachable from the host through a veth, answering on `addresses` (/32 each),
     routed from the host by host routes; the host end has no address of its own."""
+    remove_fake_host(name, host_if)  # what a crashed earlier run may have left
     cmds = [
         f"netns add {name}",
         f"link add {host_if} type veth peer name eth0 netns {name}",
