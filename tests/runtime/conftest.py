@@ -91,6 +91,7 @@ async def runtime(fake_upstream):
         pytest.skip("the runtime needs root")
     rt = LocalRuntime(STATE_DIR, instance=INSTANCE, subnet=SUBNET, uid_base=UID_BASE,
                       dns_upstreams=[fake_upstream])
+    await rt.teardown()  # whatever a crashed earlier run left behind
     await rt.start()
     try:
         yield rt
