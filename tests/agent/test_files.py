@@ -51,8 +51,11 @@ def test_gzip_upload_and_download(client: Client, workdir):
     small.write_bytes(b"abc")
     r = client.http.get("/files", params={"path": str(small)}, headers={"Accept-Encoding": "gzip"})
     assert r.content == b"abc"  # httpx decodes
-    r = client.http.get("/files", params={"path": str(small)}, headers={"Accept-Encoding": "br"})
+    r = client.http.get("/files", params={"path": str(small)}, headers={"Accept-Encoding": "compress"})
     assert r.status_code == 406
+    # A generic client default gets identity (always acceptable); only an explicit gzip compresses.
+    r = client.http.get("/files", params={"path": str(small)}, headers={"Accept-Encoding": "gzip, deflate"})
+    assert r.status_code == 200 and "content-encoding" not in r.headers and r.content == b"abc"
 
 
 def test_multipart_several_files_with_metadata(client: Client, workdir):
