@@ -115,3 +115,12 @@ def test_tty_draws_a_bar_in_place():
     assert "\r\x1b[2Kbase [#####-----]  50% installing packages 40/87" in text
     assert "\r\x1b[2Kbase [#######---]  75% installing packages 60/87" in text
     assert text.endswith("\n") and "built in" in text.splitlines()[-1]
+
+
+def test_superseded_debs_are_pruned_from_the_cache():
+    from hutch.templates.mmdebstrap import stale_debs
+    cached = ["bash_5.2.15-2_amd64.deb", "bash_5.2.15-2+b13_amd64.deb",
+              "libc6_2.36-9_amd64.deb", "vim_9.0_amd64.deb", "lock", "git_2.39_all.deb"]
+    used = ["bash_5.2.15-2+b13_amd64.deb", "libc6_2.36-9+deb12u14_amd64.deb", "git_2.39_all.deb",
+            "partial"]
+    assert stale_debs(cached, used) == ["bash_5.2.15-2_amd64.deb", "libc6_2.36-9_amd64.deb"]

@@ -63,8 +63,11 @@ async def bootstrap(recipe: Recipe, workdir: Path, *, cache: Path, ca_files: dic
     script = workdir / "configure.sh"
     script.write_text(configure.script(recipe, ca_source=ca_dir))
     rootfs = workdir / "rootfs"
-    argv = mmdebstrap.command(recipe, rootfs, cache=cache, configure_script=script)
+    used = workdir / "debs.txt"
+    argv = mmdebstrap.command(recipe, rootfs, cache=cache, configure_script=script,
+                              used_debs=used)
     await _run(argv, workdir / "build.log", report)
+    _prune_cache(cache, used)
 
     report("checking the root filesystem", mmdebstrap.BUILDER_START)
     _check_shape(rootfs)
@@ -116,6 +119,17 @@ async def _run(argv: list[str], log_path: Path, report: _Reporter) -> None:
         errors = "; ".join(parser.errors[-3:])
         summary = f"mmdebstrap exited with status {code}" + (f" ({errors})" if errors else "")
         raise TemplateError(summary + "\n--- last lines of the build log ---\n" + "\n".join(tail))
+
+
+def _prune_cache(cache: Path, used: Path) -> None:
+    """Drop superseded package versions so the cache does not grow with every update."""
+    try:
+        names = used.read_text().split()
+        used.unlink()
+    except FileNotFoundError:
+        return
+    for name in mmdebstrap.stale_debs([p.name for p in cache.glob("*.deb")], names):
+        (cache / name).unlink(missing_ok=True)
 
 
 def _check_shape(rootfs: Path) -> None:

@@ -118,7 +118,8 @@ class OutputParser:
         return update
 
 
-def command(recipe: Recipe, target: Path, *, cache: Path, configure_script: Path) -> list[str]:
+def command(recipe: Recipe, target: Path, *, cache: Path, configure_script: Path,
+            used_debs: Path) -> list[str]:
     """argv for a bootstrap of ``recipe`` into ``target``.
 
     It runs in a private mount namespace (``unshare --mount``): the /proc, /sys and /dev mounts
@@ -126,7 +127,8 @@ def command(recipe: Recipe, target: Path, *, cache: Path, configure_script: Path
     removing a failed build can never walk into the host's /dev or /sys. The mirror is
     mmdebstrap's default for the suite (deb.debian.org plus updates and security), reached
     through the host's apt proxy settings if any. The package cache is shared by hard links:
-    debs go in before the download and new ones come back out before mmdebstrap's cleanup.
+    debs go in before the download and new ones come back out before mmdebstrap's cleanup,
+    and their names are listed in ``used_debs`` so older versions can be pruned afterwards.
     """
     archives = '"$1/var/cache/apt/archives"'
     q_cache = shlex.quote(str(cache))
@@ -143,9 +145,23 @@ def command(recipe: Recipe, target: Path, *, cache: Path, configure_script: Path
     argv += [f"--dpkgopt=path-include={p}" for p in recipe.dpkg_include]
     argv += [
         f"--setup-hook=mkdir -p {archives}; cp -l {q_cache}/*.deb {archives}/ 2>/dev/null || true",
-        f"--customize-hook=cp -ln {archives}/*.deb {q_cache}/ 2>/dev/null || true",
+        f"--customize-hook=cp -ln {archives}/*.deb {q_cache}/ 2>/dev/null || true;"
+        f" (cd {archives} && ls) > {shlex.quote(str(used_debs))}",
         f"--customize-hook=sh -eu {shlex.quote(str(configure_script))} \"$1\"",
         recipe.suite,
         str(target),
     ]
     return argv
+
+
+def stale_debs(cached: list[str], used: list[str]) -> list[str]:
+    """Cached .deb files superseded by what a build just used: another version of a package
+    (same name and architecture) the build installed. Packages the build did not touch stay,
+    since another recipe may need them."""
+    def key(filename: str) -> tuple[str, str] | None:
+        parts = filename[:-4].split("_") if filename.endswith(".deb") else []
+        return (parts[0], parts[2]) if len(parts) == 3 else None
+
+    current = {key(f) for f in used if key(f) is not None}
+    keep = set(used)
+    return sorted(f for f in cached if f not in keep and key(f) in current)
