@@ -6,6 +6,7 @@ several files); downloads stream from disk, gzip-compressed when the client acce
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import errno
 import os
@@ -242,9 +243,15 @@ class FilesRoute:
         return Response(200, dumps(written), content_type="application/json")
 
     async def _write(self, user: User, path: str, chunks, gunzip: bool, metadata: Dict[str, str]) -> None:
+        """Stream ``chunks`` into ``path`` as ``user``.
+
+        The disk write of one MiB overlaps with receiving the next: one write is in flight on
+        the user's thread while the event loop keeps reading the socket.
+        """
         run = self.state.identities.run
         fd = await run(user, filesystem.guarded, _open_write, path)
         inflate = zlib.decompressobj(47) if gunzip else None
+        in_flight = None
         try:
             pending: List[bytes] = []
             size = 0
@@ -257,13 +264,21 @@ class FilesRoute:
                 pending.append(chunk)
                 size += len(chunk)
                 if size >= CHUNK:  # one thread hop per MiB, not per network read
-                    await run(user, filesystem.guarded, _write_all_to, path, fd, b"".join(pending))
+                    if in_flight is not None:
+                        await in_flight
+                    in_flight = asyncio.ensure_future(
+                        run(user, filesystem.guarded, _write_all_to, path, fd, b"".join(pending)))
                     pending, size = [], 0
             if inflate is not None:
                 pending.append(inflate.flush())
+            if in_flight is not None:
+                await in_flight
+                in_flight = None
             if pending:
                 await run(user, filesystem.guarded, _write_all_to, path, fd, b"".join(pending))
         except BaseException:
+            if in_flight is not None:
+                await asyncio.gather(in_flight, return_exceptions=True)  # never close under a write
             os.close(fd)
             raise
         await run(user, filesystem.guarded, _finish_at, path, fd, metadata)

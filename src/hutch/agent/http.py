@@ -14,6 +14,9 @@ from typing import AsyncIterator, Awaitable, Callable, Dict, List, Optional, Tup
 from ..errors import InvalidArgumentError
 
 MAX_HEAD = 64 * 1024
+#: The stream reader's buffer limit. It also caps the request head, but mainly sets how much
+#: body the transport reads ahead before pausing: small values make uploads crawl.
+READ_LIMIT = 1024 * 1024
 
 _REASONS = {
     100: "Continue", 200: "OK", 204: "No Content", 400: "Bad Request", 401: "Unauthorized",
@@ -87,7 +90,7 @@ class Body:
             self._conn.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             await self._conn.writer.drain()
 
-    async def read(self, max_bytes: int = 256 * 1024) -> bytes:
+    async def read(self, max_bytes: int = 1024 * 1024) -> bytes:
         """The next piece of the body; ``b""`` at its end. Raises ConnectionError if cut short."""
         if self.done:
             return b""
@@ -229,6 +232,8 @@ class _Connection:
                 return None  # clean close between requests
             raise
         head, self.prefix = self.prefix + head, b""
+        if len(head) > MAX_HEAD:
+            raise BadRequest("request head too large")
         return head
 
     async def _one(self) -> bool:

@@ -9,7 +9,7 @@ import socket
 from typing import List, Optional
 
 from .app import AgentApp
-from .http import MAX_HEAD, serve_connection
+from .http import READ_LIMIT, serve_connection
 
 
 async def _serve(app: AgentApp, reader, writer) -> None:
@@ -41,11 +41,11 @@ async def run(unix_path: Optional[str], listen: Optional[str], ready_fd: Optiona
         finally:
             os.umask(old)
         os.chmod(tmp, 0o600)
-        servers.append(await asyncio.start_unix_server(handler, sock=sock, limit=MAX_HEAD))
+        servers.append(await asyncio.start_unix_server(handler, sock=sock, limit=READ_LIMIT))
         os.replace(tmp, unix_path)
     if listen:
         host, _, port = listen.rpartition(":")
-        servers.append(await asyncio.start_server(handler, host or "127.0.0.1", int(port), limit=MAX_HEAD, reuse_address=True))
+        servers.append(await asyncio.start_server(handler, host or "127.0.0.1", int(port), limit=READ_LIMIT, reuse_address=True))
     if ready_fd is not None:
         os.write(ready_fd, b"ready\n")
         os.close(ready_fd)
