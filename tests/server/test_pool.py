@@ -82,3 +82,25 @@ def test_warm_pool_hands_out_ready_sandboxes(server):
     running = set(asyncio.run(_list_ids()))
     assert not running & set(pooled)
     assert _pooled_ids() == []
+
+
+def test_the_sandbox_limit_is_a_429(server):
+    server.stop()
+    server.extra_env = {"HUTCH_MAX_SANDBOXES": "1"}
+    server.start()
+    try:
+        with server.client() as api:
+            first = api.post("/v2/sandboxes", json={"templateID": "base"})
+            assert first.status_code == 201
+            try:
+                r = api.post("/v2/sandboxes", json={"templateID": "base"})
+                assert r.status_code == 429 and "HUTCH_MAX_SANDBOXES" in r.json()["message"]
+            finally:
+                assert api.delete(f"/sandboxes/{first.json()['sandboxID']}").status_code == 204
+            second = api.post("/v2/sandboxes", json={"templateID": "base"})
+            assert second.status_code == 201
+            api.delete(f"/sandboxes/{second.json()['sandboxID']}")
+    finally:
+        server.stop()
+        server.extra_env = {}
+        server.start()

@@ -136,6 +136,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("default_network", "HUTCH_DEFAULT_NETWORK", "internet", _network_mode,
             "Network mode when a create request does not say: 'internet' (egress with the "
             "always-deny list) or 'none'."),
+    Setting("max_sandboxes", "HUTCH_MAX_SANDBOXES", "200", _positive_int,
+            "Most sandboxes alive at once; a create beyond it is refused with 429 (the SDKs "
+            "retry) so a runaway client cannot exhaust the host."),
     Setting("pool_size", "HUTCH_POOL_SIZE", "0", _non_negative_int,
             "Sandboxes of the base template kept started and ready, so that a create asking "
             "for the defaults takes milliseconds (0: no warm pool)."),
@@ -167,6 +170,7 @@ class Config:
     default_disk_mb: int
     default_pids: int
     default_network: str
+    max_sandboxes: int
     pool_size: int
     domain: str
     agent_timeout: float

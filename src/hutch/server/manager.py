@@ -25,6 +25,7 @@ from typing import Any
 from hutch.errors import (
     HutchError,
     InvalidArgumentError,
+    RateLimitError,
     SandboxError,
     SandboxNotFoundError,
 )
@@ -210,6 +211,10 @@ class SandboxManager:
         t0 = time.perf_counter()
         timing: dict[str, float] = {}
         timeout = self._check_timeout(cfg.default_timeout if timeout is None else timeout)
+        alive = sum(1 for live in self._live.values() if live.record.state != "pooled")
+        if alive >= cfg.max_sandboxes:
+            raise RateLimitError(f"this server runs its maximum of {cfg.max_sandboxes} "
+                                 f"sandboxes (HUTCH_MAX_SANDBOXES); kill one or retry later")
         name = self._resolve(template)
         tmpl = await self._template(name)
         timing["template"] = time.perf_counter() - t0
