@@ -28,10 +28,12 @@ def test_golden_end_stream():
     assert end_stream_message(None, {"k": ["v"]}) == {"metadata": {"k": ["v"]}}
 
 
-def test_unicode_payload_is_utf8_and_length_in_bytes():
+def test_unicode_is_escaped_and_roundtrips():
     frame = encode_envelope({"s": "é"})
-    assert frame[1:5] == (len('{"s":"é"}'.encode())).to_bytes(4, "big")
+    assert frame == b'\x00\x00\x00\x00\x0e{"s":"\\u00e9"}'
     assert EnvelopeDecoder().feed(frame)[0].json() == {"s": "é"}
+    raw = '{"s":"é"}'.encode()  # peers may send raw UTF-8: length counts bytes
+    assert EnvelopeDecoder().feed(encode_envelope(raw))[0].json() == {"s": "é"}
 
 
 def test_decoder_rebuffers_across_every_split():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from hutch.protocol import envd, protojson as pj
-from hutch.protocol.envelope import dumps
+from hutch.protocol.envelope import dumps, encode_envelope
 
 
 def test_names():
@@ -42,6 +42,9 @@ def test_process_events_golden():
     assert dumps(envd.data_event(stdout=b"hi\n")) == b'{"event":{"data":{"stdout":"aGkK"}}}'
     assert dumps(envd.data_event(stderr=b"e")) == b'{"event":{"data":{"stderr":"ZQ=="}}}'
     assert dumps(envd.data_event(pty=b"p")) == b'{"event":{"data":{"pty":"cA=="}}}'
+    for kind in ("stdout", "stderr", "pty"):
+        data = bytes(range(256)) * 3
+        assert envd.encode_data_envelope(kind, data) == encode_envelope(envd.data_event(**{kind: data}))
     assert envd.end_event(0, exited=True, status="exit status 0") == {
         "event": {"end": {"exited": True, "status": "exit status 0"}}}
     assert envd.end_event(1, exited=True, status="exit status 1", error="x") == {

@@ -80,11 +80,11 @@ class ProcessService:
                         raise TimeoutError_(f"process {proc.pid} exceeded its {timeout:g}s deadline")
                     yield encode_envelope(envd.keepalive_event())
                     continue
-                batch = [encode_envelope(message)]
+                batch = [_frame(message)]
                 ended = message is proc.end
                 while not ended and sub.items and len(batch) < _BATCH:
                     message = await sub.get(0)
-                    batch.append(encode_envelope(message))
+                    batch.append(_frame(message))
                     ended = message is proc.end
                 yield b"".join(batch)
                 if ended:
@@ -138,6 +138,10 @@ class ProcessService:
             size = field(pty, "size") or {}
             proc.resize(parse_int(field(size, "cols"), 80), parse_int(field(size, "rows"), 24))
         return {}
+
+
+def _frame(message) -> bytes:
+    return message if isinstance(message, bytes) else encode_envelope(message)
 
 
 async def _write(proc: Process, data: Dict[str, Any]) -> None:

@@ -15,7 +15,7 @@ import os
 import signal
 import subprocess
 from collections import deque
-from typing import Any, Deque, Dict, List, Optional, Set, Tuple
+from typing import Any, Deque, Dict, List, Optional, Set, Tuple, Union
 
 from ..errors import InvalidArgumentError, NotFoundError
 from ..protocol import envd
@@ -30,20 +30,23 @@ PTY_GRACE = 0.25
 
 
 class Subscriber:
-    """One stream's view of a process: a queue of ready-to-send messages."""
+    """One stream's view of a process: a queue of ready-to-send messages.
+
+    Output arrives already enveloped (bytes); lifecycle events (``end``) are dicts.
+    """
 
     def __init__(self, proc: "Process") -> None:
         self.proc = proc
-        self.items: Deque[Tuple[Dict[str, Any], int]] = deque()
+        self.items: Deque[Tuple[Union[bytes, Dict[str, Any]], int]] = deque()
         self.pending = 0
         self._ready = asyncio.Event()
 
-    def push(self, message: Dict[str, Any], size: int = 0) -> None:
+    def push(self, message: Union[bytes, Dict[str, Any]], size: int = 0) -> None:
         self.items.append((message, size))
         self.pending += size
         self._ready.set()
 
-    async def get(self, timeout: Optional[float]) -> Optional[Dict[str, Any]]:
+    async def get(self, timeout: Optional[float]) -> Union[bytes, Dict[str, Any], None]:
         """The next message, or None if ``timeout`` seconds pass without one."""
         if not self.items:
             self._ready.clear()
@@ -111,7 +114,7 @@ class Process:
             if fd == self.pty_fd:
                 self._pty_eof.set()
             return False
-        message = envd.data_event(**{kind: data})
+        message = envd.encode_data_envelope(kind, data)  # enveloped once, shared by all streams
         for sub in tuple(self.subscribers):
             sub.push(message, len(data))
             if sub.pending > HIGH_WATER:

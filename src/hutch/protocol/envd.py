@@ -7,8 +7,10 @@ follow the proto3 JSON mapping (lowerCamelCase); defaults are omitted.
 
 from __future__ import annotations
 
+import binascii
 from typing import Any, Dict, Mapping, Optional
 
+from .envelope import encode_envelope
 from .protojson import b64encode, int64, prune
 
 #: The envd feature level the agent implements and the server reports as ``envdVersion``:
@@ -89,6 +91,18 @@ def data_event(*, stdout: bytes = b"", stderr: bytes = b"", pty: bytes = b"") ->
     else:
         out = {"pty": b64encode(pty)}
     return {"event": {"data": out}}
+
+
+_DATA_PREFIX = {kind: b'{"event":{"data":{"%s":"' % kind.encode() for kind in ("stdout", "stderr", "pty")}
+
+
+def encode_data_envelope(kind: str, data: bytes) -> bytes:
+    """The enveloped bytes of ``data_event(**{kind: data})``, built without a JSON encoder.
+
+    The hot path of process output: base64 is JSON-safe, so the message is concatenated.
+    """
+    payload = _DATA_PREFIX[kind] + binascii.b2a_base64(data, newline=False) + b'"}}}'
+    return encode_envelope(payload)
 
 
 def end_event(
