@@ -5,6 +5,7 @@ upstream on loopback, and sandboxes made per module."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import shutil
 import socket
@@ -79,7 +80,7 @@ async def fake_upstream():
 
 
 @pytest.fixture(scope="session")
-def rootfs():
+def rootfs(runtime):  # after the runtime: its lock covers the shared rootfs path too
     path = build_busybox_rootfs(STATE_DIR.parent / "hutch-test-runtime-rootfs", UID_BASE)
     yield path
     shutil.rmtree(path, ignore_errors=True)
@@ -89,14 +90,22 @@ def rootfs():
 async def runtime(fake_upstream):
     if os.geteuid() != 0:
         pytest.skip("the runtime needs root")
-    rt = LocalRuntime(STATE_DIR, instance=INSTANCE, subnet=SUBNET, uid_base=UID_BASE,
-                      dns_upstreams=[fake_upstream])
-    await rt.teardown()  # whatever a crashed earlier run left behind
-    await rt.start()
+    # Two runs of this suite on one host would share the instance's objects: the second
+    # waits for the first instead of tearing its sandboxes down under it.
+    lock = os.open(f"/run/hutch-test-{INSTANCE}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                   0o600)
+    await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)
     try:
-        yield rt
+        rt = LocalRuntime(STATE_DIR, instance=INSTANCE, subnet=SUBNET, uid_base=UID_BASE,
+                          dns_upstreams=[fake_upstream])
+        await rt.teardown()  # whatever a crashed earlier run left behind
+        await rt.start()
+        try:
+            yield rt
+        finally:
+            await rt.teardown()
     finally:
-        await rt.teardown()
+        os.close(lock)  # releases the lock
 
 
 def box_spec(sid: str, rootfs: Path, **kw) -> SandboxSpec:
