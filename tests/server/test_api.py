@@ -374,3 +374,27 @@ def test_a_sandbox_that_dies_by_itself_is_recorded_and_cleaned_up(server, api, s
         time.sleep(0.1)
     assert api.get(f"/sandboxes/{sid}").status_code == 404
     assert not (DATA_DIR / "runtime" / "sandboxes" / sid).exists()
+
+
+def test_idempotency_key_makes_create_safe_to_retry(api, sandboxes):
+    import concurrent.futures
+    key = "retry-" + uuid.uuid4().hex
+    body = {"templateID": "base", "metadata": {"idem": key}}
+
+    def one(_):
+        return api.post("/v2/sandboxes", json=body, headers={"Idempotency-Key": key})
+
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:     # retries racing the first
+        results = list(pool.map(one, range(3)))
+    assert all(r.status_code == 201 for r in results), [r.text for r in results]
+    ids = {r.json()["sandboxID"] for r in results}
+    assert len(ids) == 1
+    sid = ids.pop()
+    sandboxes.append(sid)
+    again = one(0)
+    assert again.status_code == 201 and again.json()["sandboxID"] == sid
+    listed = api.get("/v2/sandboxes", params={"metadata": f"idem={key}"}).json()
+    assert [s["sandboxID"] for s in listed] == [sid]
+    assert api.delete(f"/sandboxes/{sid}").status_code == 204
+    r = one(0)
+    assert r.status_code == 409 and sid in r.json()["message"]

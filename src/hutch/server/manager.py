@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from hutch.errors import (
+    ConflictError,
     HutchError,
     InvalidArgumentError,
     RateLimitError,
@@ -94,6 +95,7 @@ class SandboxManager:
         # The installed hutch package (agent + protocol), mounted read-only into each sandbox.
         self._agent_lib = Path(__file__).resolve().parent.parent
         self.pool: WarmPool | None = None
+        self._pending_keys: dict[str, asyncio.Future] = {}   # idempotency keys in flight
 
     # -- start and stop ----------------------------------------------------------------------
 
@@ -196,9 +198,42 @@ class SandboxManager:
 
     # -- create ------------------------------------------------------------------------------
 
-    async def create(
+    async def create(self, template: str, *, idempotency_key: str | None = None,
+                     **options: Any) -> tuple[SandboxRecord, dict[str, float]]:
+        """Create and start a sandbox; return its record and a timing breakdown (seconds).
+
+        With an ``idempotency_key``, a repeated call (say a client retrying after a lost
+        answer) returns the sandbox the first call made instead of a second one."""
+        if not idempotency_key:
+            return await self._create(template, None, **options)
+        pending = self._pending_keys.get(idempotency_key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        rec = self.store.by_idempotency_key(idempotency_key)
+        if rec is not None:
+            live = self._live.get(rec.id)
+            if live is not None and live.record.state == "running":
+                return live.record, {"idempotent": 0.0}
+            raise ConflictError(f"Idempotency-Key {idempotency_key!r} already created sandbox "
+                                f"{rec.id}, which is {rec.state} now")
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._pending_keys[idempotency_key] = future
+        try:
+            result = await self._create(template, idempotency_key, **options)
+            future.set_result(result)
+            return result
+        except BaseException as exc:
+            future.set_exception(exc if isinstance(exc, Exception) else
+                                 SandboxError("the first request with this key was cancelled"))
+            future.exception()   # retrieved: waiters, if any, get it too
+            raise
+        finally:
+            del self._pending_keys[idempotency_key]
+
+    async def _create(
         self,
         template: str,
+        idempotency_key: str | None,
         *,
         timeout: int | None = None,
         metadata: dict[str, str] | None = None,
@@ -206,7 +241,6 @@ class SandboxManager:
         network: str | None = None,
         secure: bool = True,
     ) -> tuple[SandboxRecord, dict[str, float]]:
-        """Create and start a sandbox; return its record and a timing breakdown (seconds)."""
         cfg = self.config
         t0 = time.perf_counter()
         timing: dict[str, float] = {}
@@ -223,7 +257,8 @@ class SandboxManager:
         if self.pool is not None and self.pool.serves(name, net, secure):
             live = self.pool.take()
             if live is not None:
-                claimed = await self._claim(live, template, timeout, metadata, env_vars)
+                claimed = await self._claim(live, template, timeout, metadata, env_vars,
+                                            idempotency_key)
                 if claimed is not None:
                     timing["pool"] = time.perf_counter() - t0 - timing["template"]
                     timing["total"] = time.perf_counter() - t0
@@ -237,7 +272,7 @@ class SandboxManager:
             cpu=cfg.default_cpu, memory_mb=cfg.default_memory_mb, disk_mb=cfg.default_disk_mb,
             pids=cfg.default_pids, network=net,
             metadata=dict(metadata or {}), env_vars=dict(env_vars or {}),
-            access_token=new_token() if secure else None,
+            access_token=new_token() if secure else None, idempotency_key=idempotency_key,
         )
         live = await self.boot(rec, tmpl, timing, "running")
         timing["total"] = time.perf_counter() - t0
@@ -295,8 +330,9 @@ class SandboxManager:
         )
         return await self.boot(rec, tmpl, {}, "pooled")
 
-    async def _claim(self, live: Live, template: str, timeout: int,
-                     metadata: dict | None, env_vars: dict | None) -> SandboxRecord | None:
+    async def _claim(self, live: Live, template: str, timeout: int, metadata: dict | None,
+                     env_vars: dict | None, idempotency_key: str | None,
+                     ) -> SandboxRecord | None:
         """Hand a pooled sandbox out: give its agent the caller's env and a fresh token."""
         rec = live.record
         token = new_token()
@@ -311,7 +347,8 @@ class SandboxManager:
         live.record = self.store.update(
             rec, state="running", access_token=token, metadata=dict(metadata or {}),
             env_vars=dict(env_vars or {}), created_at=now, started_at=now, end_at=now + timeout,
-            alias=template if template != rec.template else None)
+            alias=template if template != rec.template else None,
+            idempotency_key=idempotency_key)
         self.store.move_to_end(rec.id)
         self._wake.set()
         return live.record

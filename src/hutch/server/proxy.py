@@ -29,6 +29,7 @@ from hutch.server.upstream import UpstreamError
 log = logging.getLogger("hutch.server.proxy")
 
 AGENT_PORT = 49983
+CODE_INTERPRETER_PORT = 49999
 # Hop-by-hop headers (RFC 9110 §7.6.1) are never forwarded; framing is re-done on each side.
 _HOP = {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te",
         b"trailer", b"upgrade", b"proxy-authenticate", b"proxy-authorization"}
@@ -117,11 +118,14 @@ class DataPlane:
         headers: list[tuple[bytes, bytes]] = []
         token = framing = None
         to_agent = port == AGENT_PORT
+        # The code interpreter is hutch's own in-sandbox service and may check the token; any
+        # other port is a user's app, for which the agent's credential is none of its business.
+        keep_token = to_agent or port == CODE_INTERPRETER_PORT
         for name, value in scope["headers"]:
             if name == b"x-access-token":
                 token = value
-                if not to_agent:
-                    continue   # the agent's credential is none of a web app's business
+                if not keep_token:
+                    continue
             elif name == b"transfer-encoding":
                 framing = b"chunked"
             if name not in _HOP and (to_agent or not name.startswith(b"e2b-")):

@@ -114,8 +114,12 @@ class ControlPlane:
         # A token is issued unless the caller explicitly asks for none (old SDKs' `secure`;
         # E2B's v2 clients never send it and always get one).
         secure = body.get("secure", True) is not False
+        key = request.headers.get("idempotency-key")
+        if key is not None and not 1 <= len(key) <= 255:
+            raise InvalidArgumentError("Idempotency-Key must be 1-255 characters")
         rec, timing = await self.manager.create(
             template,
+            idempotency_key=key,
             timeout=body.get("timeout"),
             metadata=_str_map(body.get("metadata"), "metadata"),
             env_vars=_str_map(body.get("envVars"), "envVars"),

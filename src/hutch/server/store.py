@@ -52,6 +52,7 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     access_token TEXT,
     run_dir     TEXT,
     address     TEXT,
+    idempotency_key TEXT,
     seq         INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS sandboxes_state ON sandboxes(state, seq);
@@ -87,12 +88,13 @@ class SandboxRecord:
     access_token: str | None = field(default=None, repr=False)
     run_dir: str | None = None
     address: str | None = None
+    idempotency_key: str | None = None    # the client's Idempotency-Key of the create
 
 
 _COLUMNS = (
     "id", "template", "alias", "digest", "state", "reason", "metadata", "env_vars",
     "created_at", "started_at", "end_at", "ended_at", "cpu", "memory_mb", "disk_mb", "pids",
-    "network", "access_token", "run_dir", "address",
+    "network", "access_token", "run_dir", "address", "idempotency_key",
 )
 
 
@@ -132,12 +134,28 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
+        self._migrate()
+        self._db.execute("CREATE INDEX IF NOT EXISTS sandboxes_idem ON "
+                         "sandboxes(idempotency_key) WHERE idempotency_key IS NOT NULL")
         path.chmod(0o600)
         row = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM sandboxes").fetchone()
         self._seq = row[0]
 
     def close(self) -> None:
         self._db.close()
+
+    def _migrate(self) -> None:
+        """Add columns that newer versions introduced to a store made by an older one."""
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(sandboxes)")}
+        if "idempotency_key" not in have:
+            self._db.execute("ALTER TABLE sandboxes ADD COLUMN idempotency_key TEXT")
+
+    def by_idempotency_key(self, key: str) -> SandboxRecord | None:
+        row = self._db.execute(
+            f"SELECT {','.join(_COLUMNS)} FROM sandboxes WHERE idempotency_key=? "
+            "ORDER BY seq DESC LIMIT 1", (key,)
+        ).fetchone()
+        return _row_to_record(row) if row else None
 
     # -- sandboxes ---------------------------------------------------------------------------
 
