@@ -11,7 +11,7 @@ from hutch.agent.http import parse_query, unquote
 
 @pytest.mark.parametrize("text", [
     "/home/user/file.txt", "/tmp/with space/ünïcode 文件.txt", "a+b=c&d", "100%", "%zz%4", "%", "x%2",
-    "/a/%2F/b", "emoji 😀", "",
+    "/a/%2F/b", "emoji 😀", "", "% 1", "%+1", "%_1",
 ])
 def test_unquote_matches_urllib(text):
     assert unquote(quote(text, safe="/")) == text

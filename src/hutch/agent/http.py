@@ -28,6 +28,9 @@ _REASONS = {
 }
 
 
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
 def unquote(text: str, plus: bool = False) -> str:
     """Percent-decode a URL component as UTF-8 (``plus``: ``+`` means space, as in queries).
 
@@ -41,10 +44,10 @@ def unquote(text: str, plus: bool = False) -> str:
     head, *rest = text.split("%")
     out = bytearray(head.encode())
     for part in rest:
-        try:
-            out += bytes.fromhex(part[:2]) if len(part) >= 2 else b"%" + part.encode()
-            out += part[2:].encode() if len(part) >= 2 else b""
-        except ValueError:
+        if len(part) >= 2 and part[0] in _HEX and part[1] in _HEX:
+            out.append(int(part[:2], 16))
+            out += part[2:].encode()
+        else:
             out += b"%" + part.encode()
     return out.decode("utf-8", "replace")
 
