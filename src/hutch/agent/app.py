@@ -6,7 +6,7 @@ import json
 from typing import Any, Dict
 
 from ..errors import AuthenticationError, HutchError, InvalidArgumentError
-from ..protocol import envd
+from ..protocol import codes, envd
 from ..protocol.envelope import dumps
 from .files import FilesRoute, http_error
 from .filesystem_service import FilesystemService
@@ -50,15 +50,14 @@ class AgentApp:
         entry = methods.get(name)
         if request.method != "POST":
             return http_error(405, "RPCs are POST only")
+        if entry is None:
+            body = codes.error_body(codes.UNIMPLEMENTED, f"unknown method {request.path!r}")
+            return Response(501, dumps(body), content_type=envd.CONTENT_TYPE_UNARY)
         try:
-            if entry is None:
-                raise HutchError(f"unknown method {name!r}")
             if not self.state.token_ok(request.headers.get(envd.HEADER_ACCESS_TOKEN)):
                 raise AuthenticationError("missing or invalid access token")
             call = Call(request, self.state.user(basic_auth_user(request.headers.get("authorization"))))
         except HutchError as exc:
-            if entry is None:
-                exc.code = "unimplemented"
             return unary_error(exc)
         kind, handler = entry
         if kind == SERVER_STREAM:

@@ -81,10 +81,11 @@ def _parse_json(raw: bytes) -> Dict[str, Any]:
 
 
 async def serve_unary(call: Call, handler: Callable[[Call, Dict[str, Any]], Awaitable[Dict[str, Any]]]) -> Response:
+    ctype = call.request.headers.get("content-type", envd.CONTENT_TYPE_UNARY)
+    if "proto" in ctype:  # the binary codec: Connect answers an unsupported codec with 415
+        return Response(415, dumps(codes.error_body(codes.UNIMPLEMENTED, "only the JSON codec is served")),
+                        content_type=envd.CONTENT_TYPE_UNARY)
     try:
-        ctype = call.request.headers.get("content-type", envd.CONTENT_TYPE_UNARY)
-        if "proto" in ctype:
-            raise HutchError("only the JSON codec is served", status=415)
         message = _parse_json(await call.request.body.read_all())
         result = await handler(call, message)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a Connect error
