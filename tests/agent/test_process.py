@@ -8,7 +8,6 @@ import threading
 import time
 
 import httpx
-import pytest
 
 from hutch.protocol.envelope import EnvelopeDecoder, encode_end_stream, encode_envelope
 
