@@ -11,7 +11,6 @@ a bundle made by hutch's own runtime code. Nothing here is asserted; the numbers
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import platform
 import shutil
@@ -208,7 +207,7 @@ def measure_fork_exec(n: int) -> list[float]:
 def measure_bare_runc(n: int) -> list[float] | str:
     """`runc run` of the same kind of bundle hutch makes, doing `true`: the OCI floor."""
     try:
-        from hutch.runtime.floor import bare_runc_bundle  # built from the runtime's own functions
+        from floor import bare_runc_bundle  # built from the runtime's own functions
     except ImportError as exc:
         return f"unavailable ({exc})"
     runc = shutil.which("runc")
@@ -220,6 +219,9 @@ def measure_bare_runc(n: int) -> list[float] | str:
             subprocess.run([runc, "--root", f"{tmp}/state", "run", "--bundle", str(bundle), f"benchfloor{i}"],
                            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             times.append((time.perf_counter() - t0) * 1000)
+    for parent in Path("/sys/fs/cgroup").glob("**/hutchfloor"):  # runc leaves the parent
+        for child in sorted(parent.glob("**/"), key=lambda p: -len(p.parts)):
+            child.rmdir()
     return times
 
 
