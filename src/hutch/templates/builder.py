@@ -37,7 +37,13 @@ class BuildResult:
     packages: dict[str, str] = field(default_factory=dict)
 
 
-class _Reporter:
+def _program(argv: list[str]) -> str:
+    if "mmdebstrap" in argv:
+        return "mmdebstrap"
+    return "layer build" if any("layer_exec" in a for a in argv) else os.path.basename(argv[0])
+
+
+class Reporter:
     def __init__(self, progress: Progress | None) -> None:
         self.progress = progress
 
@@ -52,7 +58,7 @@ async def bootstrap(recipe: Recipe, workdir: Path, *, cache: Path, ca_files: dic
     ``workdir/build.log``. Raises TemplateError with the log's tail on failure; the caller
     removes ``workdir``."""
     started = time.monotonic()
-    report = _Reporter(progress)
+    report = Reporter(progress)
     report("preparing", 0.0)
     ca_dir = None
     if ca_files:
@@ -66,7 +72,7 @@ async def bootstrap(recipe: Recipe, workdir: Path, *, cache: Path, ca_files: dic
     used = workdir / "debs.txt"
     argv = mmdebstrap.command(recipe, rootfs, cache=cache, configure_script=script,
                               used_debs=used)
-    await _run(argv, workdir / "build.log", report)
+    await run(argv, workdir / "build.log", report)
     _prune_cache(cache, used)
 
     report("checking the root filesystem", mmdebstrap.BUILDER_START)
@@ -81,8 +87,11 @@ async def bootstrap(recipe: Recipe, workdir: Path, *, cache: Path, ca_files: dic
     return BuildResult(time.monotonic() - started, tally.entries, tally.bytes, packages)
 
 
-async def _run(argv: list[str], log_path: Path, report: _Reporter) -> None:
-    parser = mmdebstrap.OutputParser()
+async def run(argv: list[str], log_path: Path, report: Reporter,
+              parser: mmdebstrap.OutputParser | None = None) -> None:
+    """Run a build command, logging its output and turning it into progress; TemplateError
+    with the log's tail if it fails. Cancelling kills its whole process group."""
+    parser = parser or mmdebstrap.OutputParser()
     tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
     # C locale: the parser reads apt's and dpkg's English messages.
     env = {**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8", "DEBIAN_FRONTEND": "noninteractive"}
@@ -117,7 +126,7 @@ async def _run(argv: list[str], log_path: Path, report: _Reporter) -> None:
         raise
     if code != 0:
         errors = "; ".join(parser.errors[-3:])
-        summary = f"mmdebstrap exited with status {code}" + (f" ({errors})" if errors else "")
+        summary = f"{_program(argv)} exited with status {code}" + (f" ({errors})" if errors else "")
         raise TemplateError(summary + "\n--- last lines of the build log ---\n" + "\n".join(tail))
 
 

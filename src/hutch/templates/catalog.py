@@ -1,12 +1,12 @@
 """The built-in templates and the names they answer to.
 
-``base`` is a Debian bootstrap. Richer templates are meant to be *layers* on top of it rather
-than full builds of their own: ``code-interpreter`` will be ``Recipe(name="code-interpreter",
-parent="base", packages=(...), run=(pip installs...))``, built as one more read-only layer whose
+``base`` is a Debian bootstrap. Richer templates are *layers* on top of it rather than full
+builds of their own (see ``layer.py``): ``code-interpreter`` is meant to be
+``Recipe(name="code-interpreter", parent="base", aliases=("code-interpreter-v1",),
+packages=(...apt...), run=("pip install ...", ...))``, built as one more read-only layer whose
 ``Template.layers`` is ``(its own rootfs, base's rootfs)``. Sandboxes of both templates then
 share base's files on disk and in the page cache, and rebuilding the upper layer does not redo
-the bootstrap. A layer's digest includes its parent's, so a new ``base`` makes it stale.
-"""
+the bootstrap. A layer's digest includes its parent's, so a new ``base`` makes it stale."""
 
 from __future__ import annotations
 

@@ -35,6 +35,17 @@ PHASES: dict[str, tuple[str, float, float]] = {
 }
 BUILDER_START = 0.95  # after mmdebstrap: shifting ownership, recording metadata
 
+# A layer build (apt and commands over a parent template) announces the same phases itself;
+# there installing packages is nearly all of the time.
+LAYER_PHASES: dict[str, tuple[str, float, float]] = {
+    "prepare": ("preparing", 0.00, 0.02),
+    "update": ("updating package lists", 0.02, 0.10),
+    "fetch": ("downloading packages", 0.10, 0.25),
+    "install": ("installing packages", 0.25, 0.80),
+    "configure": ("configuring", 0.80, 0.93),
+    "cleanup": ("cleaning up", 0.93, 0.95),
+}
+
 _ANNOUNCE = (
     ("I: running apt-get update", "update"),
     ("I: downloading packages with apt", "download"),
@@ -57,7 +68,8 @@ class Update:
 class OutputParser:
     """Feed it mmdebstrap's output lines; it answers an :class:`Update` when progress moved."""
 
-    def __init__(self) -> None:
+    def __init__(self, phases: dict[str, tuple[str, float, float]] = PHASES) -> None:
+        self.phases = phases
         self.phase = "prepare"
         self.total = 0          # packages apt announced for the current install
         self.gets = 0
@@ -106,7 +118,7 @@ class OutputParser:
         return 0.0, ""
 
     def _emit(self) -> Update | None:
-        label, start, end = PHASES[self.phase]
+        label, start, end = self.phases[self.phase]
         within, detail = self._within()
         fraction = start + (end - start) * within
         if self._last is not None:

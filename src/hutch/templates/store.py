@@ -31,7 +31,7 @@ from pathlib import Path
 
 from hutch.errors import TemplateError
 
-from . import builder
+from . import builder, layer
 from .catalog import Catalog
 from .lock import FileLock
 from .progress import Progress
@@ -210,19 +210,22 @@ class TemplateStore:
                         env=dict(meta["env"]), user=meta["user"], workdir=meta["workdir"])
 
     async def _build(self, recipe: Recipe, progress: Progress | None) -> None:
-        if recipe.parent is not None:
-            # Layer builds (a template on top of another) are the next step of the design;
-            # the catalog ships no such recipe yet.
-            raise TemplateError(f"template {recipe.name}: layer builds are not supported yet")
         canonical, want = recipe.name, self._digests[recipe.name]
         work = self.root / ".tmp" / f"{canonical}@{want}.{secrets.token_hex(4)}"
         work.mkdir()
         if progress is not None:
             progress.start(canonical)
         try:
-            result = await builder.bootstrap(
-                recipe, work, cache=self.root / ".cache" / "apt", ca_files=self.ca_files,
-                uid_base=self.uid_base, progress=progress)
+            if recipe.parent is None:
+                result = await builder.bootstrap(
+                    recipe, work, cache=self.root / ".cache" / "apt", ca_files=self.ca_files,
+                    uid_base=self.uid_base, progress=progress)
+            else:
+                below = self.get(recipe.parent)
+                if below is None:
+                    raise TemplateError(f"template {canonical}: {recipe.parent} is not built")
+                result = await layer.build(recipe, below.layers, work, uid_base=self.uid_base,
+                                           progress=progress)
             meta = {
                 "name": canonical, "digest": want, "recipe": recipe.content(),
                 "env": dict(recipe.env), "user": recipe.user, "workdir": recipe.workdir,
