@@ -9,12 +9,13 @@ watch never keeps kernel resources.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import stat
 import struct
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, RateLimitError
 from ..protocol import envd
 from . import filesystem
 
@@ -122,9 +123,17 @@ class DirWatcher:
                     f"path {self.root!r} is on a {kind} mount; watching it needs allowNetworkMounts"
                 )
         lib, _ = _lib()
-        self.fd = _check(lib.inotify_init1(IN_NONBLOCK | IN_CLOEXEC), self.root)
         try:
+            self.fd = _check(lib.inotify_init1(IN_NONBLOCK | IN_CLOEXEC), self.root)
             added = await self._run_as(self._add_tree, "")
+        except OSError as exc:
+            self.close()
+            if exc.errno in (errno.ENOSPC, errno.EMFILE):
+                # The kernel's words ("No space left on device") would mislead here.
+                raise RateLimitError(
+                    "inotify limit reached (fs.inotify.max_user_watches / max_user_instances)"
+                ) from None
+            raise filesystem.translate(exc, self.root) from None
         except BaseException:
             self.close()
             raise
