@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import string
 from pathlib import Path
 
 from hutch.server.store import Store
@@ -18,6 +19,15 @@ ADMIN_KEY_ID = "admin"
 
 def new_key() -> str:
     return "e2b_" + secrets.token_hex(20)
+
+
+_ID_ALPHABET = string.ascii_lowercase + string.digits
+
+
+def new_sandbox_id() -> str:
+    """20 random lowercase letters and digits: E2B's shape, and hyphen-free so that
+    ``<port>-<id>.<domain>`` host names parse."""
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(20))
 
 
 def new_token() -> str:

@@ -13,10 +13,7 @@ moves closer) rather than a poll every second.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
-import secrets
-import string
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,28 +29,19 @@ from hutch.errors import (
 )
 from hutch.runtime.spec import Mount, SandboxSpec
 from hutch.server.config import Config
-from hutch.server.keys import new_token
-from hutch.server.store import LIVE_STATES, SandboxRecord, Store
-from hutch.server.upstream import AGENT_SOCKET, AgentLink, PortLink
-
+from hutch.server.expiry import expire
+from hutch.server.keys import new_sandbox_id, new_token
 from hutch.server.pool import WarmPool
+from hutch.server.reconcile import destroy_quietly, is_alive, maybe_await, reconcile
+from hutch.server.store import SandboxRecord, Store
+from hutch.server.upstream import AGENT_SOCKET, DEFAULT_USER, AgentLink, PortLink
 
 log = logging.getLogger("hutch.server")
 
 # Names the E2B SDKs use by default, mapped to hutch's built-in templates.
 TEMPLATE_ALIASES = {"code-interpreter-v1": "code-interpreter"}
-DEFAULT_USER = "user"
 POOL_TEMPLATE = "base"
 AGENT_LIB = "/opt/hutch/lib"
-_ID_ALPHABET = string.ascii_lowercase + string.digits
-
-
-def new_sandbox_id() -> str:
-    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(20))
-
-
-async def _maybe_await(value):
-    return await value if inspect.isawaitable(value) else value
 
 
 @dataclass
@@ -101,7 +89,8 @@ class SandboxManager:
 
     async def start(self) -> None:
         await self.reconcile()
-        self._reaper = asyncio.create_task(self._reap_loop(), name="hutch-reaper")
+        self._reaper = asyncio.create_task(
+            expire(lambda: self._live, self.kill, self._wake), name="hutch-reaper")
         if self.config.pool_size > 0:
             self.pool = WarmPool(self, POOL_TEMPLATE, self.config.pool_size)
             self.pool.start()
@@ -124,57 +113,8 @@ class SandboxManager:
             await live.close_links()
 
     async def reconcile(self) -> dict[str, list[str]]:
-        """Make the store and the runtime agree; return what was done, for the log."""
-        report: dict[str, list[str]] = {"adopted": [], "orphans": [], "expired": [], "lost": [],
-                                        "failed": [], "unpooled": []}
-        running = set(await _maybe_await(self.runtime.list()))
-        now = time.time()
-        adopt: list[SandboxRecord] = []
-        known: set[str] = set()
-        for rec in self.store.in_states(LIVE_STATES):
-            known.add(rec.id)
-            if rec.state == "pooled":
-                # Never handed out: cheaper to start afresh than to vet.
-                if rec.id in running:
-                    await self._destroy_quietly(rec.id)
-                self.store.update(rec, state="killed", reason="warm pool emptied at start",
-                                  ended_at=now)
-                report["unpooled"].append(rec.id)
-            elif rec.state == "creating":
-                # The server stopped half-way through a create: nobody got this sandbox.
-                if rec.id in running:
-                    await self._destroy_quietly(rec.id)
-                self.store.update(rec, state="error", reason="server stopped during create",
-                                  ended_at=now)
-                report["failed"].append(rec.id)
-            elif rec.id not in running:
-                self.store.update(rec, state="killed", reason="not found at server start",
-                                  ended_at=now)
-                report["lost"].append(rec.id)
-            elif not await self._alive(rec.id):
-                # Leftovers only (say after a host reboot): the work inside is gone.
-                self.store.update(rec, state="killed", reason="not running at server start",
-                                  ended_at=now)
-                await self._destroy_quietly(rec.id)
-                report["lost"].append(rec.id)
-            elif rec.end_at <= now:
-                self.store.update(rec, state="killed", reason="timeout", ended_at=now)
-                await self._destroy_quietly(rec.id)
-                report["expired"].append(rec.id)
-            else:
-                adopt.append(rec)
-        # The record is always written before the runtime makes anything, and this server is
-        # the only writer, so a sandbox without a live record is nobody's: destroy it now.
-        for orphan in sorted(running - known):
-            await self._destroy_quietly(orphan)
-            report["orphans"].append(orphan)
-        results = await asyncio.gather(*(self._adopt(rec) for rec in adopt))
-        for rec, ok in zip(adopt, results):
-            report["adopted" if ok else "failed"].append(rec.id)
-        for what, ids in report.items():
-            if ids:
-                log.info("reconcile: %s %d sandbox(es): %s", what, len(ids), " ".join(ids))
-        return report
+        """Make the store and the runtime agree (see :mod:`hutch.server.reconcile`)."""
+        return await reconcile(self.store, self.runtime, self._adopt)
 
     async def _adopt(self, rec: SandboxRecord) -> bool:
         link = AgentLink(Path(rec.run_dir or "") / "agent.sock")
@@ -250,15 +190,15 @@ class SandboxManager:
             raise RateLimitError(f"this server runs its maximum of {cfg.max_sandboxes} "
                                  f"sandboxes (HUTCH_MAX_SANDBOXES); kill one or retry later")
         name = self._resolve(template)
-        tmpl = await self._template(name)
+        tmpl = await self.template(name)
         timing["template"] = time.perf_counter() - t0
 
         net = network or cfg.default_network
         if self.pool is not None and self.pool.serves(name, net, secure):
             live = self.pool.take()
             if live is not None:
-                claimed = await self._claim(live, template, timeout, metadata, env_vars,
-                                            idempotency_key)
+                claimed = await self.pool.claim(live, template, timeout, metadata, env_vars,
+                                                idempotency_key)
                 if claimed is not None:
                     timing["pool"] = time.perf_counter() - t0 - timing["template"]
                     timing["total"] = time.perf_counter() - t0
@@ -276,7 +216,7 @@ class SandboxManager:
         )
         live = await self.boot(rec, tmpl, timing, "running")
         timing["total"] = time.perf_counter() - t0
-        self._wake.set()
+        self.deadline_changed()
         log.debug("created %s (%s) in %.1f ms: %s", rec.id, name, timing["total"] * 1e3,
                   {k: round(v * 1e3, 2) for k, v in timing.items()})
         return live.record, timing
@@ -317,42 +257,6 @@ class SandboxManager:
             live.record = self.store.update(rec, state=state, started_at=time.time())
         return live
 
-    async def start_pooled(self, template: str) -> Live:
-        """Start a sandbox with the defaults for the warm pool (not handed out yet)."""
-        cfg = self.config
-        tmpl = await self._template(template)
-        now = time.time()
-        rec = SandboxRecord(
-            id=new_sandbox_id(), template=template, digest=getattr(tmpl, "digest", None),
-            state="creating", created_at=now, end_at=now + cfg.max_timeout,
-            cpu=cfg.default_cpu, memory_mb=cfg.default_memory_mb, disk_mb=cfg.default_disk_mb,
-            pids=cfg.default_pids, network=cfg.default_network, access_token=new_token(),
-        )
-        return await self.boot(rec, tmpl, {}, "pooled")
-
-    async def _claim(self, live: Live, template: str, timeout: int, metadata: dict | None,
-                     env_vars: dict | None, idempotency_key: str | None,
-                     ) -> SandboxRecord | None:
-        """Hand a pooled sandbox out: give its agent the caller's env and a fresh token."""
-        rec = live.record
-        token = new_token()
-        try:
-            await live.link.init(dict(env_vars or {}), token, DEFAULT_USER,
-                                 current_token=rec.access_token)
-        except Exception as exc:
-            log.warning("pooled sandbox %s unusable, starting a fresh one: %s", rec.id, exc)
-            await self.discard(live, f"pool claim failed: {exc}")
-            return None
-        now = time.time()
-        live.record = self.store.update(
-            rec, state="running", access_token=token, metadata=dict(metadata or {}),
-            env_vars=dict(env_vars or {}), created_at=now, started_at=now, end_at=now + timeout,
-            alias=template if template != rec.template else None,
-            idempotency_key=idempotency_key)
-        self.store.move_to_end(rec.id)
-        self._wake.set()
-        return live.record
-
     async def discard(self, live: Live, reason: str) -> None:
         """Destroy a sandbox that was never handed out (pooled), recording why."""
         self._live.pop(live.record.id, None)
@@ -360,6 +264,10 @@ class SandboxManager:
                                         ended_at=time.time())
         await live.close_links()
         await asyncio.shield(self._destroy_quietly(live.record.id))
+
+    def deadline_changed(self) -> None:
+        """Wake the expiry timer: a deadline moved (or a sandbox started running)."""
+        self._wake.set()
 
     def _check_timeout(self, seconds: Any) -> int:
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
@@ -375,7 +283,8 @@ class SandboxManager:
         name = TEMPLATE_ALIASES.get(template, template)
         return self.templates.resolve(name)   # NotFoundError names the known templates
 
-    async def _template(self, name: str):
+    async def template(self, name: str):
+        """The built template (built now if it is not yet)."""
         tmpl = self.templates.get(name)
         if tmpl is None:
             # Not built yet (e.g. code-interpreter on first use): build it now. Slow, but only
@@ -428,7 +337,7 @@ class SandboxManager:
         (since start for the first one), memory and disk in bytes."""
         live = self.running(sandbox_id)
         rec = live.record
-        raw = dict(await _maybe_await(self.runtime.stats(sandbox_id)) or {})
+        raw = dict(await maybe_await(self.runtime.stats(sandbox_id)) or {})
         now = time.monotonic()
         cpu_ns = raw.get("cpu_ns")
         pct = 0.0
@@ -460,7 +369,7 @@ class SandboxManager:
         seconds = self._check_timeout(seconds)
         live = self.running(sandbox_id)
         live.record = self.store.update(live.record, end_at=time.time() + seconds)
-        self._wake.set()
+        self.deadline_changed()
         return live.record
 
     async def connect(self, sandbox_id: str, seconds: Any | None) -> SandboxRecord:
@@ -471,7 +380,7 @@ class SandboxManager:
             end = time.time() + seconds
             if end > live.record.end_at:
                 live.record = self.store.update(live.record, end_at=end)
-                self._wake.set()
+                self.deadline_changed()
         return live.record
 
     async def kill(self, sandbox_id: str, reason: str = "killed") -> None:
@@ -498,14 +407,10 @@ class SandboxManager:
                 log.error("destroying %s failed: %s", sandbox_id, exc)
         log.info("sandbox %s killed (%s)", sandbox_id, reason)
 
-    async def _alive(self, sandbox_id: str) -> bool:
-        probe = getattr(self.runtime, "is_running", None)
-        return True if probe is None else bool(await _maybe_await(probe(sandbox_id)))
-
     async def vanished(self, sandbox_id: str) -> bool:
         """Called when a sandbox's agent cannot be reached: if the sandbox itself has stopped
         (its init exited, say after an out-of-memory kill), record that and clean up."""
-        if sandbox_id not in self._live or await self._alive(sandbox_id):
+        if sandbox_id not in self._live or await is_alive(self.runtime, sandbox_id):
             return False
         try:
             await self.kill(sandbox_id, reason="the sandbox stopped by itself")
@@ -514,41 +419,7 @@ class SandboxManager:
         return True
 
     async def _destroy_quietly(self, sandbox_id: str) -> None:
-        try:
-            await self.runtime.destroy(sandbox_id)
-        except Exception as exc:
-            log.error("destroying %s failed: %s", sandbox_id, exc)
-
-    # -- expiry ------------------------------------------------------------------------------
-
-    async def _reap_loop(self) -> None:
-        while True:
-            now = time.time()
-            nearest = None
-            expired = []
-            for sid, live in self._live.items():
-                if live.record.state != "running":
-                    continue
-                if live.record.end_at <= now:
-                    expired.append(sid)
-                elif nearest is None or live.record.end_at < nearest:
-                    nearest = live.record.end_at
-            for sid in expired:
-                try:
-                    await self.kill(sid, reason="timeout")
-                except SandboxNotFoundError:
-                    pass
-                except Exception:
-                    log.exception("expiring %s failed", sid)
-            if expired:
-                continue
-            self._wake.clear()
-            wait = None if nearest is None else max(0.0, nearest - time.time())
-            try:
-                await asyncio.wait_for(self._wake.wait(), wait)
-            except (asyncio.TimeoutError, TimeoutError):
-                pass
-
+        await destroy_quietly(self.runtime, sandbox_id)
 
 def _reraise(exc: BaseException, what: str) -> None:
     """Raise ``exc`` as a hutch error (cancellation and hutch's own errors pass unchanged)."""

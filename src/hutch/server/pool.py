@@ -15,7 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING
+
+from hutch.server.keys import new_sandbox_id, new_token
+from hutch.server.store import SandboxRecord
+from hutch.server.upstream import DEFAULT_USER
 
 if TYPE_CHECKING:
     from hutch.server.manager import Live, SandboxManager
@@ -60,12 +65,48 @@ class WarmPool:
         for live in ready:
             await self.manager.discard(live, "server stopped")
 
+    async def _start_one(self, template: str) -> "Live":
+        """Start a sandbox with the defaults, for the pool (not handed out yet)."""
+        cfg = self.manager.config
+        tmpl = await self.manager.template(template)
+        now = time.time()
+        rec = SandboxRecord(
+            id=new_sandbox_id(), template=template, digest=getattr(tmpl, "digest", None),
+            state="creating", created_at=now, end_at=now + cfg.max_timeout,
+            cpu=cfg.default_cpu, memory_mb=cfg.default_memory_mb, disk_mb=cfg.default_disk_mb,
+            pids=cfg.default_pids, network=cfg.default_network, access_token=new_token(),
+        )
+        return await self.manager.boot(rec, tmpl, {}, "pooled")
+
+    async def claim(self, live: "Live", template: str, timeout: int, metadata: dict | None,
+                     env_vars: dict | None, idempotency_key: str | None,
+                     ) -> SandboxRecord | None:
+        """Hand a pooled sandbox out: give its agent the caller's env and a fresh token."""
+        rec = live.record
+        token = new_token()
+        try:
+            await live.link.init(dict(env_vars or {}), token, DEFAULT_USER,
+                                 current_token=rec.access_token)
+        except Exception as exc:
+            log.warning("pooled sandbox %s unusable, starting a fresh one: %s", rec.id, exc)
+            await self.manager.discard(live, f"pool claim failed: {exc}")
+            return None
+        now = time.time()
+        live.record = self.manager.store.update(
+            rec, state="running", access_token=token, metadata=dict(metadata or {}),
+            env_vars=dict(env_vars or {}), created_at=now, started_at=now, end_at=now + timeout,
+            alias=template if template != rec.template else None,
+            idempotency_key=idempotency_key)
+        self.manager.store.move_to_end(rec.id)
+        self.manager.deadline_changed()
+        return live.record
+
     async def _fill(self) -> None:
         failures = 0
         while True:
             while len(self._ready) < self.size:
                 try:
-                    live = await self.manager.start_pooled(self.template)
+                    live = await self._start_one(self.template)
                 except Exception as exc:  # keep serving creates the slow way meanwhile
                     failures += 1
                     delay = min(60.0, 0.5 * 2 ** failures)

@@ -25,6 +25,7 @@ from typing import AsyncIterator
 from hutch.errors import SandboxError
 
 AGENT_SOCKET = "/run/hutch/agent.sock"   # inside the sandbox
+DEFAULT_USER = "user"                    # who commands run as unless a request names a user
 _MAX_HEAD = 64 * 1024
 _MAX_IDLE = 16
 _READ = 64 * 1024
