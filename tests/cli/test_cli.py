@@ -17,7 +17,8 @@ def test_help_lists_every_command():
     result = subprocess.run([sys.executable, "-m", "hutch", "--help"], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    for name in ("sandbox", "ls", "kill", "exec", "shell", "cp", "serve", "doctor"):
+    for name in ("sandbox", "create", "run", "ls", "kill", "exec", "shell", "cp", "serve",
+                 "doctor"):
         assert f"  {name} " in result.stdout
 
 

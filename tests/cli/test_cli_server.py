@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import uuid
 
 import pytest
 
@@ -154,3 +156,61 @@ def test_shell_on_a_terminal(hutch_server, sandbox_id):
             proc.wait()
         os.close(controller)
         os.close(terminal)
+
+
+def _listed(hutch, tag: str) -> list:
+    return json.loads(hutch("ls", "--json", "-m", f"tag={tag}").stdout)
+
+
+def test_create_shortcut_with_resources_and_network(hutch):
+    tag = uuid.uuid4().hex
+    created = hutch("create", "--timeout", "120", "--network", "none", "-m", f"tag={tag}",
+                    "-e", "K=v", "--json")
+    info = json.loads(created.stdout)
+    try:
+        assert info["allowInternetAccess"] is False
+        assert info["metadata"] == {"tag": tag}
+        assert [s["sandboxID"] for s in _listed(hutch, tag)] == [info["sandboxID"]]
+        assert hutch("exec", info["sandboxID"], "--", "echo $K").stdout == b"v\n"
+    finally:
+        hutch("kill", info["sandboxID"], check=False)
+    bad = hutch("create", "--network", "wifi", check=False)
+    assert bad.returncode == 2 and b"--network" in bad.stderr
+    clash = hutch("create", "--network", "internet", "--no-internet", check=False)
+    assert clash.returncode == 2 and _listed(hutch, tag) == []
+
+
+def test_run_streams_passes_the_exit_code_and_kills(hutch):
+    tag = uuid.uuid4().hex
+    result = hutch("run", "-m", f"tag={tag}", "-e", "FROM_RUN=1", "--",
+                   "echo $FROM_RUN; echo oops >&2; exit 7", check=False)
+    assert (result.returncode, result.stdout, result.stderr) == (7, b"1\n", b"oops\n")
+    as_argv = hutch("run", "-m", f"tag={tag}", "-w", "/tmp", "--", "printf", "%s|", "a b", "$PWD")
+    assert as_argv.stdout == b"a b|$PWD|"
+    piped = hutch("run", "-m", f"tag={tag}", "--", "wc -c", stdin="x" * 5000)
+    assert piped.stdout.strip() == b"5000"
+    assert _listed(hutch, tag) == []
+    missing = hutch("run", "-t", "no-such-template", "--", "true", check=False)
+    assert missing.returncode == 1 and missing.stderr.startswith(b"error: TemplateError")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_run_kills_the_sandbox_when_interrupted(hutch_server, hutch, signum):
+    tag = uuid.uuid4().hex
+    env = {**os.environ, "HUTCH_URL": hutch_server.url, "HUTCH_API_KEY": hutch_server.api_key}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hutch", "run", "-m", f"tag={tag}", "--",
+         "echo started; exec sleep 600"],
+        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline() == b"started\n"  # the command runs: the sandbox exists
+        assert len(_listed(hutch, tag)) == 1
+        proc.send_signal(signum)
+        assert proc.wait(TIMEOUT) == 128 + signum
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    assert _listed(hutch, tag) == []

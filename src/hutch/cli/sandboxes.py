@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
-from typing import Any, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import click
 
@@ -22,6 +22,8 @@ def info_dict(info: SandboxInfo) -> Dict[str, Any]:
         "endAt": info.end_at.isoformat(),
         "cpuCount": info.cpu_count,
         "memoryMB": info.memory_mb,
+        "diskSizeMB": info.disk_size_mb,
+        "allowInternetAccess": info.allow_internet_access,
         "envdVersion": info.envd_version,
     }
 
@@ -52,24 +54,55 @@ def sandbox() -> None:
     """Create, list, inspect and kill sandboxes."""
 
 
+def creation_options(timeout: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The options that shape a new sandbox (``hutch create`` and ``hutch run``)."""
+    return lambda fn: _with_options(fn, [
+        click.option("-t", "--template", default="base", show_default=True),
+        click.option("--timeout", type=click.IntRange(min=1), default=timeout, show_default=True,
+                     help="seconds the sandbox lives at most"),
+        click.option("--cpu", type=click.FloatRange(min=0, min_open=True), default=None,
+                     help="CPU cores [default: the server's]"),
+        click.option("--memory", type=click.IntRange(min=1), default=None, metavar="MB",
+                     help="memory limit in MB [default: the server's]"),
+        click.option("--disk", type=click.IntRange(min=1), default=None, metavar="MB",
+                     help="writable disk space in MB [default: the server's]"),
+        click.option("--network", type=click.Choice(["internet", "none"]), default=None,
+                     help="outbound network access [default: internet]"),
+        click.option("--no-internet", is_flag=True, hidden=True,
+                     help="the same as --network none"),
+        click.option("-m", "--metadata", multiple=True, metavar="KEY=VALUE"),
+        click.option("-e", "--env", multiple=True, metavar="KEY=VALUE",
+                     help="environment variable for every process in the sandbox"),
+    ])
+
+
+def _with_options(fn: Callable[..., Any], options: List[Any]) -> Callable[..., Any]:
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def create_sandbox(ctx: Context, template: str, timeout: int, cpu: Optional[float],
+                   memory: Optional[int], disk: Optional[int], network: Optional[str],
+                   no_internet: bool, metadata: Tuple[str, ...], env: Tuple[str, ...]) -> Sandbox:
+    if no_internet:
+        if network == "internet":
+            raise click.BadParameter("contradicts --network internet", param_hint="--no-internet")
+        network = "none"
+    return Sandbox.create(template=template, timeout=timeout,
+                          metadata=parse_pairs(metadata, "--metadata") or None,
+                          envs=parse_pairs(env, "--env") or None, cpu=cpu, memory_mb=memory,
+                          disk_mb=disk, network=network, **ctx.opts)
+
+
 @sandbox.command("create")
-@click.option("-t", "--template", default="base", show_default=True)
-@click.option("--timeout", type=int, default=300, show_default=True,
-              help="seconds the sandbox lives (extend with set_timeout)")
-@click.option("-m", "--metadata", multiple=True, metavar="KEY=VALUE")
-@click.option("-e", "--env", multiple=True, metavar="KEY=VALUE",
-              help="environment variable for every process in the sandbox")
-@click.option("--no-internet", is_flag=True, help="no outbound network access")
+@creation_options(timeout=300)
 @click.option("--json", "as_json", is_flag=True, help="print the sandbox's details as JSON")
 @pass_ctx
-def create(ctx: Context, template: str, timeout: int, metadata: Tuple[str, ...],
-           env: Tuple[str, ...], no_internet: bool, as_json: bool) -> None:
-    """Create a sandbox and print its id."""
+def create(ctx: Context, as_json: bool, **options: Any) -> None:
+    """Create a sandbox and print its id (also `hutch sandbox create`)."""
     def go() -> None:
-        sbx = Sandbox.create(template=template, timeout=timeout,
-                             metadata=parse_pairs(metadata, "--metadata") or None,
-                             envs=parse_pairs(env, "--env") or None,
-                             allow_internet_access=not no_internet, **ctx.opts)
+        sbx = create_sandbox(ctx, **options)
         try:
             if as_json:
                 click.echo(json.dumps(info_dict(sbx.get_info()), indent=2))

@@ -52,30 +52,36 @@ def exec_(ctx: Context, sandbox_id: str, argv: Tuple[str, ...], user: Optional[s
     """
     envs = parse_pairs(env, "--env") or None
 
-    # Piped input goes to the command (`tar c . | hutch exec ID -- tar x`); a terminal's
-    # does not, as a command without a PTY could not use it sensibly.
-    forward = not sys.stdin.isatty()
-
     def go() -> int:
         sbx = Sandbox.connect(sandbox_id, **ctx.opts)
         try:
-            handle = sbx.commands.run(command_line(argv), envs=envs, user=user, cwd=cwd,
-                                      timeout=timeout, background=True, stdin=forward,
-                                      on_stdout=_write(sys.stdout), on_stderr=_write(sys.stderr))
-            if forward:
-                _pump(sys.stdin.fileno(), lambda data: handle.send_stdin(data), handle,
-                      at_eof=handle.close_stdin)
-            handle.wait()
-            return 0
-        except errors.CommandExitError as exc:
-            return exc.exit_code
-        except errors.TimeoutError_ as exc:
-            click.echo(f"hutch: {exc.message}", err=True)
-            return TIMEOUT_EXIT
+            return stream_command(sbx, argv, envs=envs, user=user, cwd=cwd, timeout=timeout)
         finally:
             sbx.close()
 
     sys.exit(run_guarded(go))
+
+
+def stream_command(sbx: Sandbox, argv: Tuple[str, ...], *, envs: Optional[dict],
+                   user: Optional[str], cwd: Optional[str], timeout: float) -> int:
+    """Run ``argv`` in ``sbx`` with its output on ours; return the exit status to pass on."""
+    # Piped input goes to the command (`tar c . | hutch exec ID -- tar x`); a terminal's
+    # does not, as a command without a PTY could not use it sensibly.
+    forward = not sys.stdin.isatty()
+    try:
+        handle = sbx.commands.run(command_line(argv), envs=envs, user=user, cwd=cwd,
+                                  timeout=timeout, background=True, stdin=forward,
+                                  on_stdout=_write(sys.stdout), on_stderr=_write(sys.stderr))
+        if forward:
+            _pump(sys.stdin.fileno(), lambda data: handle.send_stdin(data), handle,
+                  at_eof=handle.close_stdin)
+        handle.wait()
+        return 0
+    except errors.CommandExitError as exc:
+        return exc.exit_code
+    except errors.TimeoutError_ as exc:
+        click.echo(f"hutch: {exc.message}", err=True)
+        return TIMEOUT_EXIT
 
 
 def _size() -> PtySize:

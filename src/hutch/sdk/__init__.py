@@ -18,6 +18,7 @@ written for E2B runs against hutch by changing the import.
 
 from hutch.sdk._async.commands import AsyncCommandHandle, AsyncCommands
 from hutch.sdk._async.files import AsyncFilesystem, AsyncWatchHandle
+from hutch.sdk._async.process import AsyncProcess, AsyncStreamReader, AsyncStreamWriter
 from hutch.sdk._async.pty import AsyncPty
 from hutch.sdk._async.sandbox import AsyncSandbox, AsyncSandboxPaginator
 from hutch.sdk._config import ConnectionConfig
@@ -37,6 +38,7 @@ from hutch.sdk._models import (
 )
 from hutch.sdk._sync.commands import CommandHandle, Commands
 from hutch.sdk._sync.files import Filesystem, WatchHandle
+from hutch.sdk._sync.process import Process, StreamReader, StreamWriter
 from hutch.sdk._sync.pty import Pty
 from hutch.sdk._sync.sandbox import Sandbox, SandboxPaginator
 
@@ -44,9 +46,12 @@ __all__ = [
     "AsyncCommandHandle",
     "AsyncCommands",
     "AsyncFilesystem",
+    "AsyncProcess",
     "AsyncPty",
     "AsyncSandbox",
     "AsyncSandboxPaginator",
+    "AsyncStreamReader",
+    "AsyncStreamWriter",
     "AsyncWatchHandle",
     "CommandHandle",
     "CommandResult",
@@ -57,6 +62,7 @@ __all__ = [
     "Filesystem",
     "FilesystemEvent",
     "FilesystemEventType",
+    "Process",
     "ProcessInfo",
     "Pty",
     "PtySize",
@@ -66,6 +72,8 @@ __all__ = [
     "SandboxPaginator",
     "SandboxQuery",
     "SandboxState",
+    "StreamReader",
+    "StreamWriter",
     "WatchHandle",
     "WriteInfo",
 ]

@@ -5,12 +5,16 @@
 | server URL      | `url`     | `HUTCH_URL`      | `http://127.0.0.1:7711`     |
 | API key         | `api_key` | `HUTCH_API_KEY`  | the local admin key (below)  |
 | request timeout | `request_timeout` | –        | 60 s                         |
+| routing domain  | `domain`  | `HUTCH_DOMAIN`   | the server's (from create), else none |
 
 The local admin key: when no key is given, the process runs as root and the URL points at
 the loopback interface, the key is read from `<HUTCH_DATA_DIR or /var/lib/hutch>/admin.key`.
 The server writes its admin key there (mode 0600), so on the machine that runs `hutch serve`
 the SDK and the CLI work without any setup. Only root can read that file anyway, and a
 remote URL never gets the local key sent to it.
+
+The routing domain only names a sandbox's ports (``get_host``: ``<port>-<id>.<domain>``); the
+server states its own ``HUTCH_DOMAIN`` when it creates a sandbox, and that wins.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ class ConnectionConfig:
     url: str
     api_key: Optional[str]
     request_timeout: Optional[float] = DEFAULT_REQUEST_TIMEOUT
+    domain: Optional[str] = None
 
     def timeout(self, request_timeout: Optional[float]) -> Optional[float]:
         """A per-call timeout wins over the config's; 0 means "no limit"."""
@@ -66,6 +71,7 @@ def resolve(
     request_timeout: Optional[float] = None,
     env: Optional[Mapping[str, str]] = None,
     euid: Optional[int] = None,
+    domain: Optional[str] = None,
 ) -> ConnectionConfig:
     env = os.environ if env is None else env
     euid = os.geteuid() if euid is None else euid
@@ -74,4 +80,5 @@ def resolve(
     if key is None and is_loopback(url):
         key = local_admin_key(env, euid)
     timeout = DEFAULT_REQUEST_TIMEOUT if request_timeout is None else request_timeout
-    return ConnectionConfig(url=url, api_key=key, request_timeout=timeout)
+    domain = (domain or env.get("HUTCH_DOMAIN") or "").strip(".") or None
+    return ConnectionConfig(url=url, api_key=key, request_timeout=timeout, domain=domain)

@@ -77,3 +77,15 @@ async def deadline(seconds: Optional[float], abort: Callable[[], None],
 
 async def sleep(seconds: float) -> None:
     await asyncio.sleep(seconds)
+
+
+class Deferred:
+    """``await obj`` runs ``obj._ready()`` and gives ``obj``: the work a constructor cannot do
+    in asyncio (``await AsyncSandbox(...)``)."""
+
+    def __await__(self) -> Any:
+        return self._ready().__await__()  # type: ignore[attr-defined]
+
+
+def construct(ready: Callable[[], Awaitable[Any]]) -> None:
+    """Nothing now: the object finishes when awaited (``Deferred``) or entered."""

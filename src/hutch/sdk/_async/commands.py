@@ -148,15 +148,21 @@ class AsyncCommandHandle:
                 backlog.append(None)
             else:
                 self._listeners.append(listener)
-        for item in backlog:
-            if item is None:
-                return
-            yield item
-        while True:
-            item = await listener.get()
-            if item is None:
-                return
-            yield item
+        try:
+            for item in backlog:
+                if item is None:
+                    return
+                yield item
+            while True:
+                item = await listener.get()
+                if item is None:
+                    return
+                yield item
+        finally:
+            # An iteration left early stops collecting output it would never read.
+            with self._lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
 
     async def _flush(self) -> None:
         """Emit a UTF-8 sequence cut off at the end as replacement characters, not silence."""
@@ -181,17 +187,26 @@ class AsyncCommandHandle:
         that arrived before (PTY output excepted), so nothing is missed, as in e2b.
         """
         await self._attach(on_pty, on_stdout, on_stderr)
-        await self._worker.join()
-        if self._error is not None:
-            raise self._error
-        if self._result is None:
-            raise errors.SandboxError(f"the command (pid {self._pid}) ended without an end event")
+        await self._finish()
         if self._result.exit_code != 0:
             # CommandExitError quotes the stderr tail, so unretained output reads as empty.
             raise errors.CommandExitError(
                 self._result if self._result.stderr is not None
                 else dataclasses.replace(self._result, stderr=""))
         return self._result
+
+    async def _finish(self) -> CommandResult:
+        """Wait for the end; the result whatever the exit code (``wait()`` raises on non-zero)."""
+        await self._worker.join()
+        if self._error is not None:
+            raise self._error
+        if self._result is None:
+            raise errors.SandboxError(f"the command (pid {self._pid}) ended without an end event")
+        return self._result
+
+    async def _closed(self) -> None:
+        """Wait until the output stream ended, however it ended."""
+        await self._worker.join()
 
     async def _attach(self, on_pty: Optional[OutputHandler], on_stdout: Optional[OutputHandler],
                       on_stderr: Optional[OutputHandler]) -> None:
@@ -302,6 +317,16 @@ class AsyncCommands:
         )
         return await self._handle(stream, on_stdout=on_stdout, on_stderr=on_stderr,
                                   retain_output=retain_output)
+
+    async def _exec(self, argv: List[str], *, envs: Optional[Dict[str, str]],
+                    cwd: Optional[str], user: Optional[str], timeout: Optional[float],
+                    request_timeout: Optional[float]) -> AsyncCommandHandle:
+        """Start ``argv`` without a shell, stdin open (``sbx.exec`` wraps the handle)."""
+        request = {
+            "process": _wire.process_config(argv[0], argv[1:], envs, cwd),
+            "stdin": True,
+        }
+        return await self._start(request, user, timeout, request_timeout)
 
     async def _start(self, request: dict, user: Optional[str], timeout: Optional[float],
                      request_timeout: Optional[float], **callbacks: Any) -> AsyncCommandHandle:

@@ -3,6 +3,12 @@
 The control-plane calls are the E2B REST API (``X-API-KEY``). Methods such as ``kill``
 work both on the class with a sandbox id (``AsyncSandbox.kill(id)``) and on an instance
 (``await sbx.kill()``), as in e2b.
+
+``AsyncSandbox.create(...)`` is the documented way to make one. Calling the class with the
+same arguments also creates one (E2B's older constructor). In the blocking SDK the call
+returns the created sandbox. An asyncio constructor cannot wait, so the async class creates
+it when the object is awaited or entered with ``async with``; nothing exists on the server
+before that.
 """
 
 from __future__ import annotations
@@ -12,60 +18,117 @@ from typing import Any, Dict, List, Optional
 from urllib.parse import urlencode
 
 from hutch import errors
-from hutch.sdk import _config
+from hutch.sdk import _config, _control
+from hutch.sdk._async import _backend
 from hutch.sdk._async.commands import AsyncCommands
 from hutch.sdk._async.files import AsyncFilesystem
+from hutch.sdk._async.process import AsyncProcess, check_argv
 from hutch.sdk._async.pty import AsyncPty
 from hutch.sdk._async.transport import AsyncAgent, AsyncTransport
 from hutch.sdk._hybrid import hybridmethod
 from hutch.sdk._models import SandboxInfo, SandboxMetrics, SandboxQuery
 
-DEFAULT_TEMPLATE = "base"
-DEFAULT_TIMEOUT = 300
+DEFAULT_TEMPLATE = _control.DEFAULT_TEMPLATE
+DEFAULT_TIMEOUT = _control.DEFAULT_TIMEOUT
 
 
-class AsyncSandbox:
-    """One sandbox. Use ``await AsyncSandbox.create()`` or ``await AsyncSandbox.connect(id)``."""
+class AsyncSandbox(_backend.Deferred):
+    """One sandbox. Use ``await AsyncSandbox.create()`` or ``await AsyncSandbox.connect(id)``.
 
-    def __init__(self, sandbox_id: str, envd_version: str, transport: AsyncTransport,
-                 access_token: Optional[str] = None) -> None:
-        self._sandbox_id = sandbox_id
-        self._envd_version = envd_version
+    The constructor takes ``create``'s arguments (see the module's docstring).
+    """
+
+    def __init__(self, template: Optional[str] = None, timeout: Optional[int] = None,
+                 metadata: Optional[Dict[str, str]] = None,
+                 envs: Optional[Dict[str, str]] = None, secure: Optional[bool] = None,
+                 allow_internet_access: Optional[bool] = None, *,
+                 cpu: Optional[float] = None, memory_mb: Optional[int] = None,
+                 disk_mb: Optional[int] = None, network: Optional[str] = None,
+                 api_key: Optional[str] = None, url: Optional[str] = None,
+                 domain: Optional[str] = None,
+                 request_timeout: Optional[float] = None) -> None:
+        # Checked now, so a bad argument fails at the call rather than at the await.
+        self._body: Optional[Dict[str, Any]] = _control.create_body(
+            template, timeout, metadata, envs, secure, allow_internet_access,
+            cpu=cpu, memory_mb=memory_mb, disk_mb=disk_mb, network=network)
+        self._config = _config.resolve(url, api_key, request_timeout, domain=domain)
+        self._sandbox_id: Optional[str] = None
+        self._transport: Optional[AsyncTransport] = None
+        _backend.construct(self._ready)
+
+    async def _ready(self) -> "AsyncSandbox":
+        """Create the sandbox this object stands for, unless that happened already."""
+        if self._body is not None:
+            body, self._body = self._body, None
+            transport = AsyncTransport(self._config)
+            try:
+                response = await transport.api("POST", "/v2/sandboxes", json_body=body,
+                                               not_found=errors.TemplateError)
+            except BaseException:
+                await transport.aclose()
+                self._body = body  # awaiting again tries again
+                raise
+            self._attach(response.json(), transport)
+        return self
+
+    def _attach(self, data: Dict[str, Any], transport: AsyncTransport) -> None:
+        self._sandbox_id = data["sandboxID"]
+        self._envd_version = data.get("envdVersion", "")
         self._transport = transport
-        self._agent = AsyncAgent(transport, sandbox_id, access_token)
+        self._config = transport.config
+        # The server's own routing domain names the ports; the client's setting otherwise.
+        self._domain = data.get("domain") or transport.config.domain
+        self._agent = AsyncAgent(transport, self._sandbox_id, data.get("envdAccessToken"))
         self._commands = AsyncCommands(self._agent)
         self._files = AsyncFilesystem(self._agent)
         self._pty = AsyncPty(self._agent, self._commands)
 
-    @property
-    def sandbox_id(self) -> str:
+    def _created(self) -> str:
+        if self._sandbox_id is None:
+            raise errors.InvalidArgumentError(
+                "this sandbox is not created yet: await AsyncSandbox(...) or use "
+                "await AsyncSandbox.create(...)")
         return self._sandbox_id
 
     @property
+    def sandbox_id(self) -> str:
+        return self._created()
+
+    @property
     def envd_version(self) -> str:
+        self._created()
         return self._envd_version
 
     @property
     def commands(self) -> AsyncCommands:
+        self._created()
         return self._commands
 
     @property
     def files(self) -> AsyncFilesystem:
+        self._created()
         return self._files
 
     @property
     def pty(self) -> AsyncPty:
+        self._created()
         return self._pty
 
     @property
+    def sandbox_domain(self) -> Optional[str]:
+        """The domain ``get_host`` names ports under (None: host routing is not set up)."""
+        self._created()
+        return self._domain
+
+    @property
     def connection_config(self) -> _config.ConnectionConfig:
-        return self._transport.config
+        return self._config
 
     def __repr__(self) -> str:
-        return f"<Sandbox {self._sandbox_id} at {self._transport.config.url}>"
+        return f"<Sandbox {self._sandbox_id or '(not created)'} at {self._config.url}>"
 
     async def __aenter__(self) -> "AsyncSandbox":
-        return self
+        return await self._ready()
 
     async def __aexit__(self, *exc: Any) -> None:
         try:
@@ -75,7 +138,44 @@ class AsyncSandbox:
 
     async def close(self) -> None:
         """Release this object's connections (the sandbox keeps running)."""
-        await self._transport.aclose()
+        if self._transport is not None:
+            await self._transport.aclose()
+
+    # -- processes and ports ------------------------------------------------------------------
+
+    async def exec(self, *argv: str, cwd: Optional[str] = None,
+                   envs: Optional[Dict[str, str]] = None, user: Optional[str] = None,
+                   timeout: Optional[float] = None,
+                   request_timeout: Optional[float] = None) -> AsyncProcess:
+        """Start ``argv`` (no shell) and return the running process, as Modal's ``exec``.
+
+        ``timeout`` (seconds; None: none) bounds the process: the agent kills it then.
+        ``user`` defaults to the template's user; ``cwd`` to that user's home.
+        """
+        check_argv(argv)
+        handle = await self.commands._exec(list(argv), envs=envs, cwd=cwd, user=user,
+                                           timeout=timeout, request_timeout=request_timeout)
+        return AsyncProcess(handle)
+
+    def get_host(self, port: int) -> str:
+        """``<port>-<sandbox id>.<domain>``: the host name of a server listening on ``port``.
+
+        Needs the routing domain (the server's ``HUTCH_DOMAIN``, or ``domain=``) and DNS
+        that sends ``*.<domain>`` to the server; without those, use ``get_headers``.
+        """
+        return _control.host(port, self._created(), self._domain)
+
+    def get_url(self, port: int, path: str = "/") -> str:
+        """A URL for ``path`` on ``port`` through host routing (the server URL's scheme/port)."""
+        return _control.url(self._config.url, port, self._created(), self._domain, path)
+
+    def get_headers(self, port: int) -> Dict[str, str]:
+        """Headers that route a request sent to the server's own URL to ``port`` inside.
+
+        Works without any DNS set-up: ``httpx.get(sbx.connection_config.url + "/",
+        headers=sbx.get_headers(8000))``.
+        """
+        return _control.routing_headers(port, self._created())
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -83,34 +183,29 @@ class AsyncSandbox:
     async def create(cls, template: Optional[str] = None, timeout: Optional[int] = None,
                      metadata: Optional[Dict[str, str]] = None,
                      envs: Optional[Dict[str, str]] = None, secure: Optional[bool] = None,
-                     allow_internet_access: Optional[bool] = True,
+                     allow_internet_access: Optional[bool] = None, *,
+                     cpu: Optional[float] = None, memory_mb: Optional[int] = None,
+                     disk_mb: Optional[int] = None, network: Optional[str] = None,
                      api_key: Optional[str] = None, url: Optional[str] = None,
+                     domain: Optional[str] = None,
                      request_timeout: Optional[float] = None) -> "AsyncSandbox":
-        """Create a sandbox from ``template`` (default ``base``), alive for ``timeout`` s (300)."""
-        body: Dict[str, Any] = {
-            "templateID": template or DEFAULT_TEMPLATE,
-            "timeout": DEFAULT_TIMEOUT if timeout is None else int(timeout),
-            "allow_internet_access": True if allow_internet_access is None else allow_internet_access,
-        }
-        if metadata:
-            body["metadata"] = dict(metadata)
-        if envs:
-            body["envVars"] = dict(envs)
-        if secure is not None:
-            body["secure"] = secure
-        transport = AsyncTransport(_config.resolve(url, api_key, request_timeout))
-        try:
-            response = await transport.api("POST", "/v2/sandboxes", json_body=body,
-                                           not_found=errors.TemplateError)
-        except BaseException:
-            await transport.aclose()
-            raise
-        return cls._from_wire(response.json(), transport)
+        """Create a sandbox from ``template`` (default ``base``), alive for ``timeout`` s (300).
+
+        ``cpu`` (cores), ``memory_mb`` and ``disk_mb`` ask for resources (the server's
+        defaults otherwise); ``network`` is ``"internet"`` (default) or ``"none"``, the same
+        switch as E2B's ``allow_internet_access``.
+        """
+        sandbox = cls(template, timeout, metadata, envs, secure, allow_internet_access,
+                      cpu=cpu, memory_mb=memory_mb, disk_mb=disk_mb, network=network,
+                      api_key=api_key, url=url, domain=domain, request_timeout=request_timeout)
+        return await sandbox._ready()
 
     @classmethod
     def _from_wire(cls, data: Dict[str, Any], transport: AsyncTransport) -> "AsyncSandbox":
-        return cls(data["sandboxID"], data.get("envdVersion", ""), transport,
-                   data.get("envdAccessToken"))
+        sandbox = cls.__new__(cls)
+        sandbox._body = None
+        sandbox._attach(data, transport)
+        return sandbox
 
     @hybridmethod
     async def connect(self_or_cls: Any, sandbox_id: Optional[str] = None,
@@ -130,7 +225,7 @@ class AsyncSandbox:
                 await transport.aclose()
                 raise
             return self_or_cls._from_wire(response.json(), transport)
-        await self_or_cls._transport.api(
+        await self_or_cls._live_transport().api(
             "POST", f"/v2/sandboxes/{self_or_cls.sandbox_id}/connect", json_body=body,
             request_timeout=request_timeout,
         )
@@ -182,8 +277,14 @@ class AsyncSandbox:
                               request_timeout=request_timeout)
         return [SandboxMetrics.from_wire(m) for m in response.json() or []]
 
+    def _live_transport(self) -> AsyncTransport:
+        self._created()
+        assert self._transport is not None
+        return self._transport
+
     async def is_running(self, request_timeout: Optional[float] = None) -> bool:
         """Whether the sandbox's agent answers (False once killed or expired)."""
+        self._created()
         healthy = await self._agent.health(request_timeout)
         if healthy is None:
             raise errors.UnavailableError(f"cannot tell whether {self._sandbox_id} runs")
@@ -204,7 +305,7 @@ async def _api(self_or_cls: Any, sandbox_id: Optional[str], method: str, path: s
                **kwargs: Any) -> Any:
     """A control-plane call about one sandbox, through the instance's client or a short one."""
     if not isinstance(self_or_cls, type):
-        return await self_or_cls._transport.api(
+        return await self_or_cls._live_transport().api(
             method, path.format(id=self_or_cls.sandbox_id), request_timeout=request_timeout,
             **kwargs)
     if not sandbox_id:

@@ -102,3 +102,12 @@ def deadline(seconds: Optional[float], abort: Callable[[], None],
 
 def sleep(seconds: float) -> None:
     time.sleep(seconds)
+
+
+class Deferred:
+    """Nothing to await on this side: the constructor already finished (see ``construct``)."""
+
+
+def construct(ready: Callable[[], Any]) -> None:
+    """Finish the object inside its constructor, as a blocking call can."""
+    ready()

@@ -149,15 +149,21 @@ class CommandHandle:
                 backlog.append(None)
             else:
                 self._listeners.append(listener)
-        for item in backlog:
-            if item is None:
-                return
-            yield item
-        while True:
-            item = listener.get()
-            if item is None:
-                return
-            yield item
+        try:
+            for item in backlog:
+                if item is None:
+                    return
+                yield item
+            while True:
+                item = listener.get()
+                if item is None:
+                    return
+                yield item
+        finally:
+            # An iteration left early stops collecting output it would never read.
+            with self._lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
 
     def _flush(self) -> None:
         """Emit a UTF-8 sequence cut off at the end as replacement characters, not silence."""
@@ -182,17 +188,26 @@ class CommandHandle:
         that arrived before (PTY output excepted), so nothing is missed, as in e2b.
         """
         self._attach(on_pty, on_stdout, on_stderr)
-        self._worker.join()
-        if self._error is not None:
-            raise self._error
-        if self._result is None:
-            raise errors.SandboxError(f"the command (pid {self._pid}) ended without an end event")
+        self._finish()
         if self._result.exit_code != 0:
             # CommandExitError quotes the stderr tail, so unretained output reads as empty.
             raise errors.CommandExitError(
                 self._result if self._result.stderr is not None
                 else dataclasses.replace(self._result, stderr=""))
         return self._result
+
+    def _finish(self) -> CommandResult:
+        """Wait for the end; the result whatever the exit code (``wait()`` raises on non-zero)."""
+        self._worker.join()
+        if self._error is not None:
+            raise self._error
+        if self._result is None:
+            raise errors.SandboxError(f"the command (pid {self._pid}) ended without an end event")
+        return self._result
+
+    def _closed(self) -> None:
+        """Wait until the output stream ended, however it ended."""
+        self._worker.join()
 
     def _attach(self, on_pty: Optional[OutputHandler], on_stdout: Optional[OutputHandler],
                 on_stderr: Optional[OutputHandler]) -> None:
@@ -303,6 +318,16 @@ class Commands:
         )
         return self._handle(stream, on_stdout=on_stdout, on_stderr=on_stderr,
                             retain_output=retain_output)
+
+    def _exec(self, argv: List[str], *, envs: Optional[Dict[str, str]],
+              cwd: Optional[str], user: Optional[str], timeout: Optional[float],
+              request_timeout: Optional[float]) -> CommandHandle:
+        """Start ``argv`` without a shell, stdin open (``sbx.exec`` wraps the handle)."""
+        request = {
+            "process": _wire.process_config(argv[0], argv[1:], envs, cwd),
+            "stdin": True,
+        }
+        return self._start(request, user, timeout, request_timeout)
 
     def _start(self, request: dict, user: Optional[str], timeout: Optional[float],
                request_timeout: Optional[float], **callbacks: Any) -> CommandHandle:

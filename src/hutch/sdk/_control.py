@@ -1,0 +1,102 @@
+"""The control-plane request shapes and the names a sandbox's ports are reached by. No I/O.
+
+Creation follows E2B's body (``templateID``, ``timeout``, ``metadata``, ``envVars``,
+``allow_internet_access``, ``secure``) plus hutch's resource fields (``cpuCount``,
+``memoryMB``, ``diskSizeMB``); a field left unset is not sent, so the server's defaults apply.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Union
+from urllib.parse import urlsplit
+
+from hutch import errors
+
+DEFAULT_TEMPLATE = "base"
+DEFAULT_TIMEOUT = 300
+NETWORKS = ("internet", "none")
+# What the server's data plane reads to route a request sent to its own URL (proxy.py).
+SANDBOX_ID_HEADER = "E2b-Sandbox-Id"
+SANDBOX_PORT_HEADER = "E2b-Sandbox-Port"
+
+
+def _positive(value: Any, name: str, kind: type = int) -> Union[int, float]:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise errors.InvalidArgumentError(f"{name} must be a positive number, got {value!r}")
+    if kind is int:
+        if int(value) != value:
+            raise errors.InvalidArgumentError(f"{name} must be a whole number, got {value!r}")
+        return int(value)
+    return int(value) if int(value) == value else float(value)
+
+
+def internet(network: Optional[str], allow_internet_access: Optional[bool]) -> bool:
+    """Whether the sandbox may reach the internet: ``network`` and E2B's flag, reconciled."""
+    if network is None:
+        return True if allow_internet_access is None else bool(allow_internet_access)
+    if network not in NETWORKS:
+        raise errors.InvalidArgumentError(
+            f"network must be one of {', '.join(NETWORKS)}, got {network!r}")
+    wanted = network == "internet"
+    if allow_internet_access is not None and bool(allow_internet_access) != wanted:
+        raise errors.InvalidArgumentError(
+            f"network={network!r} contradicts allow_internet_access={allow_internet_access!r}")
+    return wanted
+
+
+def create_body(template: Optional[str] = None, timeout: Optional[int] = None,
+                metadata: Optional[Dict[str, str]] = None,
+                envs: Optional[Dict[str, str]] = None, secure: Optional[bool] = None,
+                allow_internet_access: Optional[bool] = None, *,
+                cpu: Optional[float] = None, memory_mb: Optional[int] = None,
+                disk_mb: Optional[int] = None, network: Optional[str] = None) -> Dict[str, Any]:
+    """The JSON body of ``POST /v2/sandboxes``; bad arguments fail here, before any request."""
+    body: Dict[str, Any] = {
+        "templateID": template or DEFAULT_TEMPLATE,
+        "timeout": DEFAULT_TIMEOUT if timeout is None else int(timeout),
+        "allow_internet_access": internet(network, allow_internet_access),
+    }
+    if metadata:
+        body["metadata"] = dict(metadata)
+    if envs:
+        body["envVars"] = dict(envs)
+    if secure is not None:
+        body["secure"] = bool(secure)
+    if cpu is not None:
+        body["cpuCount"] = _positive(cpu, "cpu", float)
+    if memory_mb is not None:
+        body["memoryMB"] = _positive(memory_mb, "memory_mb")
+    if disk_mb is not None:
+        body["diskSizeMB"] = _positive(disk_mb, "disk_mb")
+    return body
+
+
+def _check_port(port: int) -> int:
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise errors.InvalidArgumentError(f"port must be 1..65535, got {port!r}")
+    return port
+
+
+def host(port: int, sandbox_id: str, domain: Optional[str]) -> str:
+    """``<port>-<sandbox id>.<domain>``: the name the server routes to that port (E2B's shape)."""
+    _check_port(port)
+    if not domain:
+        raise errors.InvalidArgumentError(
+            "no domain for host routing: the server answers <port>-<id>.<domain> only when it "
+            "runs with HUTCH_DOMAIN (pass domain= or set HUTCH_DOMAIN here too); without "
+            "wildcard DNS send requests to the server's URL with get_headers(port)")
+    return f"{port}-{sandbox_id}.{domain}"
+
+
+def url(server_url: str, port: int, sandbox_id: str, domain: Optional[str], path: str = "/") -> str:
+    """A URL through host routing: the server URL's scheme and port, the sandbox's host name."""
+    parts = urlsplit(server_url)
+    netloc = host(port, sandbox_id, domain)
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return f"{parts.scheme or 'http'}://{netloc}/{path.lstrip('/')}"
+
+
+def routing_headers(port: int, sandbox_id: str) -> Dict[str, str]:
+    """Headers that send a request made to the server's own URL on to ``port`` in the sandbox."""
+    return {SANDBOX_ID_HEADER: sandbox_id, SANDBOX_PORT_HEADER: str(_check_port(port))}
