@@ -39,20 +39,33 @@ class Subscriber:
         self.proc = proc
         self.items: Deque[Tuple[Union[bytes, Dict[str, Any]], int]] = deque()
         self.pending = 0
-        self._ready = asyncio.Event()
+        self._waiter: Optional[asyncio.Future] = None
 
     def push(self, message: Union[bytes, Dict[str, Any]], size: int = 0) -> None:
         self.items.append((message, size))
         self.pending += size
-        self._ready.set()
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     async def get(self, timeout: Optional[float]) -> Union[bytes, Dict[str, Any], None]:
-        """The next message, or None if ``timeout`` seconds pass without one."""
+        """The next message, or None if ``timeout`` seconds pass without one.
+
+        A bare future plus a timer rather than ``wait_for``: this runs once per output chunk
+        and ``wait_for`` would create a task each time.
+        """
         if not self.items:
-            self._ready.clear()
+            loop = asyncio.get_running_loop()
+            self._waiter = waiter = loop.create_future()
+            timer = None
+            if timeout is not None:
+                timer = loop.call_later(timeout, lambda: waiter.done() or waiter.set_result(None))
             try:
-                await asyncio.wait_for(self._ready.wait(), timeout)
-            except asyncio.TimeoutError:
+                await waiter
+            finally:
+                self._waiter = None
+                if timer is not None:
+                    timer.cancel()
+            if not self.items:
                 return None
         message, size = self.items.popleft()
         if size:
