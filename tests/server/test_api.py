@@ -398,3 +398,16 @@ def test_idempotency_key_makes_create_safe_to_retry(api, sandboxes):
     assert api.delete(f"/sandboxes/{sid}").status_code == 204
     r = one(0)
     assert r.status_code == 409 and sid in r.json()["message"]
+
+
+def test_resources_can_be_chosen_within_limits(server, api, sandboxes):
+    sbx = _create(api, sandboxes, cpuCount=1, memoryMB=384, diskSizeMB=1536)
+    d = api.get(f"/sandboxes/{sbx['sandboxID']}").json()
+    assert (d["cpuCount"], d["memoryMB"], d["diskSizeMB"]) == (1, 384, 1536)
+    m = api.get(f"/sandboxes/{sbx['sandboxID']}/metrics").json()[0]
+    assert m["memTotal"] == 384 << 20
+    assert 1000 << 20 < m["diskTotal"] <= 1536 << 20       # the filesystem's own overhead
+    for bad in ({"memoryMB": 10 ** 7}, {"cpuCount": 0}, {"diskSizeMB": 1.5},
+                {"cpuCount": 10 ** 4}, {"memoryMB": "1G"}):
+        r = api.post("/v2/sandboxes", json={"templateID": "base", **bad})
+        assert r.status_code == 400 and r.json()["code"] == 400, (bad, r.text)

@@ -133,6 +133,12 @@ SETTINGS: tuple[Setting, ...] = (
             "Hard quota of a sandbox's writable layer in MiB."),
     Setting("default_pids", "HUTCH_DEFAULT_PIDS", "1024", _positive_int,
             "Most processes/threads a sandbox may hold."),
+    Setting("max_cpu", "HUTCH_MAX_CPU", "", _positive_float,
+            "Most CPU cores a create may ask for (default: the host's CPU count)."),
+    Setting("max_memory_mb", "HUTCH_MAX_MEMORY_MB", "8192", _positive_int,
+            "Most memory (MiB) a create may ask for."),
+    Setting("max_disk_mb", "HUTCH_MAX_DISK_MB", "20480", _positive_int,
+            "Largest writable-layer quota (MiB) a create may ask for."),
     Setting("default_network", "HUTCH_DEFAULT_NETWORK", "internet", _network_mode,
             "Network mode when a create request does not say: 'internet' (egress with the "
             "always-deny list) or 'none'."),
@@ -169,6 +175,9 @@ class Config:
     default_memory_mb: int
     default_disk_mb: int
     default_pids: int
+    max_cpu: float
+    max_memory_mb: int
+    max_disk_mb: int
     default_network: str
     max_sandboxes: int
     pool_size: int
@@ -219,6 +228,14 @@ def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
     if values["templates_dir"] is None:
         values["templates_dir"] = Path(values["data_dir"]) / "templates"
     values["domain"] = values["domain"] or ""
+    if values["max_cpu"] is None:
+        values["max_cpu"] = float(os.cpu_count() or 1)
+    for default, limit, env in (("default_cpu", "max_cpu", "HUTCH_MAX_CPU"),
+                                ("default_memory_mb", "max_memory_mb", "HUTCH_MAX_MEMORY_MB"),
+                                ("default_disk_mb", "max_disk_mb", "HUTCH_MAX_DISK_MB")):
+        if values[default] > values[limit]:
+            raise ConfigError(f"the default {default} ({values[default]}) exceeds "
+                              f"{env}={values[limit]}")
     if values["default_timeout"] > values["max_timeout"]:
         raise ConfigError(
             f"HUTCH_DEFAULT_TIMEOUT={values['default_timeout']} exceeds "

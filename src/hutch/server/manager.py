@@ -180,8 +180,18 @@ class SandboxManager:
         env_vars: dict[str, str] | None = None,
         network: str | None = None,
         secure: bool = True,
+        cpu: float | None = None,
+        memory_mb: int | None = None,
+        disk_mb: int | None = None,
     ) -> tuple[SandboxRecord, dict[str, float]]:
         cfg = self.config
+        cpu = self._check_size("cpuCount", cpu, cfg.default_cpu, cfg.max_cpu, float)
+        memory_mb = self._check_size("memoryMB", memory_mb, cfg.default_memory_mb,
+                                     cfg.max_memory_mb, int)
+        disk_mb = self._check_size("diskSizeMB", disk_mb, cfg.default_disk_mb,
+                                   cfg.max_disk_mb, int)
+        defaults = (cpu, memory_mb, disk_mb) == \
+            (cfg.default_cpu, cfg.default_memory_mb, cfg.default_disk_mb)
         t0 = time.perf_counter()
         timing: dict[str, float] = {}
         timeout = self._check_timeout(cfg.default_timeout if timeout is None else timeout)
@@ -194,7 +204,7 @@ class SandboxManager:
         timing["template"] = time.perf_counter() - t0
 
         net = network or cfg.default_network
-        if self.pool is not None and self.pool.serves(name, net, secure):
+        if self.pool is not None and defaults and self.pool.serves(name, net, secure):
             live = self.pool.take()
             if live is not None:
                 claimed = await self.pool.claim(live, template, timeout, metadata, env_vars,
@@ -209,8 +219,7 @@ class SandboxManager:
             id=new_sandbox_id(), template=name,
             alias=template if template != name else None, digest=getattr(tmpl, "digest", None),
             state="creating", created_at=now, end_at=now + timeout,
-            cpu=cfg.default_cpu, memory_mb=cfg.default_memory_mb, disk_mb=cfg.default_disk_mb,
-            pids=cfg.default_pids, network=net,
+            cpu=cpu, memory_mb=memory_mb, disk_mb=disk_mb, pids=cfg.default_pids, network=net,
             metadata=dict(metadata or {}), env_vars=dict(env_vars or {}),
             access_token=new_token() if secure else None, idempotency_key=idempotency_key,
         )
@@ -268,6 +277,18 @@ class SandboxManager:
     def deadline_changed(self) -> None:
         """Wake the expiry timer: a deadline moved (or a sandbox started running)."""
         self._wake.set()
+
+    @staticmethod
+    def _check_size(name: str, value: Any, default, limit, kind):
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 \
+                or (kind is int and value != int(value)):
+            raise InvalidArgumentError(f"{name} must be a positive "
+                                       f"{'integer' if kind is int else 'number'}, got {value!r}")
+        if value > limit:
+            raise InvalidArgumentError(f"{name} {value} exceeds this server's maximum of {limit}")
+        return kind(value)
 
     def _check_timeout(self, seconds: Any) -> int:
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:

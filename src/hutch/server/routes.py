@@ -125,6 +125,8 @@ class ControlPlane:
             env_vars=_str_map(body.get("envVars"), "envVars"),
             network=None if allow is None else ("internet" if allow else "none"),
             secure=secure,
+            cpu=body.get("cpuCount"), memory_mb=body.get("memoryMB"),
+            disk_mb=body.get("diskSizeMB"),
         )
         server_timing = ", ".join(f"{k};dur={v * 1e3:.2f}" for k, v in timing.items())
         return JSONResponse(self.sandbox(rec), status_code=201,
