@@ -89,6 +89,10 @@ async def test_cwd_envs_user(sbx):
     assert await proc.stdout.read() == "hi there|/tmp|root\n"
     default = await sbx.exec("sh", "-c", 'echo "$(pwd)|$(whoami)"')
     assert await default.stdout.read() == "/home/user|user\n"
+    modal_names = await sbx.exec("sh", "-c", 'echo "$V|$(pwd)"', workdir="/etc", env={"V": "1"})
+    assert await modal_names.stdout.read() == "1|/etc\n"
+    with pytest.raises(errors.InvalidArgumentError):
+        await sbx.exec("true", cwd="/tmp", workdir="/etc")
 
 
 async def test_timeout_kills_the_process(sbx):

@@ -90,6 +90,10 @@ def test_cwd_envs_user(sbx):
     assert proc.stdout.read() == "hi there|/tmp|root\n"
     default = sbx.exec("sh", "-c", 'echo "$(pwd)|$(whoami)"')
     assert default.stdout.read() == "/home/user|user\n"
+    modal_names = sbx.exec("sh", "-c", 'echo "$V|$(pwd)"', workdir="/etc", env={"V": "1"})
+    assert modal_names.stdout.read() == "1|/etc\n"
+    with pytest.raises(errors.InvalidArgumentError):
+        sbx.exec("true", cwd="/tmp", workdir="/etc")
 
 
 def test_timeout_kills_the_process(sbx):

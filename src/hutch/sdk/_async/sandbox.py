@@ -146,13 +146,18 @@ class AsyncSandbox(_backend.Deferred):
     async def exec(self, *argv: str, cwd: Optional[str] = None,
                    envs: Optional[Dict[str, str]] = None, user: Optional[str] = None,
                    timeout: Optional[float] = None,
-                   request_timeout: Optional[float] = None) -> AsyncProcess:
+                   request_timeout: Optional[float] = None,
+                   workdir: Optional[str] = None,
+                   env: Optional[Dict[str, str]] = None) -> AsyncProcess:
         """Start ``argv`` (no shell) and return the running process, as Modal's ``exec``.
 
         ``timeout`` (seconds; None: none) bounds the process: the agent kills it then.
         ``user`` defaults to the template's user; ``cwd`` to that user's home.
+        ``workdir`` and ``env`` are Modal's names for ``cwd`` and ``envs``.
         """
         check_argv(argv)
+        cwd = _either(cwd, workdir, "cwd", "workdir")
+        envs = _either(envs, env, "envs", "env")
         handle = await self.commands._exec(list(argv), envs=envs, cwd=cwd, user=user,
                                            timeout=timeout, request_timeout=request_timeout)
         return AsyncProcess(handle)
@@ -298,6 +303,12 @@ class AsyncSandbox(_backend.Deferred):
         """A paginator over your sandboxes: ``while p.has_next: await p.next_items()``."""
         config = _config.resolve(url=url, api_key=api_key, request_timeout=request_timeout)
         return AsyncSandboxPaginator(config, query, limit, next_token)
+
+
+def _either(value: Any, alias: Any, name: str, alias_name: str) -> Any:
+    if value is not None and alias is not None:
+        raise errors.InvalidArgumentError(f"give {name} or {alias_name}, not both")
+    return alias if value is None else value
 
 
 async def _api(self_or_cls: Any, sandbox_id: Optional[str], method: str, path: str, *,
