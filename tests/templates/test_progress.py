@@ -90,7 +90,8 @@ def test_non_tty_prints_one_line_per_phase():
     assert lines[0] == "hutch: building template base"
     assert lines[1] == "hutch: template base:   2% updating package lists"
     assert lines[-2] == "hutch: template base:  93% cleaning up"
-    assert lines[-1].startswith("hutch: template base built in ") and lines[-1].endswith("(252 MiB)")
+    assert lines[-1].startswith("hutch: template base built in ")
+    assert lines[-1].endswith("(252 MiB)")
     assert len(lines) == 2 + 8
     assert "\r" not in out.getvalue()
 
@@ -100,7 +101,8 @@ def test_failure_is_reported():
     progress = TerminalProgress(out)
     progress.start("base")
     progress.finish(False, "mmdebstrap exited with status 1")
-    assert out.getvalue().splitlines()[-1].endswith("FAILED in 0.0 s: mmdebstrap exited with status 1")
+    last = out.getvalue().splitlines()[-1]
+    assert last.endswith("FAILED in 0.0 s: mmdebstrap exited with status 1")
 
 
 def test_tty_draws_a_bar_in_place():

@@ -94,7 +94,8 @@ async def run(argv: list[str], log_path: Path, report: Reporter,
     parser = parser or mmdebstrap.OutputParser()
     tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
     # C locale: the parser reads apt's and dpkg's English messages.
-    env = {**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8", "DEBIAN_FRONTEND": "noninteractive"}
+    env = {**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8",
+           "DEBIAN_FRONTEND": "noninteractive"}
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
