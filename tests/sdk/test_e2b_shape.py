@@ -67,3 +67,10 @@ def test_public_names():
                  "AsyncCommandHandle", "EntryInfo", "SandboxInfo"):
         assert getattr(hutch, name) is getattr(sdk, name)
     assert sorted(sdk.__all__) == sdk.__all__
+
+
+def test_constructor_and_ports_keep_e2b_shapes():
+    for ours, theirs in ((hutch.Sandbox, e2b.Sandbox), (hutch.AsyncSandbox, e2b.AsyncSandbox)):
+        assert _params(ours.get_host) == _params(theirs.get_host) == ["port"]
+        # The constructor takes create()'s arguments, in create()'s order.
+        assert _params(ours.__init__) == _params(ours.create.__func__)[1:]
