@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from hutch.errors import TemplateError
 from hutch.templates import BASE, Catalog, Recipe, TemplateStore, TerminalProgress
 from hutch.templates.layer import script
 
@@ -20,7 +21,10 @@ from .conftest import BUILD_TIMEOUT, SHARED_ROOT, UID_BASE, in_template
 LAYER = Recipe(
     name="hutch-test-layer", parent="base", aliases=("hutch-test-layer-v1",),
     packages=("jq",), env=BASE.env,
-    run=("echo layered > /etc/hutch-layer-test", "rm /etc/hostname"),
+    run=("echo layered > /etc/hutch-layer-test", "rm /etc/hostname",
+         # What pip and friends need while building: /proc, /dev/null, /dev/shm semaphores.
+         "python3 -c 'import multiprocessing as m; m.Lock(); open(\"/proc/self/status\")'"
+         " > /dev/null"),
 )
 
 
@@ -74,4 +78,17 @@ async def test_a_layer_over_base(base):
     finally:
         await store.remove(LAYER.name)
     assert not (SHARED_ROOT / LAYER.name).exists()
+    assert store.get("base") == base
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(BUILD_TIMEOUT)
+async def test_a_layer_may_not_replace_mount_points(base):
+    evil = Recipe(name="hutch-test-evil-layer", parent="base", packages=(),
+                  run=("rm -rf /tmp && ln -s / /tmp",))
+    store = TemplateStore(SHARED_ROOT, uid_base=UID_BASE, catalog=Catalog([BASE, evil]))
+    with pytest.raises(TemplateError, match="/tmp is not a directory"):
+        await store.ensure(evil.name)
+    assert not (SHARED_ROOT / evil.name).exists()
+    assert not list((SHARED_ROOT / ".tmp").glob(f"{evil.name}@*"))
     assert store.get("base") == base

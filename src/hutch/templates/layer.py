@@ -21,7 +21,7 @@ from pathlib import Path
 from hutch.errors import TemplateError
 
 from . import mmdebstrap
-from .builder import BuildResult, Reporter, installed_packages, run
+from .builder import MOUNT_POINTS, BuildResult, Reporter, installed_packages, run
 from .progress import Progress
 from .recipe import Recipe
 
@@ -50,7 +50,9 @@ def script(recipe: Recipe) -> str:
         'echo "I: cleaning package lists and apt cache..."',
         "apt-get clean",
         "rm -f /var/lib/apt/lists/*_* /var/cache/apt/*.bin",
-        "rm -rf /tmp/* /var/tmp/* /root/.cache",
+        # find does not follow a start point that is a symlink, unlike a shell glob.
+        "find /tmp /var/tmp -mindepth 1 -maxdepth 1 -exec rm -rf {} +",
+        "rm -rf /root/.cache",
     ]
     return "\n".join(lines) + "\n"
 
@@ -86,6 +88,10 @@ async def build(recipe: Recipe, lower: tuple[Path, ...], workdir: Path, *, uid_b
     report("recording metadata", 0.99)
     for d in (work, merged):
         _remove_dir(d)
+    for name in MOUNT_POINTS:      # a layer may not turn them into anything but directories
+        path = upper / name
+        if os.path.lexists(path) and not stat.S_ISDIR(os.lstat(path).st_mode):
+            raise TemplateError(f"template {recipe.name}: /{name} is not a directory")
     entries = size = 0
     for dirpath, dirnames, filenames in os.walk(upper):
         for name in dirnames + filenames:

@@ -5,8 +5,9 @@ usage: python -m hutch.templates.layer_exec SPEC.json
 Runs as host root, in its own process so that everything it sets up dies with it:
 
 1. a private mount namespace holding an overlay of the parent layers (read-only lower dirs)
-   with the new layer as the upper dir, plus /proc, the host's /dev and its resolv.conf (the
-   build downloads packages; the template's own resolv.conf stays empty);
+   with the new layer as the upper dir, plus /proc (showing only the build's processes), a
+   /dev of a few harmless devices, and the host's resolv.conf (the build downloads packages;
+   the template's own resolv.conf stays empty). None of these mounts touches the layer;
 2. a child in a new user namespace mapping 0..65535 to ``uid_base``.. (the map is written by
    this process, which is root outside), chrooted into the overlay, running the script.
 
@@ -23,10 +24,14 @@ import sys
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
 MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 ID_RANGE = 65536
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -51,8 +56,18 @@ def main() -> int:
     lower = ":".join(spec["lower"])
     _mount("overlay", merged, "overlay", 0,
            f"lowerdir={lower},upperdir={spec['upper']},workdir={spec['work']}")
-    _mount("proc", f"{merged}/proc", "proc", 0, None)
-    _mount("/dev", f"{merged}/dev", None, MS_BIND | MS_REC, None)
+    # The host's procfs, but showing only the build's own processes.
+    _mount("proc", f"{merged}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+           "hidepid=invisible")
+    # A minimal /dev: a tmpfs holding binds of the harmless character devices only.
+    _mount("tmpfs", f"{merged}/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=64k")
+    for name in DEVICES:
+        open(f"{merged}/dev/{name}", "w").close()
+        _mount(f"/dev/{name}", f"{merged}/dev/{name}", None, MS_BIND, None)
+    os.symlink("/proc/self/fd", f"{merged}/dev/fd")
+    os.mkdir(f"{merged}/dev/shm")   # POSIX semaphores (Python's multiprocessing) live here
+    _mount("tmpfs", f"{merged}/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+           "mode=1777,size=64m")
     _mount(spec["resolv_conf"], f"{merged}/etc/resolv.conf", None, MS_BIND, None)
 
     go_r, go_w = os.pipe()

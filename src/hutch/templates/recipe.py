@@ -19,8 +19,11 @@ BUILDER_VERSION = 1
 
 @dataclass(frozen=True)
 class Recipe:
-    """A root filesystem: either a Debian bootstrap (``parent`` is None) or, later, a layer on
-    top of another template (``parent`` names it; its layers sit below this one)."""
+    """A root filesystem: either a Debian bootstrap (``parent`` is None) or a layer on top of
+    another template (``parent`` names it; its layers sit below this one). A layer installs
+    ``packages`` with apt and runs ``run`` over its parent; ``suite``, ``variant`` and the dpkg
+    path rules are the parent's (they live in its dpkg config), and its ``env``, ``user`` and
+    ``workdir`` are its own, so a layer repeats what it keeps from the parent."""
 
     name: str
     packages: tuple[str, ...]
