@@ -165,10 +165,11 @@ def _listed(hutch, tag: str) -> list:
 def test_create_shortcut_with_resources_and_network(hutch):
     tag = uuid.uuid4().hex
     created = hutch("create", "--timeout", "120", "--network", "none", "-m", f"tag={tag}",
-                    "-e", "K=v", "--json")
+                    "-e", "K=v", "--cpu", "1", "--memory", "320", "--disk", "1200", "--json")
     info = json.loads(created.stdout)
     try:
         assert info["allowInternetAccess"] is False
+        assert (info["cpuCount"], info["memoryMB"], info["diskSizeMB"]) == (1, 320, 1200)
         assert info["metadata"] == {"tag": tag}
         assert [s["sandboxID"] for s in _listed(hutch, tag)] == [info["sandboxID"]]
         assert hutch("exec", info["sandboxID"], "--", "echo $K").stdout == b"v\n"

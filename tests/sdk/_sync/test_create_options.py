@@ -30,9 +30,6 @@ def test_constructor_as_context_manager_kills_at_exit(opts):
     assert Sandbox.kill(sandbox_id, **opts) is False  # already gone
 
 
-# The SDK sends cpuCount/memoryMB/diskSizeMB; the server applies them once its create
-# endpoint reads them (until then it answers with its defaults).
-@pytest.mark.xfail(reason="the server does not read cpuCount/memoryMB/diskSizeMB yet")
 def test_resources_and_network_reach_the_server(opts):
     sbx = Sandbox.create(timeout=120, cpu=1, memory_mb=384, disk_mb=1536,
                          network="internet", **opts)
@@ -40,9 +37,19 @@ def test_resources_and_network_reach_the_server(opts):
         info = sbx.get_info()
         assert (info.cpu_count, info.memory_mb, info.disk_size_mb) == (1, 384, 1536)
         assert info.allow_internet_access is True
+        # The memory limit is the sandbox's own: its cgroup says so from inside.
+        limit = sbx.commands.run(
+            "cat /sys/fs/cgroup/memory.max 2>/dev/null || "
+            "cat /sys/fs/cgroup/memory/memory.limit_in_bytes")
+        assert int(limit.stdout) == 384 * 1024 * 1024
     finally:
         sbx.kill()
         sbx.close()
+
+
+def test_resources_beyond_the_server_limit_are_refused(opts):
+    with pytest.raises(errors.InvalidArgumentError, match="cpuCount"):
+        Sandbox.create(timeout=60, cpu=100000, **opts)
 
 
 def test_bad_options_fail_before_any_request(opts):
