@@ -71,7 +71,8 @@ def stream_command(sbx: Sandbox, argv: Tuple[str, ...], *, envs: Optional[dict],
     try:
         handle = sbx.commands.run(command_line(argv), envs=envs, user=user, cwd=cwd,
                                   timeout=timeout, background=True, stdin=forward,
-                                  on_stdout=_write(sys.stdout), on_stderr=_write(sys.stderr))
+                                  on_stdout=_write(sys.stdout), on_stderr=_write(sys.stderr),
+                                  retain_output=False)  # it is on our output already
         if forward:
             _pump(sys.stdin.fileno(), lambda data: handle.send_stdin(data), handle,
                   at_eof=handle.close_stdin)
