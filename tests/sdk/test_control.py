@@ -58,3 +58,11 @@ def test_domain_setting():
     assert _config.resolve(env={}, euid=1000).domain is None
     assert _config.resolve(env={"HUTCH_DOMAIN": "hutch.test."}, euid=1000).domain == "hutch.test"
     assert _config.resolve(domain="a.b", env={"HUTCH_DOMAIN": "c.d"}, euid=1000).domain == "a.b"
+
+
+def test_idempotency_header():
+    assert _control.idempotency_header(None) == {}
+    assert _control.idempotency_header("k1") == {"Idempotency-Key": "k1"}
+    for bad in ("", "x" * 256, 5):
+        with pytest.raises(errors.InvalidArgumentError):
+            _control.idempotency_header(bad)

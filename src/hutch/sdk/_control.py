@@ -71,6 +71,15 @@ def create_body(template: Optional[str] = None, timeout: Optional[int] = None,
     return body
 
 
+def idempotency_header(key: Optional[str]) -> Dict[str, str]:
+    """E2B's ``Idempotency-Key``: the server answers a repeated create with the same sandbox."""
+    if key is None:
+        return {}
+    if not isinstance(key, str) or not 1 <= len(key) <= 255:
+        raise errors.InvalidArgumentError("idempotency_key must be a string of 1-255 characters")
+    return {"Idempotency-Key": key}
+
+
 def _check_port(port: int) -> int:
     if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
         raise errors.InvalidArgumentError(f"port must be 1..65535, got {port!r}")

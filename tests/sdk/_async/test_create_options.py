@@ -1,7 +1,9 @@
 """Ways to make a sandbox and what it is made with: the constructor (E2B's older shape),
-resources (cpu, memory, disk) and the network switch."""
+resources (cpu, memory, disk), the network switch, idempotent creation."""
 
 from __future__ import annotations
+
+import uuid
 
 import pytest
 
@@ -44,6 +46,18 @@ async def test_resources_and_network_reach_the_server(opts):
     finally:
         await sbx.kill()
         await sbx.close()
+
+
+async def test_idempotency_key_gives_the_one_sandbox(opts):
+    key = uuid.uuid4().hex
+    first = await AsyncSandbox.create(timeout=120, idempotency_key=key, **opts)
+    try:
+        again = await AsyncSandbox.create(timeout=120, idempotency_key=key, **opts)
+        assert again.sandbox_id == first.sandbox_id
+        await again.close()
+    finally:
+        await first.kill()
+        await first.close()
 
 
 async def test_resources_beyond_the_server_limit_are_refused(opts):

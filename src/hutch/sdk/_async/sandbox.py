@@ -44,6 +44,7 @@ class AsyncSandbox(_backend.Deferred):
                  allow_internet_access: Optional[bool] = None, *,
                  cpu: Optional[float] = None, memory_mb: Optional[int] = None,
                  disk_mb: Optional[int] = None, network: Optional[str] = None,
+                 idempotency_key: Optional[str] = None,
                  api_key: Optional[str] = None, url: Optional[str] = None,
                  domain: Optional[str] = None,
                  request_timeout: Optional[float] = None) -> None:
@@ -52,6 +53,7 @@ class AsyncSandbox(_backend.Deferred):
             template, timeout, metadata, envs, secure, allow_internet_access,
             cpu=cpu, memory_mb=memory_mb, disk_mb=disk_mb, network=network)
         self._config = _config.resolve(url, api_key, request_timeout, domain=domain)
+        self._idempotency_key = idempotency_key
         self._sandbox_id: Optional[str] = None
         self._transport: Optional[AsyncTransport] = None
         _backend.construct(self._ready)
@@ -62,8 +64,9 @@ class AsyncSandbox(_backend.Deferred):
             body, self._body = self._body, None
             transport = AsyncTransport(self._config)
             try:
-                response = await transport.api("POST", "/v2/sandboxes", json_body=body,
-                                               not_found=errors.TemplateError)
+                response = await transport.api(
+                    "POST", "/v2/sandboxes", json_body=body, not_found=errors.TemplateError,
+                    headers=_control.idempotency_header(self._idempotency_key))
             except BaseException:
                 await transport.aclose()
                 self._body = body  # awaiting again tries again
@@ -191,6 +194,7 @@ class AsyncSandbox(_backend.Deferred):
                      allow_internet_access: Optional[bool] = None, *,
                      cpu: Optional[float] = None, memory_mb: Optional[int] = None,
                      disk_mb: Optional[int] = None, network: Optional[str] = None,
+                     idempotency_key: Optional[str] = None,
                      api_key: Optional[str] = None, url: Optional[str] = None,
                      domain: Optional[str] = None,
                      request_timeout: Optional[float] = None) -> "AsyncSandbox":
@@ -198,11 +202,13 @@ class AsyncSandbox(_backend.Deferred):
 
         ``cpu`` (cores), ``memory_mb`` and ``disk_mb`` ask for resources (the server's
         defaults otherwise); ``network`` is ``"internet"`` (default) or ``"none"``, the same
-        switch as E2B's ``allow_internet_access``.
+        switch as E2B's ``allow_internet_access``. Creates with the same
+        ``idempotency_key`` give the one sandbox (a retry after a lost answer makes no second).
         """
         sandbox = cls(template, timeout, metadata, envs, secure, allow_internet_access,
                       cpu=cpu, memory_mb=memory_mb, disk_mb=disk_mb, network=network,
-                      api_key=api_key, url=url, domain=domain, request_timeout=request_timeout)
+                      idempotency_key=idempotency_key, api_key=api_key, url=url,
+                      domain=domain, request_timeout=request_timeout)
         return await sandbox._ready()
 
     @classmethod

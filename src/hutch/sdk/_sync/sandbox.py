@@ -45,6 +45,7 @@ class Sandbox(_backend.Deferred):
                  allow_internet_access: Optional[bool] = None, *,
                  cpu: Optional[float] = None, memory_mb: Optional[int] = None,
                  disk_mb: Optional[int] = None, network: Optional[str] = None,
+                 idempotency_key: Optional[str] = None,
                  api_key: Optional[str] = None, url: Optional[str] = None,
                  domain: Optional[str] = None,
                  request_timeout: Optional[float] = None) -> None:
@@ -53,6 +54,7 @@ class Sandbox(_backend.Deferred):
             template, timeout, metadata, envs, secure, allow_internet_access,
             cpu=cpu, memory_mb=memory_mb, disk_mb=disk_mb, network=network)
         self._config = _config.resolve(url, api_key, request_timeout, domain=domain)
+        self._idempotency_key = idempotency_key
         self._sandbox_id: Optional[str] = None
         self._transport: Optional[Transport] = None
         _backend.construct(self._ready)
@@ -63,8 +65,9 @@ class Sandbox(_backend.Deferred):
             body, self._body = self._body, None
             transport = Transport(self._config)
             try:
-                response = transport.api("POST", "/v2/sandboxes", json_body=body,
-                                         not_found=errors.TemplateError)
+                response = transport.api(
+                    "POST", "/v2/sandboxes", json_body=body, not_found=errors.TemplateError,
+                    headers=_control.idempotency_header(self._idempotency_key))
             except BaseException:
                 transport.close()
                 self._body = body  # awaiting again tries again
@@ -192,6 +195,7 @@ class Sandbox(_backend.Deferred):
                allow_internet_access: Optional[bool] = None, *,
                cpu: Optional[float] = None, memory_mb: Optional[int] = None,
                disk_mb: Optional[int] = None, network: Optional[str] = None,
+               idempotency_key: Optional[str] = None,
                api_key: Optional[str] = None, url: Optional[str] = None,
                domain: Optional[str] = None,
                request_timeout: Optional[float] = None) -> "Sandbox":
@@ -199,11 +203,13 @@ class Sandbox(_backend.Deferred):
 
         ``cpu`` (cores), ``memory_mb`` and ``disk_mb`` ask for resources (the server's
         defaults otherwise); ``network`` is ``"internet"`` (default) or ``"none"``, the same
-        switch as E2B's ``allow_internet_access``.
+        switch as E2B's ``allow_internet_access``. Creates with the same
+        ``idempotency_key`` give the one sandbox (a retry after a lost answer makes no second).
         """
         sandbox = cls(template, timeout, metadata, envs, secure, allow_internet_access,
                       cpu=cpu, memory_mb=memory_mb, disk_mb=disk_mb, network=network,
-                      api_key=api_key, url=url, domain=domain, request_timeout=request_timeout)
+                      idempotency_key=idempotency_key, api_key=api_key, url=url,
+                      domain=domain, request_timeout=request_timeout)
         return sandbox._ready()
 
     @classmethod

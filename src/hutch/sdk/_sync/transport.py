@@ -78,7 +78,8 @@ class Transport:
     def api(self, method: str, path: str, *, json_body: Any = None,
             params: Optional[Dict[str, Any]] = None,
             request_timeout: Optional[float] = None,
-            not_found: Type[errors.HutchError] = errors.SandboxNotFoundError) -> httpx.Response:
+            not_found: Type[errors.HutchError] = errors.SandboxNotFoundError,
+            headers: Optional[Dict[str, str]] = None) -> httpx.Response:
         """One control-plane call; any status >= 300 raises the matching hutch error."""
         if not self.config.api_key:
             raise errors.AuthenticationError(
@@ -88,7 +89,7 @@ class Transport:
             try:
                 response = self._client.request(
                     method, path, json=json_body, params=params,
-                    headers={"X-API-KEY": self.config.api_key},
+                    headers={**(headers or {}), "X-API-KEY": self.config.api_key},
                     timeout=_timeout(self.config.timeout(request_timeout)),
                 )
             except httpx.TransportError as exc:
