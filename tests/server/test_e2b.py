@@ -99,3 +99,16 @@ async def test_async_sdk(e2b_env):
         assert await sbx.files.read("/home/user/a.bin", format="bytes") == b"\x00\xff"
     finally:
         assert await sbx.kill() is True
+
+
+def test_requests_right_behind_a_streamed_download(e2b_env):
+    """A download is streamed by the agent; the next request must not be garbled by it."""
+    sbx = Sandbox.create()
+    try:
+        blob = bytes(range(256)) * 4096
+        sbx.files.write("/home/user/blob.bin", blob)
+        for i in range(20):
+            assert sbx.files.read("/home/user/blob.bin", format="bytes") == blob
+            assert sbx.commands.run(f"echo {i}").stdout == f"{i}\n"
+    finally:
+        sbx.kill()

@@ -104,7 +104,8 @@ class _Uvicorn(uvicorn.Server):
 
 
 class Server:
-    """Everything one ``hutch serve`` runs; :meth:`run` serves until SIGINT/SIGTERM."""
+    """Everything one ``hutch serve`` runs: :meth:`start`, then :meth:`serve` until a stop
+    signal, then :meth:`close` (see :func:`run`)."""
 
     def __init__(self, config: Config, runtime: Any = None, templates: Any = None) -> None:
         self.config = config
@@ -129,6 +130,7 @@ class Server:
         self.manager = SandboxManager(cfg, self.store, self.runtime, self.templates)
         await self.manager.start()
         await self.templates.ensure("base", progress=progress)
+        self.manager.start_pool()
 
     async def close(self) -> None:
         if self.manager:

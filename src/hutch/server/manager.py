@@ -91,7 +91,10 @@ class SandboxManager:
         await self.reconcile()
         self._reaper = asyncio.create_task(
             expire(lambda: self._live, self.kill, self._wake), name="hutch-reaper")
-        if self.config.pool_size > 0:
+
+    def start_pool(self) -> None:
+        """Start filling the warm pool (if configured) in the background."""
+        if self.config.pool_size > 0 and self.pool is None:
             self.pool = WarmPool(self, POOL_TEMPLATE, self.config.pool_size)
             self.pool.start()
 

@@ -127,6 +127,10 @@ def _parse_head(head: bytes) -> tuple[int, list[tuple[bytes, bytes]]]:
 class Upstream:
     """A pool of keep-alive HTTP/1.1 connections to one endpoint inside a sandbox."""
 
+    # Whether a connection that carried a streamed (chunked) response may serve another
+    # request. See AgentLink.
+    reuse_after_stream = True
+
     def __init__(self) -> None:
         self._idle: list[_Conn] = []
         self._closed = False
@@ -235,6 +239,7 @@ class Upstream:
             if te != b"chunked":
                 raise _Answered("unsupported transfer-encoding from the agent")
             kind = "chunked"
+            reusable = self.reuse_after_stream
         elif cl is not None:
             if not cl.isdigit() or len(cl) > 15:
                 raise _Answered("bad content-length from the agent")
@@ -259,6 +264,12 @@ class PortLink(Upstream):
 
 class AgentLink(Upstream):
     """The agent's unix socket, plus the calls the manager makes on a new sandbox."""
+
+    # While it streams a response the agent watches its socket for the client leaving, and a
+    # request sent right behind the stream's last chunk races that watch (its first byte can
+    # be lost). Streams are long-lived anyway, so a fresh unix-socket connection (~0.1 ms)
+    # after each one costs next to nothing.
+    reuse_after_stream = False
 
     def __init__(self, socket: Path) -> None:
         super().__init__()
