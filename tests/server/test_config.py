@@ -60,3 +60,17 @@ def test_every_field_is_in_the_table_and_documented():
     table = markdown_table()
     for s in SETTINGS:
         assert s.doc and f"`{s.env}`" in table
+
+
+def test_overrides_are_checked_like_the_environment():
+    with pytest.raises(ConfigError, match="--port"):
+        load({}, port=70000)
+    assert load({"HUTCH_PORT": "1"}, port=None).port == 1
+    with pytest.raises(TypeError):
+        load({}, nonsense=1)
+
+
+def test_resource_defaults_must_fit_the_limits():
+    with pytest.raises(ConfigError, match="HUTCH_MAX_MEMORY_MB"):
+        load({"HUTCH_DEFAULT_MEMORY_MB": "4096", "HUTCH_MAX_MEMORY_MB": "1024"})
+    assert load({}).max_cpu >= 1

@@ -204,16 +204,20 @@ class Config:
 
 
 def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
-    """Resolve every setting once: ``overrides`` (e.g. CLI flags) > environment > default."""
+    """Resolve every setting once: ``overrides`` (e.g. CLI flags) > environment > default.
+
+    Overrides go through the same checks as the environment's text."""
     env = os.environ if environ is None else environ
+    unknown = set(overrides) - {s.field for s in SETTINGS}
+    if unknown:
+        raise TypeError(f"unknown settings {sorted(unknown)}")
     values: dict[str, Any] = {}
     for s in SETTINGS:
-        if s.field in overrides and overrides[s.field] is not None:
-            values[s.field] = overrides[s.field]
-            continue
         raw = env.get(s.env)
         source = s.env
-        if raw is None or raw == "":
+        if overrides.get(s.field) is not None:
+            raw, source = str(overrides[s.field]), f"--{s.field.replace('_', '-')}"
+        elif raw is None or raw == "":
             raw, source = s.default, f"default of {s.env}"
         if raw == "" and s.default == "":
             values[s.field] = None
