@@ -8,6 +8,7 @@ host objects down through the runtime.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import socket
@@ -117,20 +118,28 @@ def _teardown_instance() -> None:
 
 @pytest.fixture(scope="session")
 def server():
-    srv = RunningServer(port=free_port())
-    srv.start()
+    # Two runs of this suite on one host would share the instance (its data dir, bridge and
+    # firewall): the second waits for the first rather than tearing things down under it.
+    lock = os.open(f"/run/hutch-test-{INSTANCE}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                   0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)
     try:
-        yield srv
+        srv = RunningServer(port=free_port())
+        srv.start()
+        try:
+            yield srv
+        finally:
+            if srv.process is not None and srv.process.poll() is None:
+                with srv.client() as c:
+                    try:
+                        for s in c.get("/sandboxes").json():
+                            c.delete(f"/sandboxes/{s['sandboxID']}")
+                    except httpx.HTTPError:
+                        pass
+            srv.stop()
+            _teardown_instance()
     finally:
-        if srv.process is not None and srv.process.poll() is None:
-            with srv.client() as c:
-                try:
-                    for s in c.get("/sandboxes").json():
-                        c.delete(f"/sandboxes/{s['sandboxID']}")
-                except httpx.HTTPError:
-                    pass
-        srv.stop()
-        _teardown_instance()
+        os.close(lock)
 
 
 @pytest.fixture

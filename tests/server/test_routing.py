@@ -27,3 +27,18 @@ def test_host_routing_only_under_the_domain():
     assert route(_scope(("Host", f"49983-a.b.{d}")), d) is None
     assert route(_scope(("Host", f"49983-abc123.{d}")), "") is None    # no domain configured
     assert route(_scope(("Host", f"99999-abc.{d}")), d) == ("abc", None)
+
+
+def test_forwarded_headers():
+    from hutch.server.proxy import forwarded_headers
+    incoming = [(b"host", b"h"), (b"connection", b"keep-alive"), (b"x-access-token", b"t"),
+                (b"e2b-sandbox-id", b"abc"), (b"transfer-encoding", b"chunked"),
+                (b"content-type", b"application/connect+json"), (b"te", b"trailers")]
+    out, token, chunked = forwarded_headers(incoming, AGENT_PORT)
+    assert token == b"t" and chunked
+    assert out == [(b"host", b"h"), (b"x-access-token", b"t"), (b"e2b-sandbox-id", b"abc"),
+                   (b"content-type", b"application/connect+json")]
+    out, token, chunked = forwarded_headers(incoming, 8080)      # a user's web app
+    assert out == [(b"host", b"h"), (b"content-type", b"application/connect+json")]
+    out, _, _ = forwarded_headers(incoming, 49999)                # the code interpreter
+    assert (b"x-access-token", b"t") in out and (b"e2b-sandbox-id", b"abc") not in out

@@ -69,6 +69,29 @@ def _port(text: str) -> int | None:
     return int(text) if text.isdigit() and int(text) < 65536 else None
 
 
+def forwarded_headers(headers: list[tuple[bytes, bytes]], port: int,
+                      ) -> tuple[list[tuple[bytes, bytes]], bytes | None, bool]:
+    """The request headers to send upstream, the access token presented, and whether the
+    body comes chunked (it is re-chunked upstream: framing is per hop)."""
+    out: list[tuple[bytes, bytes]] = []
+    token = None
+    chunked = False
+    to_agent = port == AGENT_PORT
+    # The code interpreter is hutch's own in-sandbox service and may check the token; any
+    # other port is a user's app, for which the agent's credential is none of its business.
+    keep_token = to_agent or port == CODE_INTERPRETER_PORT
+    for name, value in headers:
+        if name == b"x-access-token":
+            token = value
+            if not keep_token:
+                continue
+        elif name == b"transfer-encoding":
+            chunked = True
+        if name not in _HOP and (to_agent or not name.startswith(b"e2b-")):
+            out.append((name, value))
+    return out, token, chunked
+
+
 async def _json(send, status: int, body: dict, headers: list | None = None) -> None:
     data = json.dumps(body).encode()
     await send({"type": "http.response.start", "status": status, "headers": [
@@ -115,21 +138,8 @@ class DataPlane:
                                "network mode 'none' has no ports to forward)",
                 })
         path = scope["path"]
-        headers: list[tuple[bytes, bytes]] = []
-        token = framing = None
         to_agent = port == AGENT_PORT
-        # The code interpreter is hutch's own in-sandbox service and may check the token; any
-        # other port is a user's app, for which the agent's credential is none of its business.
-        keep_token = to_agent or port == CODE_INTERPRETER_PORT
-        for name, value in scope["headers"]:
-            if name == b"x-access-token":
-                token = value
-                if not keep_token:
-                    continue
-            elif name == b"transfer-encoding":
-                framing = b"chunked"
-            if name not in _HOP and (to_agent or not name.startswith(b"e2b-")):
-                headers.append((name, value))
+        headers, token, chunked = forwarded_headers(scope["headers"], port)
         expected = live.record.access_token if to_agent else None
         if (expected is not None and path != "/health"
                 and not hmac.compare_digest(token or b"", expected.encode())
@@ -140,7 +150,7 @@ class DataPlane:
         target = scope.get("raw_path") or path.encode()
         if scope["query_string"]:
             target += b"?" + scope["query_string"]
-        has_body = framing is not None or any(n == b"content-length" for n, _ in headers)
+        has_body = chunked or any(n == b"content-length" for n, _ in headers)
         body_done = asyncio.Event()
 
         async def body():
@@ -169,7 +179,7 @@ class DataPlane:
         try:
             response = await upstream.request(
                 scope["method"], target, headers, body() if has_body else None,
-                chunked=framing is not None)
+                chunked=chunked)
             try:
                 out = [(n, v) for n, v in response.headers if n not in _HOP]
                 await send({"type": "http.response.start", "status": response.status,
