@@ -12,9 +12,7 @@ import secrets
 import string
 from pathlib import Path
 
-from hutch.server.store import Store
-
-ADMIN_KEY_ID = "admin"
+from hutch.server.store import ADMIN_KEY_ID, Store
 
 
 def new_key() -> str:
@@ -22,6 +20,12 @@ def new_key() -> str:
 
 
 _ID_ALPHABET = string.ascii_lowercase + string.digits
+
+
+def new_key_id() -> str:
+    """The public id of a key (what ``GET /keys`` shows and ``DELETE /keys/{id}`` takes):
+    short, and nothing about the key itself can be learnt from it."""
+    return "k" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(11))
 
 
 def new_sandbox_id() -> str:
@@ -50,5 +54,5 @@ def ensure_admin_key(store: Store, path: Path) -> bool:
     os.replace(tmp, path)
     # Stored after the file is in place: a crash in between leaves no key the operator
     # cannot see, and the next start simply makes a new one.
-    store.add_key(ADMIN_KEY_ID, "admin", key)
+    store.add_key(ADMIN_KEY_ID, "admin", key, admin=True)
     return True

@@ -186,6 +186,7 @@ class SandboxManager:
         cpu: float | None = None,
         memory_mb: int | None = None,
         disk_mb: int | None = None,
+        owner: str | None = None,
     ) -> tuple[SandboxRecord, dict[str, float]]:
         cfg = self.config
         cpu = self._check_size("cpuCount", cpu, cfg.default_cpu, cfg.max_cpu, float)
@@ -211,7 +212,7 @@ class SandboxManager:
             live = self.pool.take()
             if live is not None:
                 claimed = await self.pool.claim(live, template, timeout, metadata, env_vars,
-                                                idempotency_key)
+                                                idempotency_key, owner)
                 if claimed is not None:
                     timing["pool"] = time.perf_counter() - t0 - timing["template"]
                     timing["total"] = time.perf_counter() - t0
@@ -225,6 +226,7 @@ class SandboxManager:
             cpu=cpu, memory_mb=memory_mb, disk_mb=disk_mb, pids=cfg.default_pids, network=net,
             metadata=dict(metadata or {}), env_vars=dict(env_vars or {}),
             access_token=new_token() if secure else None, idempotency_key=idempotency_key,
+            owner=owner,
         )
         live = await self.boot(rec, tmpl, timing, "running")
         timing["total"] = time.perf_counter() - t0

@@ -53,6 +53,7 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     run_dir     TEXT,
     address     TEXT,
     idempotency_key TEXT,
+    owner       TEXT,
     seq         INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS sandboxes_state ON sandboxes(state, seq);
@@ -61,7 +62,8 @@ CREATE TABLE IF NOT EXISTS api_keys (
     name        TEXT NOT NULL,
     hash        TEXT NOT NULL UNIQUE,
     created_at  REAL NOT NULL,
-    revoked_at  REAL
+    revoked_at  REAL,
+    is_admin    INTEGER NOT NULL DEFAULT 0
 );
 """
 
@@ -89,13 +91,29 @@ class SandboxRecord:
     run_dir: str | None = None
     address: str | None = None
     idempotency_key: str | None = None    # the client's Idempotency-Key of the create
+    owner: str | None = None              # the id of the API key (tenant) it belongs to
 
 
 _COLUMNS = (
     "id", "template", "alias", "digest", "state", "reason", "metadata", "env_vars",
     "created_at", "started_at", "end_at", "ended_at", "cpu", "memory_mb", "disk_mb", "pids",
-    "network", "access_token", "run_dir", "address", "idempotency_key",
+    "network", "access_token", "run_dir", "address", "idempotency_key", "owner",
 )
+
+# The id of the key made on first start. Sandboxes recorded before keys were tenants belong
+# to it: it was the only key there was.
+ADMIN_KEY_ID = "admin"
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """An API key as the server knows it: never the key itself, only its SHA-256."""
+
+    id: str
+    name: str
+    created_at: float
+    revoked_at: float | None
+    admin: bool
 
 
 def hash_key(key: str) -> str:
@@ -107,6 +125,11 @@ def _row_to_record(row: sqlite3.Row) -> SandboxRecord:
     values["metadata"] = json.loads(values["metadata"])
     values["env_vars"] = json.loads(values["env_vars"])
     return SandboxRecord(**values)
+
+
+def _row_to_key(row: sqlite3.Row) -> KeyRecord:
+    return KeyRecord(id=row["id"], name=row["name"], created_at=row["created_at"],
+                     revoked_at=row["revoked_at"], admin=bool(row["is_admin"]))
 
 
 def _encode_cursor(seq: int) -> str:
@@ -149,6 +172,15 @@ class Store:
         have = {row[1] for row in self._db.execute("PRAGMA table_info(sandboxes)")}
         if "idempotency_key" not in have:
             self._db.execute("ALTER TABLE sandboxes ADD COLUMN idempotency_key TEXT")
+        if "owner" not in have:
+            self._db.execute("ALTER TABLE sandboxes ADD COLUMN owner TEXT")
+            self._db.execute("UPDATE sandboxes SET owner=? WHERE state != 'pooled'",
+                             (ADMIN_KEY_ID,))
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(api_keys)")}
+        if "is_admin" not in have:
+            self._db.execute("ALTER TABLE api_keys ADD COLUMN is_admin INTEGER NOT NULL "
+                             "DEFAULT 0")
+            self._db.execute("UPDATE api_keys SET is_admin=1 WHERE id=?", (ADMIN_KEY_ID,))
 
     def by_idempotency_key(self, key: str) -> SandboxRecord | None:
         row = self._db.execute(
@@ -214,6 +246,7 @@ class Store:
         metadata: dict[str, str] | None = None,
         template: str | None = None,
         started_after: float | None = None,
+        owner: str | None = None,
         limit: int = 100,
         next_token: str | None = None,
         descending: bool = False,
@@ -232,6 +265,9 @@ class Store:
         if started_after is not None:
             where.append("created_at > ?")
             params.append(started_after)
+        if owner is not None:
+            where.append("owner = ?")
+            params.append(owner)
         for key, value in (metadata or {}).items():
             where.append("json_extract(metadata, ?) = ?")
             params += ['$."' + key.replace('"', '""') + '"', value]
@@ -251,11 +287,37 @@ class Store:
 
     # -- API keys ----------------------------------------------------------------------------
 
-    def add_key(self, key_id: str, name: str, key: str) -> None:
+    def add_key(self, key_id: str, name: str, key: str, *, admin: bool = False) -> KeyRecord:
+        now = time.time()
         self._db.execute(
-            "INSERT INTO api_keys (id, name, hash, created_at) VALUES (?,?,?,?)",
-            (key_id, name, hash_key(key), time.time()),
+            "INSERT INTO api_keys (id, name, hash, created_at, is_admin) VALUES (?,?,?,?,?)",
+            (key_id, name, hash_key(key), now, int(admin)),
         )
+        return KeyRecord(id=key_id, name=name, created_at=now, revoked_at=None, admin=admin)
+
+    def key_for(self, key: str) -> KeyRecord | None:
+        """The active key whose plaintext is ``key``, or None (unknown or revoked).
+
+        Read on every request, never cached: a revocation holds from the next request on."""
+        row = self._db.execute(
+            "SELECT id, name, created_at, revoked_at, is_admin FROM api_keys "
+            "WHERE hash=? AND revoked_at IS NULL", (hash_key(key),)
+        ).fetchone()
+        return _row_to_key(row) if row else None
+
+    def get_key(self, key_id: str) -> KeyRecord | None:
+        row = self._db.execute(
+            "SELECT id, name, created_at, revoked_at, is_admin FROM api_keys WHERE id=?",
+            (key_id,)
+        ).fetchone()
+        return _row_to_key(row) if row else None
+
+    def keys(self) -> list[KeyRecord]:
+        rows = self._db.execute(
+            "SELECT id, name, created_at, revoked_at, is_admin FROM api_keys "
+            "ORDER BY created_at, id"
+        ).fetchall()
+        return [_row_to_key(r) for r in rows]
 
     def key_valid(self, key: str) -> bool:
         row = self._db.execute(
