@@ -71,6 +71,9 @@ def _server_env(data_dir: Path, port: int) -> dict[str, str]:
         HUTCH_INSTANCE=TEST_INSTANCE,
         HUTCH_SUBNET=TEST_SUBNET,
         HUTCH_TEMPLATES_DIR=str(TEST_TEMPLATES_DIR),
+        # Host routing (<port>-<id>.<domain>) is tested through this name; no DNS is needed
+        # because the tests send the Host header themselves.
+        HUTCH_DOMAIN="hutch.test",
     )
     return env
 
