@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import suppress
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import parse_qsl
@@ -20,9 +21,21 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from hutch.errors import AuthenticationError, HutchError, InvalidArgumentError
+from hutch.errors import (
+    AuthenticationError,
+    HutchError,
+    InvalidArgumentError,
+    SandboxNotFoundError,
+)
 from hutch.server.manager import SandboxManager
 from hutch.server.store import SandboxRecord, Store
+from hutch.server.tenants import (
+    KeyAdmin,
+    authenticate,
+    caller,
+    check_owner,
+    scoped_idempotency_key,
+)
 
 try:  # the protocol package states which envd features the agent implements
     from hutch.protocol import ENVD_VERSION
@@ -96,6 +109,12 @@ class ControlPlane:
 
     # -- endpoints ---------------------------------------------------------------------------
 
+    def _mine(self, request: Request) -> str:
+        """The path's sandbox id, if the caller owns it (else the not-found answer)."""
+        sandbox_id = request.path_params["id"]
+        check_owner(self.store, sandbox_id, caller(request))
+        return sandbox_id
+
     async def health(self, request: Request) -> Response:
         body: dict[str, Any] = {"status": "ok"}
         pool = self.manager.pool
@@ -117,9 +136,11 @@ class ControlPlane:
         key = request.headers.get("idempotency-key")
         if key is not None and not 1 <= len(key) <= 255:
             raise InvalidArgumentError("Idempotency-Key must be 1-255 characters")
+        owner = caller(request)
         rec, timing = await self.manager.create(
             template,
-            idempotency_key=key,
+            owner=owner.id,
+            idempotency_key=scoped_idempotency_key(owner, key),
             timeout=body.get("timeout"),
             metadata=_str_map(body.get("metadata"), "metadata"),
             env_vars=_str_map(body.get("envVars"), "envVars"),
@@ -128,31 +149,36 @@ class ControlPlane:
             cpu=body.get("cpuCount"), memory_mb=body.get("memoryMB"),
             disk_mb=body.get("diskSizeMB"),
         )
+        if self.store.get_key(owner.id).revoked_at is not None:
+            # Revoked while this create ran: the revocation's sweep may have missed it.
+            with suppress(SandboxNotFoundError):
+                await self.manager.kill(rec.id, reason="its API key was revoked")
+            raise AuthenticationError("invalid API key")
         server_timing = ", ".join(f"{k};dur={v * 1e3:.2f}" for k, v in timing.items())
         return JSONResponse(self.sandbox(rec), status_code=201,
                             headers={"Server-Timing": server_timing})
 
     async def connect(self, request: Request) -> Response:
         body = await _json_object(request, allow_empty=True)
-        rec = await self.manager.connect(request.path_params["id"], body.get("timeout"))
+        rec = await self.manager.connect(self._mine(request), body.get("timeout"))
         return JSONResponse(self.sandbox(rec), status_code=200)
 
     async def get(self, request: Request) -> Response:
-        return JSONResponse(self.detail(self.manager.running(request.path_params["id"]).record))
+        return JSONResponse(self.detail(self.manager.running(self._mine(request)).record))
 
     async def kill(self, request: Request) -> Response:
-        await self.manager.kill(request.path_params["id"])
+        await self.manager.kill(self._mine(request))
         return Response(status_code=204)
 
     async def timeout(self, request: Request) -> Response:
         body = await _json_object(request)
         if "timeout" not in body:
             raise InvalidArgumentError("timeout is required")
-        await self.manager.set_timeout(request.path_params["id"], body["timeout"])
+        await self.manager.set_timeout(self._mine(request), body["timeout"])
         return Response(status_code=204)
 
     async def metrics(self, request: Request) -> Response:
-        rec = self.manager.running(request.path_params["id"]).record
+        rec = self.manager.running(self._mine(request)).record
         stats = await self.manager.metrics(rec.id)
         now = time.time()
         return JSONResponse([{
@@ -188,7 +214,7 @@ class ControlPlane:
         records, token = self.manager.list(
             states=states, metadata=metadata, template=q.get("template") or None,
             started_after=after, limit=limit, next_token=q.get("nextToken") or None,
-            descending=order == "desc",
+            descending=order == "desc", owner=caller(request).id,
         )
         headers = {"X-Next-Token": token} if token else None
         return JSONResponse([self.listed(r) for r in records], headers=headers)
@@ -212,6 +238,7 @@ class ControlPlane:
             Route("/sandboxes/{id}/timeout", self.timeout, methods=["POST"]),
             Route("/sandboxes/{id}/metrics", self.metrics, methods=["GET"]),
             *(Route(p, self.unsupported, methods=m) for p, m in _UNSUPPORTED),
+            *KeyAdmin(self.store, self.manager, rfc3339, _json_object).routes(),
         ]
         app = Starlette(routes=routes, exception_handlers={
             HutchError: _hutch_error,
@@ -222,7 +249,8 @@ class ControlPlane:
 
 
 class _Auth:
-    """Every control-plane call but ``/health`` needs a valid ``X-API-KEY``."""
+    """Every control-plane call but ``/health`` needs a valid ``X-API-KEY``; the key found
+    is the caller's tenant (:mod:`hutch.server.tenants`)."""
 
     def __init__(self, app, store: Store) -> None:
         self.app = app
@@ -230,17 +258,10 @@ class _Auth:
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http" and scope["path"] != "/health":
-            key = None
-            for name, value in scope["headers"]:
-                if name == b"x-api-key":
-                    key = value.decode("latin-1")
-                elif name == b"authorization" and key is None:
-                    scheme, _, rest = value.decode("latin-1").partition(" ")
-                    if scheme.lower() == "bearer":
-                        key = rest.strip()
-            if not key or not self.store.key_valid(key):
-                message = "missing X-API-KEY header" if not key else "invalid API key"
-                return await error(401, message)(scope, receive, send)
+            try:
+                authenticate(scope, self.store)
+            except AuthenticationError as exc:
+                return await error(401, exc.message)(scope, receive, send)
         await self.app(scope, receive, send)
 
 
