@@ -24,6 +24,7 @@ from hutch.server.manager import SandboxManager
 from hutch.server.proxy import ABORT_LOG_MESSAGE, DataPlane, route
 from hutch.server.routes import ControlPlane
 from hutch.server.store import Store
+from hutch.server.websocket import WebSocketPlane
 
 log = logging.getLogger("hutch.server")
 
@@ -46,9 +47,16 @@ class HutchApp:
     def __init__(self, config: Config, manager: SandboxManager, store: Store) -> None:
         self.domain = config.domain
         self.data = DataPlane(manager)
+        self.sockets = WebSocketPlane(manager)
         self.control = ControlPlane(manager, store, client_id=config.instance).app()
 
     async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "websocket":
+            target = route(scope, self.domain)
+            if target is not None:
+                return await self.sockets(scope, receive, send, *target)
+            await receive()
+            return await send({"type": "websocket.close", "code": 1008})  # no control-plane ws
         if scope["type"] != "http":
             return   # lifespan is off: start-up and shut-down happen around uvicorn
         target = route(scope, self.domain)
@@ -150,7 +158,8 @@ class Server:
         app = self.asgi()
         uconfig = uvicorn.Config(
             app, host=self.config.host, port=self.config.port, http="h11",
-            ws="none", lifespan="off", log_level=self.config.log_level, access_log=False,
+            ws="websockets-sansio", lifespan="off", log_level=self.config.log_level,
+            access_log=False,
             timeout_keep_alive=75, server_header=False, date_header=False,
             timeout_graceful_shutdown=10,
         )
