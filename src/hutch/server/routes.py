@@ -219,6 +219,10 @@ class ControlPlane:
         headers = {"X-Next-Token": token} if token else None
         return JSONResponse([self.listed(r) for r in records], headers=headers)
 
+    async def openapi(self, request: Request) -> Response:
+        from hutch.server.openapi import document   # imported late: it reads this module
+        return JSONResponse(document())
+
     async def unsupported(self, request: Request) -> Response:
         return error(501, f"{request.method} {request.url.path} is not supported by hutch yet")
 
@@ -227,6 +231,7 @@ class ControlPlane:
     def app(self) -> Starlette:
         routes = [
             Route("/health", self.health, methods=["GET"]),
+            Route("/openapi.json", self.openapi, methods=["GET"]),
             Route("/sandboxes", self.create, methods=["POST"]),
             Route("/v2/sandboxes", self.create, methods=["POST"]),
             Route("/sandboxes", self.list, methods=["GET"]),
@@ -249,15 +254,15 @@ class ControlPlane:
 
 
 class _Auth:
-    """Every control-plane call but ``/health`` needs a valid ``X-API-KEY``; the key found
-    is the caller's tenant (:mod:`hutch.server.tenants`)."""
+    """Every control-plane call but ``/health`` and ``/openapi.json`` needs a valid
+    ``X-API-KEY``; the key found is the caller's tenant (:mod:`hutch.server.tenants`)."""
 
     def __init__(self, app, store: Store) -> None:
         self.app = app
         self.store = store
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and scope["path"] != "/health":
+        if scope["type"] == "http" and scope["path"] not in ("/health", "/openapi.json"):
             try:
                 authenticate(scope, self.store)
             except AuthenticationError as exc:

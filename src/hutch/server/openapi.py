@@ -1,0 +1,354 @@
+"""The HTTP API as an OpenAPI 3.1 document: every control-plane route, plus the data plane.
+
+The document is data kept next to :mod:`hutch.server.routes` rather than derived from it: the
+endpoints parse their bodies by hand (E2B's shapes, E2B's leniencies), so there is nothing to
+introspect. Drift is caught instead: a test checks that the routes the Starlette app serves and
+the operations listed here are the same set, and ``scripts/gen_docs.py --check`` that
+``spec/openapi.json`` is this document. The server also serves it at ``GET /openapi.json``.
+
+Shapes follow what the endpoints return (see ``ControlPlane.sandbox``/``listed``/``detail``).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from hutch.server.proxy import AGENT_PORT
+
+_REF = "#/components/schemas/"
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": _REF + name}
+
+
+def _obj(props: dict, required: list[str] | None = None, **extra: Any) -> dict:
+    out: dict[str, Any] = {"type": "object", "properties": props}
+    if required:
+        out["required"] = required
+    out.update(extra)
+    return out
+
+
+_STR_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+_TIME = {"type": "string", "format": "date-time"}
+_ID = {"type": "string", "pattern": "^[a-z0-9]{20}$",
+       "description": "A sandbox id; anything else is answered 400."}
+
+SCHEMAS: dict[str, dict] = {
+    "Error": _obj({
+        "code": {"type": "integer", "description": "The HTTP status, repeated."},
+        "message": {"type": "string"},
+    }, ["code", "message"], description="The body of every answer that is not a success."),
+    "NewSandbox": _obj({
+        "templateID": {"type": "string", "description": "The template to start (`base`, "
+                                                         "`code-interpreter`, ...)."},
+        "timeout": {"type": "number", "minimum": 0, "description": (
+            "Seconds the sandbox lives before it is killed (default HUTCH_DEFAULT_TIMEOUT, "
+            "at most HUTCH_MAX_TIMEOUT).")},
+        "metadata": {**_STR_MAP, "description": "Kept with the sandbox; filters lists."},
+        "envVars": {**_STR_MAP, "description": "Environment of every command run inside."},
+        "allow_internet_access": {"type": "boolean", "default": True, "description": (
+            "false: the sandbox has no network at all (no ports to forward either). "
+            "`allowInternetAccess` is accepted too.")},
+        "secure": {"type": "boolean", "default": True, "description": (
+            "false: no access token is issued and the sandbox id alone reaches its agent.")},
+        "cpuCount": {"type": "number", "exclusiveMinimum": 0, "description": (
+            "hutch extra: CPUs (fractions allowed), at most HUTCH_MAX_CPU.")},
+        "memoryMB": {"type": "integer", "exclusiveMinimum": 0, "description": (
+            "hutch extra: memory limit in MiB, at most HUTCH_MAX_MEMORY_MB.")},
+        "diskSizeMB": {"type": "integer", "exclusiveMinimum": 0, "description": (
+            "hutch extra: writable disk quota in MiB, at most HUTCH_MAX_DISK_MB.")},
+    }, ["templateID"]),
+    "Sandbox": _obj({
+        "templateID": {"type": "string"},
+        "sandboxID": _ID,
+        "clientID": {"type": "string", "description": "The server's instance name."},
+        "envdVersion": {"type": "string", "description": (
+            "The E2B agent protocol version the in-sandbox agent implements.")},
+        "envdAccessToken": {"type": ["string", "null"], "description": (
+            "Send as X-Access-Token on data-plane requests to the agent; null for a sandbox "
+            "created with `secure: false`.")},
+        "alias": {"type": "string"},
+        "domain": {"type": "null"},
+    }, ["templateID", "sandboxID", "clientID", "envdVersion"]),
+    "ListedSandbox": _obj({
+        "templateID": {"type": "string"},
+        "sandboxID": _ID,
+        "clientID": {"type": "string"},
+        "alias": {"type": "string"},
+        "startedAt": _TIME,
+        "endAt": {**_TIME, "description": "When the sandbox's timeout kills it."},
+        "envdVersion": {"type": "string"},
+        "cpuCount": {"type": "integer"},
+        "memoryMB": {"type": "integer"},
+        "diskSizeMB": {"type": "integer"},
+        "state": {"type": "string", "enum": ["running", "paused"]},
+        "metadata": _STR_MAP,
+    }, ["templateID", "sandboxID", "clientID", "startedAt", "endAt", "envdVersion",
+        "cpuCount", "memoryMB", "diskSizeMB", "state", "metadata"]),
+    "SandboxDetail": {"allOf": [_ref("ListedSandbox"), _obj({
+        "envdAccessToken": {"type": ["string", "null"]},
+        "domain": {"type": "null"},
+        "allowInternetAccess": {"type": "boolean"},
+    }, ["allowInternetAccess"])]},
+    "SandboxMetric": _obj({
+        "timestamp": _TIME,
+        "timestampUnix": {"type": "integer"},
+        "cpuCount": {"type": "integer"},
+        "cpuUsedPct": {"type": "number", "description": "Since the previous metrics call."},
+        "memUsed": {"type": "integer", "description": "Bytes."},
+        "memTotal": {"type": "integer", "description": "Bytes."},
+        "memCache": {"type": "integer", "description": "Bytes."},
+        "diskUsed": {"type": "integer", "description": "Bytes."},
+        "diskTotal": {"type": "integer", "description": "Bytes."},
+    }, ["timestamp", "timestampUnix", "cpuCount", "cpuUsedPct", "memUsed", "memTotal",
+        "diskUsed", "diskTotal"]),
+    "Timeout": _obj({"timeout": {"type": "number", "minimum": 0,
+                                 "description": "Seconds from now."}}, ["timeout"]),
+    "Connect": _obj({"timeout": {"type": "number", "minimum": 0, "description": (
+        "Seconds from now; extends the sandbox's life, never shortens it.")}}),
+    "Health": _obj({
+        "status": {"type": "string", "const": "ok"},
+        "pool": _obj({"template": {"type": "string"}, "size": {"type": "integer"},
+                      "ready": {"type": "integer"}},
+                     description="The warm pool, when one is configured."),
+    }, ["status"]),
+    "NewKey": _obj({"name": {"type": "string", "maxLength": 100}}),
+    "Key": _obj({
+        "id": {"type": "string"},
+        "name": {"type": "string"},
+        "createdAt": _TIME,
+        "revokedAt": {"type": ["string", "null"], "format": "date-time"},
+        "admin": {"type": "boolean"},
+    }, ["id", "name", "createdAt", "revokedAt", "admin"]),
+    "CreatedKey": {"allOf": [_ref("Key"), _obj({"key": {
+        "type": "string", "pattern": "^e2b_[0-9a-f]{40}$",
+        "description": "The key itself: in this answer only (the server keeps its hash)."}},
+        ["key"])]},
+}
+
+
+def _json(schema: dict) -> dict:
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> dict:
+    return {"description": description, **_json(_ref("Error"))}
+
+
+def _ok(status: int, description: str, schema: dict | None = None,
+        headers: dict | None = None) -> dict:
+    out: dict[str, Any] = {"description": description}
+    if schema is not None:
+        out.update(_json(schema))
+    if headers:
+        out["headers"] = headers
+    return {str(status): out}
+
+
+_SANDBOX_ID = {"name": "id", "in": "path", "required": True, "schema": _ID}
+_KEY_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+_NOT_FOUND = {"404": _error("No such sandbox, or it belongs to another API key (the two are "
+                            "answered alike).")}
+_BAD = {"400": _error("A malformed id or body, or a value out of range.")}
+_ADMIN = {"403": _error("Not the admin key.")}
+
+
+def _body(schema: str, required: bool = True) -> dict:
+    return {"required": required, **_json(_ref(schema))}
+
+
+def _list_params(v2: bool) -> list[dict]:
+    params = [
+        {"name": "metadata", "in": "query", "schema": {"type": "string"},
+         "description": "URL-encoded `k=v&k2=v2`: only sandboxes with all these entries."},
+        {"name": "template", "in": "query", "schema": {"type": "string"}},
+        {"name": "startedAfter", "in": "query", "schema": _TIME},
+        {"name": "order", "in": "query",
+         "schema": {"type": "string", "enum": ["asc", "desc"], "default": "asc"}},
+        {"name": "limit", "in": "query",
+         "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
+        {"name": "nextToken", "in": "query", "schema": {"type": "string"},
+         "description": "The X-Next-Token of the previous page."},
+    ]
+    if v2:
+        params.insert(0, {"name": "state", "in": "query", "style": "form", "explode": False,
+                          "schema": {"type": "array", "items": {
+                              "type": "string", "enum": ["running", "paused"]},
+                              "default": ["running", "paused"]}})
+    return params
+
+
+def _create(op_id: str) -> dict:
+    return {
+        "operationId": op_id, "summary": "Create a sandbox", "tags": ["sandboxes"],
+        "parameters": [{"name": "Idempotency-Key", "in": "header",
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                        "description": "Retries with the same key get the same sandbox; "
+                                       "reuse after it was killed is 409."}],
+        "requestBody": _body("NewSandbox"),
+        "responses": {
+            **_ok(201, "The new sandbox.", _ref("Sandbox"), {"Server-Timing": {
+                "description": "Where the create's time went.",
+                "schema": {"type": "string"}}}),
+            **_BAD, "404": _error("No such template."),
+            "409": _error("The Idempotency-Key names a sandbox that has ended."),
+        },
+    }
+
+
+def _list(op_id: str, v2: bool) -> dict:
+    return {
+        "operationId": op_id, "summary": "List the caller's sandboxes", "tags": ["sandboxes"],
+        "description": ("Running and paused by default." if v2 else "Running ones only."),
+        "parameters": _list_params(v2),
+        "responses": {**_ok(200, "One page of sandboxes.", {
+            "type": "array", "items": _ref("ListedSandbox")}, {"X-Next-Token": {
+                "description": "Present when there is a next page: pass it as nextToken.",
+                "schema": {"type": "string"}}}), **_BAD},
+    }
+
+
+def _connect(op_id: str) -> dict:
+    return {
+        "operationId": op_id, "summary": "Connect to a running sandbox", "tags": ["sandboxes"],
+        "parameters": [_SANDBOX_ID], "requestBody": _body("Connect", required=False),
+        "responses": {**_ok(200, "The sandbox, with its access token.", _ref("Sandbox")),
+                      **_BAD, **_NOT_FOUND},
+    }
+
+
+def _operations() -> dict[str, dict[str, dict]]:
+    from hutch.server.routes import _UNSUPPORTED
+
+    ops: dict[str, dict[str, dict]] = {
+        "/health": {"get": {
+            "operationId": "health", "summary": "Server health", "tags": ["server"],
+            "security": [],
+            "responses": _ok(200, "The server is up.", _ref("Health"))}},
+        "/openapi.json": {"get": {
+            "operationId": "openapi", "summary": "This document", "tags": ["server"],
+            "security": [],
+            "responses": _ok(200, "The OpenAPI document.", {"type": "object"})}},
+        "/sandboxes": {"post": _create("createSandbox"),
+                       "get": _list("listSandboxes", v2=False)},
+        "/v2/sandboxes": {"post": _create("createSandboxV2"),
+                          "get": _list("listSandboxesV2", v2=True)},
+        "/sandboxes/{id}": {
+            "get": {"operationId": "getSandbox", "summary": "A sandbox's details",
+                    "tags": ["sandboxes"], "parameters": [_SANDBOX_ID],
+                    "responses": {**_ok(200, "The sandbox.", _ref("SandboxDetail")),
+                                  **_BAD, **_NOT_FOUND}},
+            "delete": {"operationId": "killSandbox", "summary": "Kill a sandbox",
+                       "tags": ["sandboxes"], "parameters": [_SANDBOX_ID],
+                       "responses": {**_ok(204, "Killed."), **_BAD, **_NOT_FOUND}},
+        },
+        "/sandboxes/{id}/connect": {"post": _connect("connectSandbox")},
+        "/v2/sandboxes/{id}/connect": {"post": _connect("connectSandboxV2")},
+        "/sandboxes/{id}/timeout": {"post": {
+            "operationId": "setSandboxTimeout", "summary": "Set when a sandbox is killed",
+            "tags": ["sandboxes"], "parameters": [_SANDBOX_ID], "requestBody": _body("Timeout"),
+            "responses": {**_ok(204, "Set."), **_BAD, **_NOT_FOUND}}},
+        "/sandboxes/{id}/metrics": {"get": {
+            "operationId": "getSandboxMetrics", "summary": "A sandbox's resource use now",
+            "tags": ["sandboxes"], "parameters": [_SANDBOX_ID],
+            "responses": {**_ok(200, "One sample.", {"type": "array",
+                                                     "items": _ref("SandboxMetric")}),
+                          **_BAD, **_NOT_FOUND}}},
+        "/keys": {
+            "post": {"operationId": "createKey", "summary": "Create an API key (a tenant)",
+                     "tags": ["keys"], "requestBody": _body("NewKey", required=False),
+                     "responses": {**_ok(201, "The new key.", _ref("CreatedKey")),
+                                   **_BAD, **_ADMIN}},
+            "get": {"operationId": "listKeys", "summary": "List API keys", "tags": ["keys"],
+                    "responses": {**_ok(200, "Every key, revoked ones included.",
+                                        {"type": "array", "items": _ref("Key")}), **_ADMIN}},
+        },
+        "/keys/{id}": {"delete": {
+            "operationId": "revokeKey", "tags": ["keys"],
+            "summary": "Revoke an API key and kill its running sandboxes",
+            "parameters": [_KEY_ID],
+            "responses": {**_ok(204, "Revoked (again, if it was)."), **_ADMIN,
+                          "404": _error("No such key."),
+                          "409": _error("The admin key cannot be revoked.")}}},
+    }
+    for path, methods in _UNSUPPORTED:
+        params = [_SANDBOX_ID] if "{id}" in path else []
+        for method in methods:
+            ops.setdefault(path, {})[method.lower()] = {
+                "operationId": "unsupported" + "".join(
+                    p.strip("{}").title() for p in path.split("/")) + method.title(),
+                "summary": "E2B endpoint hutch does not serve yet", "tags": ["unsupported"],
+                "parameters": params, "responses": {"501": _error("Not supported.")},
+            }
+    return ops
+
+
+_DATA_PLANE = f"""\
+## Data plane
+
+The same URL also serves every sandbox. A request goes to a sandbox, not to the endpoints
+below, when it carries the headers `E2b-Sandbox-Id: <sandbox id>` and `E2b-Sandbox-Port:
+<port>`, or when its Host is `<port>-<sandbox id>.<domain>` (with `HUTCH_DOMAIN` set).
+
+- Port {AGENT_PORT} is the in-sandbox agent: E2B's envd protocol (Connect RPC for processes
+  and the filesystem, `/files` for uploads and downloads), described in
+  [docs/protocol.md](../docs/protocol.md). When the sandbox has an access token
+  (`envdAccessToken`), every request but `/health` needs it as `X-Access-Token` (signed
+  `/files` URLs carry a signature instead).
+- Any other port is that TCP port inside the sandbox, HTTP and WebSocket, with no token (the
+  sandbox id is the capability). The routing headers and `X-Access-Token` are not passed on
+  (except to the code interpreter's port 49999).
+- An unknown or killed sandbox answers 502 `{{"sandboxId", "message": "The sandbox was not
+  found", "code": 502}}`; a port nothing listens on answers 502 with "port is not open". A
+  WebSocket handshake that cannot reach the sandbox is refused with these same HTTP answers;
+  the sandbox server's own refusal is passed on as it came.
+- Bodies stream unbuffered both ways; WebSocket messages are relayed one by one with their
+  close codes (a sandbox server that drops the connection closes the client with 1014; a
+  killed sandbox closes it with 1001).
+"""
+
+
+def document() -> dict:
+    """The OpenAPI 3.1 document of hutch's HTTP API (a fresh copy each call)."""
+    paths = _operations()
+    for item in paths.values():
+        for op in item.values():
+            if op.get("security") != []:
+                op["responses"]["401"] = _error("A missing, unknown or revoked API key.")
+    return copy.deepcopy({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "hutch",
+            "version": "1",
+            "summary": "Self-hosted sandboxes for AI agents, wire-compatible with E2B.",
+            "description": (
+                "The control plane is E2B's REST API (v1 and v2 paths of create, connect "
+                "and list, as SDK releases differ) plus hutch's `/keys`. Every error body is "
+                "`Error`.\n\n" + _DATA_PLANE),
+        },
+        "servers": [{"url": "http://127.0.0.1:7711", "description": "The default address."}],
+        "security": [{"apiKey": []}],
+        "tags": [
+            {"name": "sandboxes"}, {"name": "keys", "description": "Admin key only."},
+            {"name": "server"},
+            {"name": "unsupported", "description": "Answered 501 rather than 404 so a "
+                                                   "caller learns the feature is missing."},
+        ],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"apiKey": {
+                "type": "apiKey", "in": "header", "name": "X-API-KEY",
+                "description": "Also accepted as `Authorization: Bearer <key>`. A missing, "
+                               "unknown or revoked key is 401."}},
+            "schemas": SCHEMAS,
+        },
+    })
+
+
+def operations(doc: dict | None = None) -> set[tuple[str, str]]:
+    """(path, METHOD) of every operation in the document."""
+    doc = doc if doc is not None else document()
+    return {(path, method.upper()) for path, item in doc["paths"].items() for method in item}
