@@ -96,3 +96,28 @@ def test_http_10_closes_after_response(agent):
         s.sendall(b"GET /health HTTP/1.0\r\n\r\n")
         assert _read_response(f)[0] == 204
         assert f.read() == b""
+
+
+
+def test_a_request_right_behind_a_streamed_answer_keeps_its_first_byte(agent, tmp_path):
+    """A client reusing its connection the instant a streamed download ends must be
+    understood. The agent's disconnect watch may read the next request's first byte in the
+    same turn as the stream ends (that byte must start the next request); the timing is the
+    kernel's, so this loop makes the window likely rather than certain."""
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * (1 << 20))
+    host, port = agent.url.rsplit("/", 1)[-1].split(":")
+    download = (f"GET /files?path={big}&username=root HTTP/1.1\r\nHost: a\r\n\r\n").encode()
+    health = b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n"
+    with socket.create_connection((host, int(port))) as s:
+        for _ in range(100):
+            s.sendall(download)
+            buf = b""
+            while not buf.endswith(b"\r\n0\r\n\r\n"):
+                chunk = s.recv(1 << 20)
+                assert chunk, "agent closed the connection"
+                buf += chunk[-16:] if len(buf) > 16 else chunk
+                buf = buf[-16:]
+            s.sendall(health)
+            answer = s.recv(4096)
+            assert answer.startswith(b"HTTP/1.1 204"), answer[:200]

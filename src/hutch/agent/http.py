@@ -339,6 +339,9 @@ class _Connection:
                     raise ConnectionResetError("client went away during a stream")
                 self.prefix = watch.result()  # a pipelined request began: keep its first byte
                 await pump
+            elif watch.done() and not watch.cancelled() and watch.exception() is None:
+                # The stream ended in the same turn as the next request's first byte arrived.
+                self.prefix = watch.result()
         finally:
             for task in (pump, watch):
                 if not task.done():
