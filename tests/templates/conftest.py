@@ -17,7 +17,7 @@ import pytest
 
 from hutch.templates import TemplateStore, TerminalProgress
 
-SHARED_ROOT = Path(os.environ.get("HUTCH_TEST_TEMPLATES", "/var/lib/hutch-test/templates"))
+SHARED_ROOT = Path(os.environ.get("HUTCH_TEST_TEMPLATES_DIR", "/var/lib/hutch-test/templates"))
 UID_BASE = 100000
 HELPER = Path(__file__).with_name("userns_chroot.py")
 BUILD_TIMEOUT = 1200
