@@ -88,6 +88,10 @@ class Echo(socketserver.StreamRequestHandler):
                 if op == 9:
                     w.write(frame(10, data))
                     continue
+                if op == 10:
+                    with open("/tmp/ws-pong", "wb") as out:
+                        out.write(data)
+                    continue
                 if op in (1, 2):
                     kind, parts = op, [data]
                 elif op == 0:
@@ -162,6 +166,17 @@ def sandbox(hutch_server, api):
         yield made
 
 
+def _wait_for_file(sbx, path: str) -> str:
+    """What a file inside the sandbox holds once it has content (the echo server writes it
+    from its own thread)."""
+    deadline = time.monotonic() + 30
+    while True:
+        out = sbx.commands.run(f"cat {path} 2>/dev/null || true").stdout
+        if out or time.monotonic() > deadline:
+            return out
+        time.sleep(0.1)
+
+
 def _open(server, sid: str, path: str = "/", port: int = PORT, **kw):
     headers = {"E2b-Sandbox-Id": sid, "E2b-Sandbox-Port": str(port),
                **kw.pop("headers", {})}
@@ -170,7 +185,7 @@ def _open(server, sid: str, path: str = "/", port: int = PORT, **kw):
 
 
 def test_text_and_binary_messages_echo(hutch_server, sandbox):
-    sid, _ = sandbox
+    sid, sbx = sandbox
     with _open(hutch_server, sid) as ws:
         ws.send("hello, sandbox")
         assert ws.recv(timeout=30) == "hello, sandbox"
@@ -183,6 +198,13 @@ def test_text_and_binary_messages_echo(hutch_server, sandbox):
         ws.send("fragments")
         assert ws.recv(timeout=30) == "fragmented"
         ws.ping(b"hop").wait(30)
+        # The relay answered the sandbox server's ping (seen there a moment later).
+        assert _wait_for_file(sbx, "/tmp/ws-pong") == "ping?"
+        # Pipelined messages come back whole and in order.
+        for i in range(300):
+            ws.send(f"m{i}" if i % 2 else f"m{i}".encode())
+        assert [ws.recv(timeout=30) for _ in range(300)] == [
+            f"m{i}" if i % 2 else f"m{i}".encode() for i in range(300)]
 
 
 def test_large_messages(hutch_server, sandbox):
@@ -228,13 +250,7 @@ def test_close_codes_pass_both_ways(hutch_server, sandbox):
         assert ws.recv(timeout=30) == "x"
         ws.close(4002, "client says bye")
     assert ws.close_code == 4002   # the sandbox's server echoed it back through
-    deadline = time.monotonic() + 30
-    while True:
-        r = sbx.commands.run("cat /tmp/ws-close 2>/dev/null || true")
-        if r.stdout or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
-    assert json.loads(r.stdout) == [4002, "client says bye"]
+    assert json.loads(_wait_for_file(sbx, "/tmp/ws-close")) == [4002, "client says bye"]
 
     # A sandbox server that drops the connection without a close frame: 1014, bad gateway.
     with _open(hutch_server, sid) as ws:

@@ -255,6 +255,10 @@ class _Relay:
             return None, "", True
         close = self.proto.close_rcvd
         if close is None:
+            sent = self.proto.close_sent
+            if self.proto.parser_exc is not None and sent is not None:
+                # It broke the protocol or sent too big a message: the client learns why.
+                return sent.code, sent.reason, False
             return None, "", True
         return close.code, close.reason, False
 
