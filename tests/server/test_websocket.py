@@ -308,3 +308,32 @@ def test_killing_the_sandbox_closes_its_websockets(hutch_server, api):
                 ws.recv(timeout=60)
         assert caught.value.rcvd.code == 1001
         assert _refused(hutch_server, sid).status_code == 502
+
+
+def test_server_stop_closes_with_1012_and_the_next_server_relays_again(hutch_server, api):
+    """Stopping the server closes its WebSockets with 1012 (on both sides); the sandbox keeps
+    running and the next server relays to it again. Runs last: it restarts the session's
+    server in place (same object, new process and port)."""
+    from tests.conftest import start_server, stop_server
+    with _echo_sandbox(hutch_server, api) as (sid, sbx):
+        sbx.commands.run("rm -f /tmp/ws-close")
+        with _open(hutch_server, sid) as ws:
+            ws.send("before")
+            assert ws.recv(timeout=30) == "before"
+            try:
+                stop_server(hutch_server)
+                with pytest.raises(ConnectionClosed) as caught:
+                    ws.recv(timeout=60)
+            finally:
+                fresh = start_server()
+                for name in ("url", "api_key", "process", "env"):
+                    setattr(hutch_server, name, getattr(fresh, name))
+        assert caught.value.rcvd.code == 1012
+        api.base_url = hutch_server.url
+        from e2b import Sandbox
+        again = Sandbox.connect(sid, api_key=hutch_server.api_key, api_url=hutch_server.url,
+                                sandbox_url=hutch_server.url)
+        assert json.loads(_wait_for_file(again, "/tmp/ws-close"))[0] == 1012
+        with _open(hutch_server, sid) as ws:
+            ws.send("after")
+            assert ws.recv(timeout=30) == "after"
