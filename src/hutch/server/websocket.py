@@ -154,10 +154,13 @@ class WebSocketPlane:
         target = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
         if scope.get("query_string"):
             target += "?" + scope["query_string"].decode("latin-1")
-        proto = ClientProtocol(parse_uri(f"ws://sandbox{target}"),
+        if not target.isascii() or not target.isprintable() or " " in target:
+            raise _json(400, {"code": 400, "message": "invalid request target"})
+        proto = ClientProtocol(parse_uri("ws://sandbox/"),
                                subprotocols=scope.get("subprotocols") or None,
                                max_size=self.max_message)
         request = proto.connect()
+        request.path = target   # as the client sent it, escapes and all
         del request.headers["Host"]
         headers, _, _ = forwarded_headers(scope["headers"], port)
         for name, value in headers:
