@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import gzip
+import time
 import os
 
 import httpx
+import pytest
 
 from hutch.agent.files import signature_for
 
@@ -138,3 +140,27 @@ def test_enospc_is_507(client: Client):
 def test_unknown_route_is_json_404(client: Client):
     r = httpx.get(str(client.http.base_url) + "/nope")
     assert r.status_code == 404 and r.json()["code"] == 404
+
+
+def test_uploads_are_atomic_and_a_failed_one_keeps_the_old_file(client: Client, workdir):
+    target = workdir / "atomic.txt"
+    target.write_bytes(b"old content")
+    target.chmod(0o640)
+
+    def body():
+        yield b"partial new content"
+        raise RuntimeError("client gives up mid-upload")
+
+    with pytest.raises(Exception):
+        client.http.post("/files", params={"path": str(target)}, content=body(),
+                         headers={"Content-Type": "application/octet-stream"})
+    assert target.read_bytes() == b"old content"
+    r = client.http.post("/files", params={"path": str(target)}, content=b"new",
+                         headers={"Content-Type": "application/octet-stream"})
+    assert r.status_code == 200
+    assert target.read_bytes() == b"new"
+    assert oct(target.stat().st_mode & 0o777) == oct(0o640)   # permissions carry over
+    deadline = time.monotonic() + 10
+    while any("hutch-upload" in p.name for p in workdir.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)   # the aborted upload's temporary file goes when the agent sees the reset
+    assert [p.name for p in workdir.iterdir() if "hutch-upload" in p.name] == []

@@ -135,11 +135,15 @@ def test_upload_then_poll_sees_create_chmod_write_at_once(client: Client, workdi
         events = client.ok("filesystem.Filesystem/GetWatcherEvents", {"watcherId": wid})["events"]
         assert [(e["name"], e["type"]) for e in events] == [
             (target.name, "EVENT_TYPE_CREATE"), (target.name, "EVENT_TYPE_CHMOD"), (target.name, "EVENT_TYPE_WRITE")]
-        # Overwriting an existing file starts with a WRITE (the truncation).
+        # Uploads are atomic (a hidden temporary file renamed over the target), so overwriting
+        # reports the same three events and nothing of the temporary file.
         client.http.post("/files", params={"path": str(target)}, content=b"again",
                          headers={"Content-Type": "application/octet-stream"})
         events = client.ok("filesystem.Filesystem/GetWatcherEvents", {"watcherId": wid})["events"]
-        assert events[0] == {"name": target.name, "type": "EVENT_TYPE_WRITE"}
+        assert [(e["name"], e["type"]) for e in events] == [
+            (target.name, "EVENT_TYPE_CREATE"), (target.name, "EVENT_TYPE_CHMOD"), (target.name, "EVENT_TYPE_WRITE")]
+        assert target.read_bytes() == b"again"
+        assert [p.name for p in workdir.iterdir() if "hutch-upload" in p.name] == []
         client.ok("filesystem.Filesystem/RemoveWatcher", {"watcherId": wid})
 
 

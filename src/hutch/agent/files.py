@@ -10,10 +10,11 @@ import asyncio
 import base64
 import errno
 import os
+import secrets
 import stat
 import time
 import zlib
-from typing import AsyncIterator, Dict, List, Optional
+from typing import AsyncIterator, Dict, List, Optional, Tuple
 
 from ..errors import AuthenticationError, HutchError, InvalidArgumentError, NotFoundError
 from ..protocol import envd
@@ -100,21 +101,41 @@ def _open_read(path: str):
     return fd, data
 
 
-def _open_write(path: str) -> int:
+def _open_write(path: str) -> Tuple[int, str]:
+    """Open a new hidden file next to ``path`` for an upload; ``_finish`` renames it into place.
+
+    Writing beside the target and renaming makes an upload atomic: readers see the old
+    content or the new, never a half-written file, and a failed upload leaves the old file
+    as it was. An existing file's permission bits carry over to its replacement."""
     parent = os.path.dirname(path)
     if parent and not os.path.isdir(parent):
         os.makedirs(parent, exist_ok=True)
-    if os.path.isdir(path):
-        raise InvalidArgumentError(f"path {path!r} is a directory")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
     try:
-        # Re-apply the mode the file already has. A no-op for the file, but watchers then see
-        # the CREATE, CHMOD, WRITE sequence that envd's uploads produce and clients expect.
-        os.fchmod(fd, stat.S_IMODE(os.fstat(fd).st_mode))
-    except OSError:
-        os.close(fd)
-        raise
-    return fd
+        old = os.stat(path)
+    except FileNotFoundError:
+        old = None
+    if old is not None and stat.S_ISDIR(old.st_mode):
+        raise InvalidArgumentError(f"path {path!r} is a directory")
+    if old is not None and not stat.S_ISREG(old.st_mode):
+        # A device, FIFO or socket is written to, never replaced.
+        return os.open(path, os.O_WRONLY | os.O_CLOEXEC), path
+    tmp = os.path.join(parent, f".{os.path.basename(path)[:100]}{filesystem.UPLOAD_MARKER}{secrets.token_hex(6)}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    except PermissionError:
+        if old is None:
+            raise
+        # A writable file in a directory the user may not write: replace its content in place
+        # (the only write the permissions allow; not atomic).
+        return os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC), path
+    if old is not None:
+        try:
+            os.fchmod(fd, stat.S_IMODE(old.st_mode))
+        except OSError:
+            os.close(fd)
+            os.unlink(tmp)
+            raise
+    return fd, tmp
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -123,20 +144,36 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def _finish(fd: int, path: str, metadata: Dict[str, str]) -> None:
-    """Close the file and make its metadata exactly ``metadata``: an overwrite without
-    metadata must not keep what an earlier upload stored."""
+def _finish(fd: int, tmp: str, path: str, metadata: Dict[str, str]) -> None:
+    """Store ``metadata`` as xattrs, flush the data to disk, and rename the file into place."""
     try:
-        stale = [n for n in os.listxattr(fd) if n.startswith(envd.METADATA_XATTR_PREFIX)]
-        for name in stale:
-            os.removexattr(fd, name)
-        for key, value in metadata.items():
-            os.setxattr(fd, envd.METADATA_XATTR_PREFIX + key.lower(), value.encode())
-    except OSError as exc:
-        if metadata or exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
-            raise
-    finally:
+        try:
+            for key, value in metadata.items():
+                os.setxattr(fd, envd.METADATA_XATTR_PREFIX + key.lower(), value.encode())
+        except OSError as exc:
+            if metadata or exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
+        os.fsync(fd)
+    except BaseException:
         os.close(fd)
+        if tmp != path:
+            _discard(tmp)
+        raise
+    os.close(fd)
+    if tmp == path:
+        return
+    try:
+        os.rename(tmp, path)
+    except BaseException:
+        _discard(tmp)
+        raise
+
+
+def _discard(tmp: str) -> None:
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass
 
 
 class FilesRoute:
@@ -249,7 +286,7 @@ class FilesRoute:
         the user's thread while the event loop keeps reading the socket.
         """
         run = self.state.identities.run
-        fd = await run(user, filesystem.guarded, _open_write, path)
+        fd, tmp = await run(user, filesystem.guarded, _open_write, path)
         inflate = zlib.decompressobj(47) if gunzip else None
         in_flight = None
         try:
@@ -280,13 +317,15 @@ class FilesRoute:
             if in_flight is not None:
                 await asyncio.gather(in_flight, return_exceptions=True)  # never close under a write
             os.close(fd)
+            if tmp != path:
+                await run(user, _discard, tmp)
             raise
-        await run(user, filesystem.guarded, _finish_at, path, fd, metadata)
+        await run(user, filesystem.guarded, _finish_at, path, fd, tmp, metadata)
 
 
 def _write_all_to(path: str, fd: int, data: bytes) -> None:
     _write_all(fd, data)
 
 
-def _finish_at(path: str, fd: int, metadata: Dict[str, str]) -> None:
-    _finish(fd, path, metadata)
+def _finish_at(path: str, fd: int, tmp: str, metadata: Dict[str, str]) -> None:
+    _finish(fd, tmp, path, metadata)

@@ -68,6 +68,11 @@ def translate(exc: OSError, path: str) -> HutchError:
     return HutchError(f"{path!r}: {reason}")
 
 
+#: Uploads are written to a hidden temporary file next to their target, then renamed over it;
+#: names carrying this marker are the agent's own and watchers do not report them.
+UPLOAD_MARKER = ".hutch-upload-"
+
+
 def guarded(fn: Callable[..., T], path: str, *args) -> T:
     try:
         return fn(path, *args)

@@ -109,6 +109,7 @@ class DirWatcher:
         self._run_as = run_as
         self.fd = -1
         self._dirs: Dict[int, str] = {}  # watch descriptor -> path relative to root ("" = root)
+        self._uploads: set = set()       # rename cookies of uploads leaving their temporary name
         self.closed = False
 
     async def start(self) -> None:
@@ -213,8 +214,9 @@ class DirWatcher:
     def _parse(self, data: bytes) -> None:
         offset = 0
         new_dirs: List[str] = []
+        uploads = self._uploads
         while offset + _EVENT.size <= len(data):
-            wd, mask, _cookie, size = _EVENT.unpack_from(data, offset)
+            wd, mask, cookie, size = _EVENT.unpack_from(data, offset)
             raw = data[offset + _EVENT.size: offset + _EVENT.size + size].rstrip(b"\0")
             offset += _EVENT.size + size
             if mask & IN_IGNORED:
@@ -224,20 +226,38 @@ class DirWatcher:
             if base is None or not raw:
                 continue  # events on a watched dir itself (e.g. DELETE_SELF) carry no name
             name = os.path.join(base, os.fsdecode(raw)) if base else os.fsdecode(raw)
+            if filesystem.UPLOAD_MARKER in name:
+                # An upload in flight is the agent's own file; only its rename into place counts.
+                if mask & IN_MOVED_FROM:
+                    uploads.add(cookie)
+                continue
             kind = _map(mask)
             if not kind:
+                continue
+            if mask & IN_MOVED_TO and cookie in uploads:
+                # An upload landed: report what a client expects of a written file (envd's
+                # CREATE, CHMOD, WRITE), not the rename that made the write atomic.
+                uploads.discard(cookie)
+                entry = self._entry(name)
+                for k in (envd.EVENT_CREATE, envd.EVENT_CHMOD, envd.EVENT_WRITE):
+                    self.sink(envd.filesystem_event(name, k, entry))
                 continue
             if self.recursive and mask & IN_ISDIR and mask & (IN_CREATE | IN_MOVED_TO):
                 new_dirs.append(name)
             entry = None
-            if self.include_entry and kind not in (envd.EVENT_REMOVE, envd.EVENT_RENAME):
-                try:
-                    entry = filesystem.entry(os.path.join(self.root, name))
-                except OSError:
-                    entry = None
+            if kind not in (envd.EVENT_REMOVE, envd.EVENT_RENAME):
+                entry = self._entry(name)
             self.sink(envd.filesystem_event(name, kind, entry))
         for rel in new_dirs:
             self._add_new_dir(rel)
+
+    def _entry(self, name: str) -> Optional[Dict[str, Any]]:
+        if not self.include_entry:
+            return None
+        try:
+            return filesystem.entry(os.path.join(self.root, name))
+        except OSError:
+            return None
 
     def _add_new_dir(self, rel: str) -> None:
         """Watch a directory that appeared under a recursive watch.
