@@ -70,51 +70,18 @@ def serve(host, port, data_dir):
 @click.command()
 def doctor():
     """Check that this host can run hutch sandboxes; exit non-zero if something is missing."""
-    cfg = _config()
-    checks: list[tuple[str, bool, str]] = []
+    from hutch.server.doctor import run_checks
 
-    def check(name: str, ok: bool, detail: str = "") -> None:
-        checks.append((name, ok, detail))
-        mark = click.style("ok  ", fg="green") if ok else click.style("FAIL", fg="red")
-        click.echo(f"[{mark}] {name}" + (f": {detail}" if detail else ""))
-
-    check("running as root", os.geteuid() == 0, "" if os.geteuid() == 0 else
-          "the server needs root to make namespaces, cgroups and firewall rules")
-    try:
-        from hutch.runtime.local import LocalRuntime
-        results = LocalRuntime.probe()
-        chosen = [r for r in results if cfg.oci_runtime in (r.name, r.path)]
-        for r in results:
-            if r in chosen:
-                check(f"OCI runtime {r.name} (HUTCH_OCI_RUNTIME)", r.ok,
-                      f"{r.version or ''} {r.reason}".strip())
-            else:
-                click.echo(f"[ -- ] OCI runtime {r.name}: {r.reason}")
-        if not chosen:
-            check(f"OCI runtime {cfg.oci_runtime} (HUTCH_OCI_RUNTIME)", False,
-                  "not among the runtimes hutch knows: " + ", ".join(r.name for r in results))
-    except HutchError as exc:
-        check("OCI runtime", False, str(exc))
-    except ImportError as exc:
-        check("OCI runtime", False, f"runtime package unavailable: {exc}")
-    cg = Path("/sys/fs/cgroup")
-    has_cg = (cg / "cgroup.controllers").exists() or (cg / "memory").is_dir()
-    check("cgroups (memory, pids, cpu)", has_cg, "cgroup v2" if (cg / "cgroup.controllers")
-          .exists() else ("cgroup v1" if has_cg else "no cgroup hierarchy found"))
-    check("nftables (nft)", shutil.which("nft") is not None)
-    try:
-        userns = int(Path("/proc/sys/user/max_user_namespaces").read_text())
-    except (OSError, ValueError):
-        userns = 0
-    check("user namespaces", userns > 0, f"max_user_namespaces={userns}")
-    try:
-        from hutch.server.app import build_templates
-        names = [getattr(t, "name", str(t)) for t in build_templates(cfg).list()]
-        check("templates", True, f"{cfg.templates_dir}: " + (", ".join(names) or
-              "none built yet (the first `hutch serve` builds base)"))
-    except Exception as exc:  # a doctor reports, it does not crash
-        check("templates", False, str(exc))
-    failed = [c for c in checks if not c[1]]
+    checks = run_checks(_config())
+    for c in checks:
+        if c.ok:
+            mark = click.style("ok  ", fg="green")
+        else:
+            mark = click.style(" -- " if c.optional else "FAIL", fg=None if c.optional else "red")
+        click.echo(f"[{mark}] {c.name}" + (f": {c.detail}" if c.detail else ""))
+        if not c.ok and not c.optional and c.fix:
+            click.echo(f"       fix: {c.fix}")
+    failed = [c for c in checks if not c.ok and not c.optional]
     if failed:
         click.echo(f"{len(failed)} check(s) failed")
         sys.exit(1)

@@ -1,0 +1,99 @@
+"""Host checks behind ``hutch doctor``: each names what is wrong and the exact fix.
+
+The checks look at what the runtime and template builder will need (root, an OCI runtime
+that really starts a user-namespaced container with limits here, cgroups, user namespaces,
+nftables, overlayfs, loop devices, a static init, mmdebstrap) and at the templates built so
+far. They only read and probe; they change nothing on the host.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from hutch.errors import HutchError
+from hutch.server.config import Config
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str = ""
+    fix: str = ""          # the command or setting that repairs a failed check
+    optional: bool = False  # informational: a failure here does not stop hutch
+
+
+def _tool(name: str, binary: str, package: str, why: str) -> Check:
+    path = shutil.which(binary)
+    return Check(name, path is not None, path or f"{binary} not found ({why})",
+                 fix=f"apt-get install -y {package}")
+
+
+def _filesystems() -> str:
+    try:
+        return Path("/proc/filesystems").read_text()
+    except OSError:
+        return ""
+
+
+def _runtime_checks(config: Config) -> list[Check]:
+    try:
+        from hutch.runtime.local import LocalRuntime
+        results = LocalRuntime.probe()
+    except (HutchError, ImportError) as exc:
+        return [Check("OCI runtime", False, str(exc), fix="apt-get install -y runc tini")]
+    out = []
+    chosen = [r for r in results if config.oci_runtime in (r.name, r.path)]
+    for r in results:
+        detail = f"{r.version or ''} {r.reason}".strip()
+        if r in chosen:
+            out.append(Check(f"OCI runtime {r.name} (HUTCH_OCI_RUNTIME)", r.ok, detail,
+                             fix=(f"apt-get install -y {r.name}" if not r.path else
+                                  "set HUTCH_OCI_RUNTIME to a runtime marked ok below")))
+        else:
+            out.append(Check(f"OCI runtime {r.name}", r.ok, detail, optional=True))
+    if not chosen:
+        out.append(Check(f"OCI runtime {config.oci_runtime} (HUTCH_OCI_RUNTIME)", False,
+                         "not among the runtimes hutch knows: " + ", ".join(r.name for r in results),
+                         fix="HUTCH_OCI_RUNTIME=runc"))
+    return out
+
+
+def run_checks(config: Config) -> list[Check]:
+    checks = [Check("running as root", os.geteuid() == 0,
+                    "" if os.geteuid() == 0 else "namespaces, cgroups and firewall rules need root",
+                    fix="run hutch as root (sudo -i)")]
+    checks += _runtime_checks(config)
+    cg = Path("/sys/fs/cgroup")
+    v2 = (cg / "cgroup.controllers").exists()
+    v1 = (cg / "memory").is_dir() and (cg / "pids").is_dir()
+    checks.append(Check("cgroups (memory, pids, cpu)", v1 or v2,
+                        "cgroup v2" if v2 else ("cgroup v1" if v1 else "no cgroup hierarchy found"),
+                        fix="mount the cgroup hierarchy (boot with systemd, or mount -t cgroup2 none /sys/fs/cgroup)"))
+    try:
+        userns = int(Path("/proc/sys/user/max_user_namespaces").read_text())
+    except (OSError, ValueError):
+        userns = 0
+    checks.append(Check("user namespaces", userns > 0, f"max_user_namespaces={userns}",
+                        fix="sysctl -w user.max_user_namespaces=15000"))
+    checks.append(Check("overlayfs", "overlay" in _filesystems(), "",
+                        fix="modprobe overlay"))
+    checks.append(Check("loop devices", Path("/dev/loop-control").exists(),
+                        "/dev/loop-control (per-sandbox disk quotas)", fix="modprobe loop"))
+    checks.append(_tool("nftables", "nft", "nftables", "the host-side firewall"))
+    checks.append(_tool("ip", "ip", "iproute2", "network namespaces"))
+    checks.append(_tool("mkfs.ext4", "mkfs.ext4", "e2fsprogs", "quota'd writable layers"))
+    checks.append(_tool("mmdebstrap", "mmdebstrap", "mmdebstrap", "builds the templates"))
+    static_init = any(os.access(p, os.X_OK) for p in ("/usr/bin/tini-static", "/usr/bin/tini"))
+    checks.append(Check("init for PID 1 (tini)", static_init, "", fix="apt-get install -y tini"))
+    try:
+        from hutch.server.app import build_templates
+        names = [t.name for t in build_templates(config).list()]
+        checks.append(Check("templates", True, f"{config.templates_dir}: " + (
+            ", ".join(names) or "none built yet (the first `hutch serve` builds base)")))
+    except Exception as exc:  # a doctor reports, it does not crash
+        checks.append(Check("templates", False, str(exc), fix=f"check {config.templates_dir}"))
+    return checks
