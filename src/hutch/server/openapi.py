@@ -71,7 +71,7 @@ SCHEMAS: dict[str, dict] = {
             "Send as X-Access-Token on data-plane requests to the agent; null for a sandbox "
             "created with `secure: false`.")},
         "alias": {"type": "string"},
-        "domain": {"type": "null"},
+        "domain": {"type": ["string", "null"], "description": "HUTCH_DOMAIN when host routing is on: ports are reached at <port>-<sandboxID>.<domain>"},
     }, ["templateID", "sandboxID", "clientID", "envdVersion"]),
     "ListedSandbox": _obj({
         "templateID": {"type": "string"},
@@ -90,7 +90,7 @@ SCHEMAS: dict[str, dict] = {
         "cpuCount", "memoryMB", "diskSizeMB", "state", "metadata"]),
     "SandboxDetail": {"allOf": [_ref("ListedSandbox"), _obj({
         "envdAccessToken": {"type": ["string", "null"]},
-        "domain": {"type": "null"},
+        "domain": {"type": ["string", "null"], "description": "HUTCH_DOMAIN when host routing is on: ports are reached at <port>-<sandboxID>.<domain>"},
         "allowInternetAccess": {"type": "boolean"},
     }, ["allowInternetAccess"])]},
     "SandboxMetric": _obj({

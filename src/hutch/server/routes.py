@@ -89,7 +89,7 @@ class ControlPlane:
         return {
             "templateID": rec.template, "sandboxID": rec.id, "clientID": self.client_id,
             "envdVersion": ENVD_VERSION, "envdAccessToken": rec.access_token,
-            "alias": rec.alias or rec.template, "domain": None,
+            "alias": rec.alias or rec.template, "domain": self.manager.config.domain or None,
         }
 
     def listed(self, rec: SandboxRecord) -> dict:
@@ -104,7 +104,8 @@ class ControlPlane:
         }
 
     def detail(self, rec: SandboxRecord) -> dict:
-        return {**self.listed(rec), "envdAccessToken": rec.access_token, "domain": None,
+        return {**self.listed(rec), "envdAccessToken": rec.access_token,
+                "domain": self.manager.config.domain or None,
                 "allowInternetAccess": rec.network == "internet"}
 
     # -- endpoints ---------------------------------------------------------------------------
