@@ -40,6 +40,10 @@ def parse(argv):
 
 def main(argv=None) -> int:
     socket_path, listen, ready_fd = parse(sys.argv[1:] if argv is None else argv)
+    # The agent never speaks TLS, but asyncio imports ssl if it can, which loads OpenSSL:
+    # about 4 MiB of every idle sandbox's memory and a good part of the agent's start-up.
+    # A None entry makes that import fail, and asyncio then runs without TLS support.
+    sys.modules.setdefault("ssl", None)
     import asyncio
 
     from .server import run

@@ -9,6 +9,13 @@ from ..errors import AuthenticationError
 from .processes import ProcessTable
 from .users import Identities, User, default_user_name, lookup
 
+try:
+    # The constant-time comparison itself, without hmac's import of hashlib and with it
+    # OpenSSL (several MiB of every sandbox's memory, for checking a token on each request).
+    from _operator import _compare_digest
+except ImportError:  # another Python implementation
+    from hmac import compare_digest as _compare_digest
+
 
 #: Variables that configure the agent's own interpreter, never passed on to processes.
 PRIVATE_ENV = ("PYTHONPATH", "PYTHONSAFEPATH", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "PYTHONHOME")
@@ -43,9 +50,7 @@ class AgentState:
     def token_ok(self, presented: Optional[str]) -> bool:
         if self.access_token is None:
             return True
-        import hmac  # only once a token is set: keeps OpenSSL out of the agent's startup
-
-        return presented is not None and hmac.compare_digest(presented.encode(), self.access_token.encode())
+        return presented is not None and _compare_digest(presented.encode(), self.access_token.encode())
 
     def user(self, name: Optional[str]) -> User:
         """The account a request acts as: the named one, or the sandbox default."""
