@@ -10,7 +10,6 @@ import asyncio
 import base64
 import errno
 import os
-import secrets
 import stat
 import time
 import zlib
@@ -119,7 +118,9 @@ def _open_write(path: str) -> Tuple[int, str]:
     if old is not None and not stat.S_ISREG(old.st_mode):
         # A device, FIFO or socket is written to, never replaced.
         return os.open(path, os.O_WRONLY | os.O_CLOEXEC), path
-    tmp = os.path.join(parent, f".{os.path.basename(path)[:100]}{filesystem.UPLOAD_MARKER}{secrets.token_hex(6)}")
+    # os.urandom rather than the secrets module: that imports hmac, and with it OpenSSL
+    # (several MiB of every idle sandbox's memory).
+    tmp = os.path.join(parent, f".{os.path.basename(path)[:100]}{filesystem.UPLOAD_MARKER}{os.urandom(6).hex()}")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
     except PermissionError:
