@@ -28,6 +28,7 @@ from hutch.errors import (
     SandboxNotFoundError,
 )
 from hutch.runtime.spec import Mount, SandboxSpec
+from hutch.server import agent_lib
 from hutch.server.config import Config
 from hutch.server.expiry import expire
 from hutch.server.keys import new_sandbox_id, new_token
@@ -81,32 +82,18 @@ class SandboxManager:
         self._wake = asyncio.Event()
         self._reaper: asyncio.Task | None = None
         # The installed hutch package (agent + protocol), mounted read-only into each sandbox.
-        self._agent_lib = Path(__file__).resolve().parent.parent
+        self._agent_lib: Path | None = None   # staged at start: see hutch.server.agent_lib
         self.pool: WarmPool | None = None
         self._pending_keys: dict[str, asyncio.Future] = {}   # idempotency keys in flight
 
     # -- start and stop ----------------------------------------------------------------------
 
     async def start(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self._compile_agent_lib)
+        self._agent_lib = await asyncio.get_running_loop().run_in_executor(
+            None, agent_lib.stage, self.config.data_dir)
         await self.reconcile()
         self._reaper = asyncio.create_task(
             expire(lambda: self._live, self.kill, self._wake), name="hutch-reaper")
-
-    def _compile_agent_lib(self) -> None:
-        """Write the bytecode of what the agent imports next to its source, once per start.
-
-        Sandboxes see the package read-only, so an agent cannot cache what it compiles and
-        would compile every module again on each start (about 25 ms of every create). The
-        server's Python is the host's, the same minor version as the templates' (a template
-        with another version just finds no bytecode for itself and compiles as before)."""
-        import compileall
-
-        lib = self._agent_lib
-        for name in ("__init__.py", "errors.py"):
-            compileall.compile_file(lib / name, quiet=2)
-        for package in ("agent", "protocol"):
-            compileall.compile_dir(lib / package, quiet=2)
 
     def start_pool(self) -> None:
         """Start filling the warm pool (if configured) in the background."""
@@ -347,7 +334,8 @@ class SandboxManager:
             cwd="/",
             cpu=rec.cpu, memory_mb=rec.memory_mb, pids=rec.pids, disk_mb=rec.disk_mb,
             network=rec.network,
-            mounts=(Mount(self._agent_lib, f"{AGENT_LIB}/hutch", read_only=True),),
+            mounts=(Mount(self._agent_lib or agent_lib.stage(self.config.data_dir),
+                          f"{AGENT_LIB}/hutch", read_only=True),),
         )
 
     def _fail(self, live: Live, reason: str) -> None:
