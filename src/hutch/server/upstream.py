@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import AsyncIterator
 
 from hutch.errors import SandboxError
+from hutch.runtime.agent_socket import pinned_socket
 
 AGENT_SOCKET = "/run/hutch/agent.sock"   # inside the sandbox
 DEFAULT_USER = "user"                    # who commands run as unless a request names a user
@@ -277,7 +278,13 @@ class AgentLink(Upstream):
         self.ready_after: float | None = None   # seconds from start() to an accepted /init
 
     async def _open(self):
-        return await asyncio.open_unix_connection(str(self.socket), limit=_MAX_HEAD)
+        # Root inside the sandbox can replace agent.sock with a symlink to any host socket:
+        # connect to the inode that is there, never through a link.
+        try:
+            with pinned_socket(self.socket) as target:
+                return await asyncio.open_unix_connection(target, limit=_MAX_HEAD)
+        except SandboxError as exc:
+            raise UpstreamError(f"cannot connect: {exc}") from None
 
 
     async def _call(self, method: str, path: str, body: dict | None = None,
