@@ -157,7 +157,7 @@ class Server:
         logging.getLogger("uvicorn.error").addFilter(_DropAbortNoise())
         app = self.asgi()
         uconfig = uvicorn.Config(
-            app, host=self.config.host, port=self.config.port, http="h11",
+            app, host=self.config.host, port=self.config.port, http="httptools",
             ws="websockets-sansio", lifespan="off", log_level=self.config.log_level,
             access_log=False,
             timeout_keep_alive=75, server_header=False, date_header=False,

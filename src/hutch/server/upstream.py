@@ -266,12 +266,6 @@ class PortLink(Upstream):
 class AgentLink(Upstream):
     """The agent's unix socket, plus the calls the manager makes on a new sandbox."""
 
-    # While it streams a response the agent watches its socket for the client leaving, and a
-    # request sent right behind the stream's last chunk races that watch (its first byte can
-    # be lost). Streams are long-lived anyway, so a fresh unix-socket connection (~0.1 ms)
-    # after each one costs next to nothing.
-    reuse_after_stream = False
-
     def __init__(self, socket: Path) -> None:
         super().__init__()
         self.socket = socket
