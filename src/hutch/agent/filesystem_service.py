@@ -65,7 +65,7 @@ class FilesystemService:
             sink,
             lambda fn, *args: self.state.identities.run(call.user, fn, *args),
             bool(field(msg, "allow_network_mounts", False)),
-            (call.user.uid, list(call.user.groups)),
+            call.user,
         )
 
     async def watch_dir(self, call: Call, msg: Dict[str, Any]) -> AsyncIterator[bytes]:

@@ -15,7 +15,8 @@ import asyncio
 import base64
 import os
 import pwd
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, TypeVar
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, TypeVar
 
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
@@ -149,8 +150,53 @@ class _FsCreds:
         if self._libc.syscall(self._fsuid, c.c_long(-1)) != user.uid:
             raise OSError("setfsuid did not take effect")
 
+    def current(self) -> tuple:
+        """The calling thread's (fsuid, fsgid, groups), for :meth:`restore`."""
+        c = self._ctypes
+        return (self._libc.syscall(self._fsuid, c.c_long(-1)),
+                self._libc.syscall(self._fsgid, c.c_long(-1)), os.getgroups())
+
+    def restore(self, saved: tuple) -> None:
+        c = self._ctypes
+        fsuid, fsgid, groups = saved
+        self._libc.syscall(self._fsuid, c.c_long(fsuid))
+        self._libc.syscall(self._fsgid, c.c_long(fsgid))
+        array = (c.c_uint * max(1, len(groups)))(*groups)
+        if (self._libc.syscall(self._setgroups, c.c_long(len(groups)), array) != 0
+                or self._libc.syscall(self._fsuid, c.c_long(-1)) != fsuid):
+            # The agent's own thread could not get its identity back: nothing it does from
+            # here on would be right, so it stops rather than act as the wrong user.
+            os.abort()
+
 
 _creds: Optional[_FsCreds] = None
+
+
+def _fs_creds() -> _FsCreds:
+    global _creds
+    if _creds is None:
+        _creds = _FsCreds()
+    return _creds
+
+
+@contextmanager
+def acting_as(user: User) -> Iterator[None]:
+    """Act on files as ``user`` on the calling thread until the block ends.
+
+    For the little file work that must happen on the event loop's own thread (a watcher
+    describing what just changed, or watching a directory the moment it appears): the block
+    is synchronous, so nothing else runs on the thread meanwhile, and the kernel checks every
+    access against the user's ids just as on the user's worker threads."""
+    if user.uid == 0:
+        yield
+        return
+    creds = _fs_creds()
+    saved = creds.current()
+    try:
+        creds.apply(user)
+        yield
+    finally:
+        creds.restore(saved)
 
 
 class Identities:
@@ -168,11 +214,8 @@ class Identities:
             if user.uid == 0:
                 pool = ThreadPoolExecutor(self._workers, thread_name_prefix="fs-root")
             else:
-                global _creds
-                if _creds is None:
-                    _creds = _FsCreds()
                 pool = ThreadPoolExecutor(
-                    self._workers, thread_name_prefix=f"fs-{user.uid}", initializer=_creds.apply,
+                    self._workers, thread_name_prefix=f"fs-{user.uid}", initializer=_fs_creds().apply,
                     initargs=(user,),
                 )
             self._pools[user.uid] = pool

@@ -13,11 +13,12 @@ import errno
 import os
 import stat
 import struct
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional
 
 from ..errors import InvalidArgumentError, RateLimitError
 from ..protocol import envd
 from . import filesystem
+from .users import User, acting_as
 
 IN_MODIFY = 0x00000002
 IN_ATTRIB = 0x00000004
@@ -98,10 +99,10 @@ class DirWatcher:
         sink: Callable[[Dict[str, Any]], None],
         run_as: Callable[..., Any],
         allow_network_mounts: bool = False,
-        ids: Optional[Tuple[int, List[int]]] = None,
+        user: Optional[User] = None,
     ) -> None:
         self.allow_network_mounts = allow_network_mounts
-        self._ids = ids  # (uid, groups) of the watching user; None = root
+        self._user = user  # the watching user; None = root
         self.root = root
         self.recursive = recursive
         self.include_entry = include_entry
@@ -141,29 +142,12 @@ class DirWatcher:
         self._dirs.update(added)
         asyncio.get_running_loop().add_reader(self.fd, self._on_readable)
 
-    def _may_read(self, path: str) -> bool:
-        """Would the watching user be allowed to read ``path``? (mode bits, as the kernel does
-        for a watch, minus ACLs). Used where the watch is placed from the event loop's thread."""
-        if self._ids is None or self._ids[0] == 0:
-            return True
-        uid, groups = self._ids
-        try:
-            st = os.stat(path)
-        except OSError:
-            return False
-        if st.st_uid == uid:
-            return bool(st.st_mode & stat.S_IRUSR)
-        if st.st_gid in groups:
-            return bool(st.st_mode & stat.S_IRGRP)
-        return bool(st.st_mode & stat.S_IROTH)
+    def _add_tree(self, rel: str) -> Dict[int, str]:
+        """Watch ``rel`` (and below it if recursive); blocking, as the watching user.
 
-    def _add_tree(self, rel: str, check: bool = False) -> Dict[int, str]:
-        """Watch ``rel`` (and below it if recursive); blocking.
-
-        The first watch is placed on the user's own thread, where the kernel checks the
-        permissions. Directories that appear later are added at once from the loop's thread
-        (``check=True``), so that a client which makes a directory and then writes into it
-        never outruns the watch; the user's read permission is checked by hand there.
+        The first watch is placed on the user's own thread. Directories that appear later are
+        added at once from the loop's thread (see :meth:`_on_readable`), so that a client which
+        makes a directory and then writes into it never outruns the watch.
         """
         lib, _ = _lib()
         out: Dict[int, str] = {}
@@ -171,8 +155,6 @@ class DirWatcher:
         while stack:
             current = stack.pop()
             full = os.path.join(self.root, current) if current else self.root
-            if check and not self._may_read(full):
-                continue
             try:
                 wd = _check(lib.inotify_add_watch(self.fd, os.fsencode(full), WATCH_MASK), full)
             except OSError:
@@ -209,7 +191,14 @@ class DirWatcher:
             except OSError:
                 self.close()
                 return
-            self._parse(data)
+            if self._user is not None and (self.include_entry or self.recursive):
+                # Describing entries and watching new directories happen right here, through
+                # paths the user controls (the watched path itself may be their symlink): as
+                # the user, so the kernel refuses whatever they could not reach themselves.
+                with acting_as(self._user):
+                    self._parse(data)
+            else:
+                self._parse(data)
 
     def _parse(self, data: bytes) -> None:
         offset = 0
@@ -268,7 +257,7 @@ class DirWatcher:
         """
         if self.closed:
             return
-        added = self._add_tree(rel, check=True)
+        added = self._add_tree(rel)
         self._dirs.update(added)
         if added:
             for name, entry in self._scan(list(added.values())):
