@@ -19,6 +19,13 @@ log = logging.getLogger(__name__)
 
 UPSTREAM_TIMEOUT = 4.0
 MAX_TCP_MESSAGE = 65535
+# The forwarder runs in the server's process and every query in flight holds a socket there for
+# up to UPSTREAM_TIMEOUT: without a bound, one sandbox flooding queries at a silent name would
+# use up the server's file descriptors (and every tenant's API with them). Queries past the
+# bound are dropped, as a busy resolver drops them; clients retry.
+MAX_PENDING_PER_CLIENT = 64     # UDP queries in flight per source address (one per sandbox)
+MAX_PENDING = 4096              # UDP queries in flight overall
+MAX_TCP_PER_CLIENT = 16         # open TCP connections per source address
 
 
 def parse_resolv_conf(text: str) -> list[tuple[str, int]]:
@@ -78,11 +85,16 @@ class _UdpServer(asyncio.DatagramProtocol):
         self.transport = transport
 
     def datagram_received(self, data: bytes, addr) -> None:
-        if len(data) < 12:
+        fwd = self.forwarder
+        if len(data) < 12 or len(fwd._tasks) >= MAX_PENDING:
+            return
+        client = addr[0]
+        if not fwd._take(fwd._udp_clients, client, MAX_PENDING_PER_CLIENT):
             return
         task = asyncio.ensure_future(self._answer(data, addr))
-        self.forwarder._tasks.add(task)
-        task.add_done_callback(self.forwarder._tasks.discard)
+        fwd._tasks.add(task)
+        task.add_done_callback(fwd._tasks.discard)
+        task.add_done_callback(lambda _: fwd._give(fwd._udp_clients, client))
 
     async def _answer(self, data: bytes, addr) -> None:
         answer = await self.forwarder.resolve(data, tcp=False)
@@ -99,6 +111,22 @@ class DnsForwarder:
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._udp_clients: dict[str, int] = {}   # source address -> UDP queries in flight
+        self._tcp_clients: dict[str, int] = {}   # source address -> open TCP connections
+
+    @staticmethod
+    def _take(counts: dict[str, int], client: str, limit: int) -> bool:
+        n = counts.get(client, 0)
+        if n >= limit:
+            return False
+        counts[client] = n + 1
+        return True
+
+    @staticmethod
+    def _give(counts: dict[str, int], client: str) -> None:
+        n = counts.pop(client, 1) - 1
+        if n > 0:
+            counts[client] = n
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -131,6 +159,11 @@ class DnsForwarder:
         return None
 
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        peer = writer.get_extra_info("peername")
+        client = peer[0] if peer else ""
+        if not self._take(self._tcp_clients, client, MAX_TCP_PER_CLIENT):
+            writer.close()
+            return
         try:
             while True:
                 try:
@@ -144,4 +177,5 @@ class DnsForwarder:
                 writer.write(struct.pack("!H", len(answer)) + answer)
                 await writer.drain()
         finally:
+            self._give(self._tcp_clients, client)
             writer.close()
