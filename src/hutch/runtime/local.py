@@ -23,7 +23,7 @@ from pathlib import Path
 
 from hutch.errors import AlreadyExistsError, InvalidArgumentError, RuntimeError_
 from hutch.errors import SandboxNotFoundError
-from hutch.runtime import bundle, cgroup, disk, firewall, network, oci
+from hutch.runtime import bundle, cgroup, disk, firewall, kernel_limits, network, oci
 from hutch.runtime.dns import DnsForwarder, host_resolvers
 from hutch.runtime.spec import SandboxHandle, SandboxSpec
 
@@ -121,6 +121,7 @@ class LocalRuntime:
             self.instance, self.subnet, exists=network.link_exists(self.bridge)))
         network.set_sysctl(f"net/ipv6/conf/{self.bridge}/disable_ipv6", "1")
         network.set_sysctl("net/ipv4/ip_forward", "1")
+        kernel_limits.raise_host_limits()
         addrs, subnets = await firewall.host_facts(exclude_ifname=self.bridge)
         facts = firewall.FirewallFacts(self.instance, self.subnet,
                                        network.default_route_interface(), addrs, subnets)
@@ -205,6 +206,11 @@ class LocalRuntime:
             await self.driver.run(spec.id, sdir, stdio=sdir / "disk" / "console.log",
                                   log=sdir / "oci.log", pid_file=sdir / "init.pid")
             timings["oci_run"] = time.perf_counter() - t
+            t = time.perf_counter()
+            # Before anything but the init and the agent runs inside (user code comes later,
+            # through the agent), so no sandbox ever holds more than its share.
+            await kernel_limits.limit_sandbox(int((sdir / "init.pid").read_text()))
+            timings["limits"] = time.perf_counter() - t
         except BaseException as e:
             try:
                 await asyncio.shield(self.destroy(spec.id))
