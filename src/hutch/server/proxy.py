@@ -87,6 +87,12 @@ def forwarded_headers(headers: list[tuple[bytes, bytes]], port: int,
                 continue
         elif name == b"transfer-encoding":
             chunked = True
+        elif to_agent and (name == b"x-api-key" or (
+                name == b"authorization" and value[:6].lower() != b"basic ")):
+            # hutch's own API credentials, sent along by a client that adds them to every
+            # request: the agent never uses them, and whatever answers on the agent's socket
+            # is under the sandbox's control (an API key reads the tenant's other sandboxes).
+            continue
         if name not in _HOP and (to_agent or not name.startswith(b"e2b-")):
             out.append((name, value))
     return out, token, chunked
