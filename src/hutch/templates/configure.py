@@ -36,6 +36,9 @@ def script(recipe: Recipe, *, ca_source: Path | None) -> str:
         'printf "sandbox\\n" > "$root/etc/hostname"',
         'chmod 0644 "$root/etc/resolv.conf" "$root/etc/hosts" "$root/etc/hostname"',
         'printf "LANG=C.UTF-8\\n" > "$root/etc/default/locale"',
+        # Every command arrives as a login shell (`bash -l -c`), and Debian's /etc/profile
+        # forks `id -u` to pick a PATH: bash knows $EUID without a fork (sh falls back).
+        "sed -i 's/\"$(id -u)\"/\"${EUID:-$(id -u)}\"/g' \"$root/etc/profile\"",
         "in_root usermod --shell /bin/bash root",
         f"in_root useradd --create-home --home-dir {q(home)} --uid {uid} --user-group"
         f" --shell /bin/bash {q(user)}",
