@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 # Bumped whenever the builder changes what it writes for the same recipe (post-processing,
 # layout, configuration script), so templates built by an older hutch are rebuilt.
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 
 
 @dataclass(frozen=True)
