@@ -341,6 +341,15 @@ def main() -> None:
     if ratio:
         lines.append(f"create → first output is {ratio:.1f}× a bare `runc run` of `true`.")
         lines.append("")
+    lines += [
+        "Where a create's time goes (the `Server-Timing` header of every create answer has the",
+        "breakdown): `runc run` of the bundle (the floor above), then the agent's start-up, most",
+        "of it Python importing asyncio, then `/init`. A command's round trip is two HTTP hops",
+        "(client → server → agent socket), the spawn as the sandbox user, and the login shell",
+        "`commands.run` asks for. Idle memory is counted as PSS, so libraries shared by sandboxes",
+        "of one template are split between them; one sandbox alone carries all of them.",
+        "",
+    ]
     Path(args.out).write_text("\n".join(lines))
     print("\n".join(lines))
 
