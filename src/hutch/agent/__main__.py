@@ -9,15 +9,17 @@ from __future__ import annotations
 import sys
 
 USAGE = """usage: python3 -m hutch.agent [--socket PATH] [--listen HOST:PORT] [--ready-fd N]
+                          [--interpreter PATH]
 
   --socket PATH       serve on this unix socket (created 0600; appears once it accepts)
   --listen HOST:PORT  serve on this TCP address as well (or instead)
   --ready-fd N        write "ready\\n" to file descriptor N once serving, then close it
+  --interpreter PATH  run the code interpreter on this unix socket (started on /init)
 """
 
 
 def parse(argv):
-    opts = {"--socket": None, "--listen": None, "--ready-fd": None}
+    opts = {"--socket": None, "--listen": None, "--ready-fd": None, "--interpreter": None}
     args = list(argv)
     while args:
         arg = args.pop(0)
@@ -35,11 +37,12 @@ def parse(argv):
     if not opts["--socket"] and not opts["--listen"]:
         raise SystemExit(f"hutch.agent: give --socket and/or --listen\n{USAGE}")
     ready = opts["--ready-fd"]
-    return opts["--socket"], opts["--listen"], int(ready) if ready is not None else None
+    return (opts["--socket"], opts["--listen"], int(ready) if ready is not None else None,
+            opts["--interpreter"])
 
 
 def main(argv=None) -> int:
-    socket_path, listen, ready_fd = parse(sys.argv[1:] if argv is None else argv)
+    socket_path, listen, ready_fd, interpreter = parse(sys.argv[1:] if argv is None else argv)
     # The agent never speaks TLS, but asyncio imports ssl if it can, which loads OpenSSL:
     # about 4 MiB of every idle sandbox's memory and a good part of the agent's start-up.
     # A None entry makes that import fail, and asyncio then runs without TLS support.
@@ -49,7 +52,7 @@ def main(argv=None) -> int:
     from .server import run
 
     try:
-        asyncio.run(run(socket_path, listen, ready_fd))
+        asyncio.run(run(socket_path, listen, ready_fd, interpreter))
     except KeyboardInterrupt:
         pass
     return 0

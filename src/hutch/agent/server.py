@@ -16,9 +16,14 @@ async def _serve(app: AgentApp, reader, writer) -> None:
     await serve_connection(reader, writer, app)
 
 
-async def run(unix_path: Optional[str], listen: Optional[str], ready_fd: Optional[int] = None) -> None:
+async def run(unix_path: Optional[str], listen: Optional[str], ready_fd: Optional[int] = None,
+              interpreter: Optional[str] = None) -> None:
     """Serve until SIGTERM/SIGINT. The unix socket appears only once it accepts (0600, root)."""
     app = AgentApp()
+    if interpreter:
+        from .interpreter_service import InterpreterService
+
+        app.state.interpreter = InterpreterService(interpreter)
     loop = asyncio.get_running_loop()
     servers: List[asyncio.AbstractServer] = []
 
@@ -59,6 +64,8 @@ async def run(unix_path: Optional[str], listen: Optional[str], ready_fd: Optiona
         for server in servers:
             server.close()
         app.state.close()
+        if app.state.interpreter is not None:
+            app.state.interpreter.close()
         if unix_path:
             try:
                 os.unlink(unix_path)

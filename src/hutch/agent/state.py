@@ -37,6 +37,8 @@ class AgentState:
         self.processes = ProcessTable()
         self.identities = Identities()
         self.watchers: Dict[str, object] = {}
+        #: The code interpreter's supervisor, in sandboxes that have one (see server.run).
+        self.interpreter = None
 
     def init(self, env_vars: Optional[Dict[str, str]], access_token: Optional[str], default_user: Optional[str]) -> None:
         """Apply ``POST /init``. Fields that are absent keep their value; null clears the token."""
@@ -46,6 +48,10 @@ class AgentState:
         if default_user:
             lookup(default_user)  # fail now, not on the first command
             self.default_user = default_user
+        if self.interpreter is not None:
+            env = dict(self.base_env)
+            env.update(self.env_vars)
+            self.interpreter.configure(env)
 
     def token_ok(self, presented: Optional[str]) -> bool:
         if self.access_token is None:

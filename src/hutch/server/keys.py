@@ -7,6 +7,8 @@ once to ``<data_dir>/admin.key`` (mode 0600) for the operator to hand out.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import secrets
 import string
@@ -56,3 +58,12 @@ def ensure_admin_key(store: Store, path: Path) -> bool:
     # cannot see, and the next start simply makes a new one.
     store.add_key(ADMIN_KEY_ID, "admin", key, admin=True)
     return True
+
+
+def traffic_token(access_token: str | None) -> str | None:
+    """The sandbox's second credential, for calls that E2B's code-interpreter SDK sends without
+    the access token (context management on port 49999): ``E2B-Traffic-Access-Token``.
+    Derived from the access token, so nothing more is stored, and useless for anything else."""
+    if access_token is None:
+        return None
+    return hmac.new(access_token.encode(), b"hutch traffic token", hashlib.sha256).hexdigest()

@@ -35,7 +35,9 @@ from hutch.server.keys import new_sandbox_id, new_token
 from hutch.server.pool import WarmPool
 from hutch.server.reconcile import destroy_quietly, is_alive, maybe_await, reconcile
 from hutch.server.store import SandboxRecord, Store
-from hutch.server.upstream import AGENT_SOCKET, DEFAULT_USER, AgentLink, PortLink
+from hutch.server.upstream import (
+    AGENT_SOCKET, DEFAULT_USER, INTERPRETER_SOCKET, AgentLink, PortLink, SocketLink,
+)
 
 log = logging.getLogger("hutch.server")
 
@@ -43,6 +45,8 @@ log = logging.getLogger("hutch.server")
 TEMPLATE_ALIASES = {"code-interpreter-v1": "code-interpreter"}
 POOL_TEMPLATE = "base"
 AGENT_LIB = "/opt/hutch/lib"
+CODE_INTERPRETER = "code-interpreter"      # the template service behind port 49999
+CODE_INTERPRETER_PORT = 49999
 
 
 @dataclass
@@ -56,11 +60,17 @@ class Live:
     # dropped at once (no end event), as the SDK expects from a killed sandbox.
     streams: set[asyncio.Task] = field(default_factory=set)
     cpu_sample: tuple[int, float] | None = None   # (cpu ns, monotonic s) of the last metrics
-    ports: dict[int, PortLink] = field(default_factory=dict)
+    ports: dict[int, PortLink | SocketLink] = field(default_factory=dict)
+    interpreter: bool = False      # its template runs the code interpreter (port 49999)
 
     def port(self, number: int) -> PortLink | None:
         """The pool for a TCP port inside the sandbox (None without a network address)."""
         link = self.ports.get(number)
+        if link is None and number == CODE_INTERPRETER_PORT and self.interpreter \
+                and self.record.run_dir:
+            # hutch's own service: reached through the run dir, whatever the network mode.
+            link = self.ports[number] = SocketLink(
+                Path(self.record.run_dir) / Path(INTERPRETER_SOCKET).name)
         if link is None and self.record.address:
             link = self.ports[number] = PortLink(self.record.address, number)
         return link
@@ -139,8 +149,15 @@ class SandboxManager:
                               ended_at=time.time())
             await self._destroy_quietly(rec.id)
             return False
-        self._live[rec.id] = Live(record=rec, link=link)
+        self._live[rec.id] = Live(record=rec, link=link,
+                                  interpreter=self._has_interpreter(rec.template))
         return True
+
+    def _has_interpreter(self, template: str) -> bool:
+        try:
+            return CODE_INTERPRETER in self.templates.catalog.recipe(template).services
+        except Exception:   # noqa: BLE001 - a template no longer in the catalog has none
+            return False
 
     # -- create ------------------------------------------------------------------------------
 
@@ -245,7 +262,7 @@ class SandboxManager:
         On any failure (cancellation included) the record says why and nothing is left on
         the host."""
         self.store.insert(rec)
-        live = Live(record=rec)
+        live = Live(record=rec, interpreter=CODE_INTERPRETER in getattr(tmpl, "services", ()))
         self._live[rec.id] = live
         async with live.lock:
             t1 = time.perf_counter()
@@ -325,11 +342,14 @@ class SandboxManager:
         env = tmpl.env.items() if isinstance(tmpl.env, dict) else tmpl.env
         env = [(k, v) for k, v in env if k != "PYTHONPATH"]
         env.append(("PYTHONPATH", AGENT_LIB))
+        # -S: the agent uses the standard library only, so site's path set-up is skipped
+        args = ("python3", "-S", "-m", "hutch.agent", "--socket", AGENT_SOCKET)
+        if CODE_INTERPRETER in getattr(tmpl, "services", ()):
+            args += ("--interpreter", INTERPRETER_SOCKET)
         return SandboxSpec(
             id=rec.id,
             layers=tuple(Path(p) for p in tmpl.layers),
-            # -S: the agent uses the standard library only, so site's path set-up is skipped
-            args=("python3", "-S", "-m", "hutch.agent", "--socket", AGENT_SOCKET),
+            args=args,
             env=tuple(env),
             cwd="/",
             cpu=rec.cpu, memory_mb=rec.memory_mb, pids=rec.pids, disk_mb=rec.disk_mb,

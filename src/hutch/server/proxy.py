@@ -23,6 +23,7 @@ import json
 import logging
 from typing import Any
 
+from hutch.server.keys import traffic_token
 from hutch.server.manager import SandboxManager
 from hutch.server.upstream import UpstreamError
 
@@ -63,6 +64,12 @@ def route(scope: dict, domain: str) -> tuple[str, int | None] | None:
             if sep and sid and "." not in sid:
                 return sid, _port(head)
     return None
+
+
+def _traffic_ok(headers: list[tuple[bytes, bytes]], access_token: str) -> bool:
+    want = (traffic_token(access_token) or "").encode()
+    return any(name == b"e2b-traffic-access-token" and hmac.compare_digest(value, want)
+               for name, value in headers)
 
 
 def _port(text: str) -> int | None:
@@ -146,11 +153,16 @@ class DataPlane:
         path = scope["path"]
         to_agent = port == AGENT_PORT
         headers, token, chunked = forwarded_headers(scope["headers"], port)
-        expected = live.record.access_token if to_agent else None
+        interpreter = port == CODE_INTERPRETER_PORT and live.interpreter
+        expected = live.record.access_token if to_agent or interpreter else None
         if (expected is not None and path != "/health"
                 and not hmac.compare_digest(token or b"", expected.encode())
-                and not (path == "/files" and b"signature=" in scope["query_string"])):
-            # Signed /files URLs carry no token; the agent checks their signature itself.
+                and not (to_agent and path == "/files" and b"signature=" in scope["query_string"])
+                and not (interpreter and path != "/execute"
+                         and _traffic_ok(scope["headers"], expected))):
+            # Signed /files URLs carry no token; the agent checks their signature itself. The
+            # code-interpreter SDK sends the access token with /execute only; its context calls
+            # carry the traffic token instead.
             return await _json(send, 401, {"code": 401, "message": "invalid access token"})
 
         target = scope.get("raw_path") or path.encode()

@@ -27,6 +27,7 @@ from hutch.errors import (
     InvalidArgumentError,
     SandboxNotFoundError,
 )
+from hutch.server.keys import traffic_token
 from hutch.server.manager import SandboxManager
 from hutch.server.store import SandboxRecord, Store
 from hutch.server.tenants import (
@@ -89,6 +90,7 @@ class ControlPlane:
         return {
             "templateID": rec.template, "sandboxID": rec.id, "clientID": self.client_id,
             "envdVersion": ENVD_VERSION, "envdAccessToken": rec.access_token,
+            "trafficAccessToken": traffic_token(rec.access_token),
             "alias": rec.alias or rec.template, "domain": self.manager.config.domain or None,
         }
 
@@ -105,6 +107,7 @@ class ControlPlane:
 
     def detail(self, rec: SandboxRecord) -> dict:
         return {**self.listed(rec), "envdAccessToken": rec.access_token,
+                "trafficAccessToken": traffic_token(rec.access_token),
                 "domain": self.manager.config.domain or None,
                 "allowInternetAccess": rec.network == "internet"}
 

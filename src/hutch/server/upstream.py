@@ -26,6 +26,7 @@ from hutch.errors import SandboxError
 from hutch.runtime.agent_socket import pinned_socket
 
 AGENT_SOCKET = "/run/hutch/agent.sock"   # inside the sandbox
+INTERPRETER_SOCKET = "/run/hutch/interpreter.sock"
 DEFAULT_USER = "user"                    # who commands run as unless a request names a user
 _MAX_HEAD = 64 * 1024
 _MAX_IDLE = 16
@@ -263,22 +264,29 @@ class PortLink(Upstream):
         return await asyncio.open_connection(self.address, self.port, limit=_MAX_HEAD)
 
 
-class AgentLink(Upstream):
-    """The agent's unix socket, plus the calls the manager makes on a new sandbox."""
+class SocketLink(Upstream):
+    """A unix socket in the sandbox's run dir (the agent's, the code interpreter's)."""
 
     def __init__(self, socket: Path) -> None:
         super().__init__()
         self.socket = socket
-        self.ready_after: float | None = None   # seconds from start() to an accepted /init
 
     async def _open(self):
-        # Root inside the sandbox can replace agent.sock with a symlink to any host socket:
-        # connect to the inode that is there, never through a link.
+        # Root inside the sandbox can replace a socket in the run dir with a symlink to any
+        # host socket: connect to the inode that is there, never through a link.
         try:
             with pinned_socket(self.socket) as target:
                 return await asyncio.open_unix_connection(target, limit=_MAX_HEAD)
         except SandboxError as exc:
             raise UpstreamError(f"cannot connect: {exc}") from None
+
+
+class AgentLink(SocketLink):
+    """The agent's unix socket, plus the calls the manager makes on a new sandbox."""
+
+    def __init__(self, socket: Path) -> None:
+        super().__init__(socket)
+        self.ready_after: float | None = None   # seconds from start() to an accepted /init
 
 
     async def _call(self, method: str, path: str, body: dict | None = None,

@@ -58,7 +58,42 @@ BASE = Recipe(
     dpkg_include=("/usr/share/doc/*/copyright", "/usr/share/locale/locale.alias"),
 )
 
-BUILTIN: MappingProxyType[str, Recipe] = MappingProxyType({r.name: r for r in (BASE,)})
+# What agents reach for first: the data stack, plotting, HTTP, spreadsheets, symbolic maths.
+DATA_STACK = (
+    "numpy", "pandas", "matplotlib", "scipy", "scikit-learn", "seaborn", "plotly", "requests",
+    "openpyxl", "pillow", "sympy", "tabulate", "beautifulsoup4", "pyarrow",
+)
+# The kernels' machinery: IPython's kernel and the client library the interpreter drives them
+# with; bash_kernel is the bash language (the JavaScript kernel ships with the agent).
+JUPYTER = ("ipykernel", "ipython", "jupyter_client", "bash_kernel")
+
+CODE_INTERPRETER = Recipe(
+    name="code-interpreter",
+    parent="base",
+    aliases=("code-interpreter-v1",),
+    description="base plus Jupyter kernels (Python, bash, JavaScript), Node.js and the data "
+                "stack (numpy, pandas, matplotlib, scipy, scikit-learn, seaborn, plotly, ...)",
+    packages=("nodejs", "npm", "fonts-dejavu-core"),
+    env=BASE_ENV + (
+        # Plots render without a display; the kernel swaps in its inline backend.
+        ("MPLBACKEND", "Agg"),
+    ),
+    run=(
+        "pip install --no-cache-dir --no-warn-script-location "
+        + " ".join(JUPYTER + DATA_STACK),
+        # Fonts and caches that the first plot would otherwise build (several seconds) are
+        # made once here, for every sandbox.
+        "python3 -c 'import matplotlib.pyplot as plt; plt.figure(); plt.close()'",
+        "mkdir -p /home/user/.cache && cp -a /root/.cache/matplotlib /home/user/.cache/ && "
+        "chown -R user:user /home/user/.cache",
+        "find /usr/local/lib -name __pycache__ -prune -o -name '*.py' -print0 | "
+        "xargs -0 -n 200 python3 -m compileall -q -j 0 >/dev/null || true",
+    ),
+    services=("code-interpreter",),
+)
+
+BUILTIN: MappingProxyType[str, Recipe] = MappingProxyType(
+    {r.name: r for r in (BASE, CODE_INTERPRETER)})
 
 
 def _aliases(recipes) -> dict[str, str]:

@@ -52,7 +52,9 @@ def script(recipe: Recipe) -> str:
         "rm -f /var/lib/apt/lists/*_* /var/cache/apt/*.bin",
         # find does not follow a start point that is a symlink, unlike a shell glob.
         "find /tmp /var/tmp -mindepth 1 -maxdepth 1 -exec rm -rf {} +",
-        "rm -rf /root/.cache",
+        # pip's download cache goes; caches tools keep for later runs (matplotlib's font
+        # list) stay, so sandboxes do not each rebuild them.
+        "rm -rf /root/.cache/pip",
     ]
     return "\n".join(lines) + "\n"
 

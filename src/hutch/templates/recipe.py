@@ -42,11 +42,15 @@ class Recipe:
     dpkg_exclude: tuple[str, ...] = ()
     dpkg_include: tuple[str, ...] = ()
     description: str = ""
+    # In-sandbox services the agent starts with every sandbox of this template (for now only
+    # "code-interpreter", the Jupyter-backed server behind port 49999). They shape what runs,
+    # not the bytes on disk, so they stay out of the digest.
+    services: tuple[str, ...] = ()
 
     def content(self) -> dict:
         """The fields that shape the bytes on disk (aliases and description do not)."""
         data = asdict(self)
-        del data["aliases"], data["description"]
+        del data["aliases"], data["description"], data["services"]
         data["env"] = [list(kv) for kv in self.env]
         return data
 

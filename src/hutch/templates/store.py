@@ -48,6 +48,7 @@ class Template:
     env: dict[str, str] = field(default_factory=dict)
     user: str = "user"
     workdir: str = "/home/user"
+    services: tuple[str, ...] = ()
 
 
 @dataclass
@@ -207,7 +208,8 @@ class TemplateStore:
                 return None
             layers += below.layers
         return Template(name=canonical, digest=meta["digest"], layers=layers,
-                        env=dict(meta["env"]), user=meta["user"], workdir=meta["workdir"])
+                        env=dict(meta["env"]), user=meta["user"], workdir=meta["workdir"],
+                        services=recipe.services)
 
     async def _build(self, recipe: Recipe, progress: Progress | None) -> None:
         canonical, want = recipe.name, self._digests[recipe.name]

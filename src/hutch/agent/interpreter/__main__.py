@@ -1,0 +1,58 @@
+"""``python3 -m hutch.agent.interpreter --fd N``: the code interpreter server, serving the
+listening unix socket it inherits as file descriptor N (the agent made it).
+
+Started by the agent (as root, like E2B's, so `pip install` and writes anywhere work from
+code) in sandboxes whose template provides it. It runs on the template's Python with
+``site`` enabled, since it needs the template's ``jupyter_client``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+import tempfile
+from pathlib import Path
+
+from ..http import READ_LIMIT, serve_connection
+from ..state import PRIVATE_ENV
+from . import kernelspecs
+from .context import Contexts
+from .server import InterpreterApp, default_context
+
+
+async def serve(fd: int) -> None:
+    work = Path(tempfile.mkdtemp(prefix="hutch-interpreter-", dir="/run" if os.access("/run", os.W_OK) else None))
+    kernel_dir = kernelspecs.write(work)
+    env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
+    contexts = Contexts(work, [str(kernel_dir)], env)
+    app = InterpreterApp(contexts)
+    default_context(contexts)          # the Python kernel starts while the sandbox settles
+
+    sock = socket.socket(fileno=fd)
+    server = await asyncio.start_unix_server(lambda r, w: serve_connection(r, w, app),
+                                             sock=sock, limit=READ_LIMIT)
+    loop = asyncio.get_running_loop()
+    stop = loop.create_future()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, lambda: stop.done() or stop.set_result(None))
+    try:
+        await stop
+    finally:
+        server.close()
+        await contexts.close()
+
+
+def main(argv=None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2 or args[0] != "--fd" or not args[1].isdigit():
+        sys.stderr.write("usage: python3 -m hutch.agent.interpreter --fd N\n")
+        return 2
+    asyncio.run(serve(int(args[1])))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""The code interpreter's HTTP routes, E2B's shape (../../docs/code-interpreter.md):
+
+``POST /execute`` (NDJSON stream), ``POST /contexts``, ``GET /contexts``,
+``POST /contexts/{id}/restart``, ``DELETE /contexts/{id}``, ``GET /health``.
+
+It reuses the agent's HTTP/1.1 server, so streams are written as they are produced and a client
+that hangs up is noticed at once (the execution is then interrupted).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, AsyncIterator, Dict, Optional
+
+from ...errors import HutchError, InvalidArgumentError, NotFoundError
+from ...protocol.ndjson import encode_line
+from ..http import Request, Response
+from . import execution
+from .context import Contexts
+
+_ENV_NAME_FIRST = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_")
+_ENV_NAME_REST = _ENV_NAME_FIRST | set("0123456789")
+MAX_CODE = 16 * 1024 * 1024
+
+
+def _json(status: int, body: Any) -> Response:
+    return Response(status, json.dumps(body).encode(), content_type="application/json")
+
+
+def _error(status: int, message: str) -> Response:
+    return _json(status, {"code": status, "message": message})
+
+
+def _env(value: Any) -> Dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidArgumentError("env_vars must be an object of strings")
+    out = {}
+    for k, v in value.items():
+        if not k or k[0] not in _ENV_NAME_FIRST or any(c not in _ENV_NAME_REST for c in k):
+            raise InvalidArgumentError(f"invalid environment variable name {k!r}")
+        out[k] = "" if v is None else str(v)
+    return out
+
+
+class InterpreterApp:
+    def __init__(self, contexts: Contexts) -> None:
+        self.contexts = contexts
+
+    async def __call__(self, request: Request) -> Response:
+        path, method = request.path.rstrip("/") or "/", request.method
+        try:
+            if path == "/health":
+                return _json(200, "OK")
+            if path == "/execute" and method == "POST":
+                return await self._execute(request)
+            if path == "/contexts":
+                if method == "GET":
+                    return _json(200, [c.describe() for c in self.contexts.list()])
+                if method == "POST":
+                    body = await _body(request)
+                    ctx = self.contexts.create(body.get("language"), body.get("cwd"))
+                    return _json(200, ctx.describe())
+            parts = path.split("/")
+            if len(parts) >= 3 and parts[1] == "contexts":
+                if len(parts) == 3 and method == "DELETE":
+                    await self.contexts.remove(parts[2])
+                    return _json(200, {})
+                if len(parts) == 4 and parts[3] == "restart" and method == "POST":
+                    await self.contexts.get(parts[2]).restart()
+                    return _json(200, {})
+            return _error(404, f"no route for {method} {request.path}")
+        except NotFoundError as exc:
+            return _error(404, exc.message)
+        except (InvalidArgumentError, ValueError) as exc:
+            return _error(400, getattr(exc, "message", str(exc)))
+        except HutchError as exc:
+            return _error(500, exc.message)
+
+    async def _execute(self, request: Request) -> Response:
+        body = await _body(request)
+        code = body.get("code")
+        if not isinstance(code, str):
+            raise InvalidArgumentError("code must be a string")
+        context_id, language = body.get("context_id"), body.get("language")
+        if context_id and language:
+            raise InvalidArgumentError("give context_id or language, not both")
+        ctx = self.contexts.get(context_id) if context_id else self.contexts.default(language)
+        env = _env(body.get("env_vars"))
+        timeout = body.get("timeout")
+        if timeout is not None and (isinstance(timeout, bool)
+                                    or not isinstance(timeout, (int, float)) or timeout < 0):
+            raise InvalidArgumentError(f"timeout must be a non-negative number of seconds, "
+                                       f"got {timeout!r}")
+        return Response(200, _lines(execution.run(ctx, code, env, timeout or None)),
+                        content_type="application/x-ndjson")
+
+
+async def _lines(events: AsyncIterator[Dict[str, Any]]) -> AsyncIterator[bytes]:
+    try:
+        async for event in events:
+            yield encode_line(event)
+    finally:
+        await events.aclose()
+
+
+async def _body(request: Request) -> Dict[str, Any]:
+    raw = await request.body.read_all(MAX_CODE + 64 * 1024)
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise InvalidArgumentError(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidArgumentError("the body must be a JSON object")
+    return body
+
+
+def default_context(contexts: Contexts, language: Optional[str] = "python"):
+    """Start the default context's kernel now so the first execution finds it warm."""
+    return contexts.default(language)
