@@ -19,6 +19,11 @@ _LAZY = {
     "AsyncCommandHandle": "hutch.sdk",
     "EntryInfo": "hutch.sdk",
     "SandboxInfo": "hutch.sdk",
+    "Execution": "hutch.sdk",
+    "Result": "hutch.sdk",
+    "Context": "hutch.sdk",
+    "OutputMessage": "hutch.sdk",
+    "ExecutionError": "hutch.sdk",
 }
 _ERRORS = (
     "HutchError",

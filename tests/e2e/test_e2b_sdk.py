@@ -116,10 +116,17 @@ def test_files_round_trip(sbx):
 
 
 def test_files_respect_the_users_permissions(sbx):
-    with pytest.raises(SandboxException):
-        sbx.files.write("/etc/not-yours", "x")
+    # `user` may sudo without a password, so like E2B a write anywhere succeeds and what it
+    # creates is theirs (code written for E2B writes /data.csv as the default user).
+    sbx.files.write("/data.csv", "a,b\n")
+    assert sbx.commands.run("stat -c %U:%G /data.csv").stdout.strip() == "user:user"
     sbx.files.write("/etc/root-may", "x", user="root")
     assert sbx.commands.run("cat /etc/root-may").stdout == "x"
+    # An account without that right keeps exactly its own permissions.
+    sbx.commands.run("useradd --no-create-home guest", user="root")
+    with pytest.raises(SandboxException):
+        sbx.files.write("/etc/not-yours", "x", user="guest")
+    assert not sbx.files.exists("/etc/not-yours")
 
 
 def test_watch_dir_reports_changes(sbx):

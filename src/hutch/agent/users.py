@@ -229,3 +229,41 @@ class Identities:
         for pool in self._pools.values():
             pool.shutdown(wait=False, cancel_futures=True)
         self._pools.clear()
+
+
+def may_act_as_root(user: User) -> bool:
+    """Whether ``user`` may already run anything as root without a password (a sudoers rule
+    ``<user or %group> ALL=(ALL...) NOPASSWD: ALL``, as the built-in templates give ``user``).
+
+    For such a user, file writes that their own permissions refuse are done as root, with what
+    they create owned by them: E2B's behaviour (its daemon writes as root and hands the file
+    over), which code written for E2B relies on (``files.write("/data.csv", ...)``). It grants
+    nothing the user could not take with ``sudo``; any other user keeps exactly their rights.
+    """
+    if user.uid == 0:
+        return True
+    import grp
+
+    names = {user.name}
+    for gid in user.groups:
+        try:
+            names.add("%" + grp.getgrgid(gid).gr_name)
+        except KeyError:
+            pass
+    paths = ["/etc/sudoers"]
+    try:
+        paths += sorted(os.path.join("/etc/sudoers.d", f) for f in os.listdir("/etc/sudoers.d"))
+    except OSError:
+        pass
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                lines = f.read().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            words = line.split("#", 1)[0].split()
+            if len(words) >= 3 and words[0] in names and "NOPASSWD:" in line \
+                    and line.rstrip().endswith("ALL") and "ALL=(ALL" in "".join(words[1:3]):
+                return True
+    return False

@@ -21,7 +21,17 @@ from hutch.sdk._async.files import AsyncFilesystem, AsyncWatchHandle
 from hutch.sdk._async.process import AsyncProcess, AsyncStreamReader, AsyncStreamWriter
 from hutch.sdk._async.pty import AsyncPty
 from hutch.sdk._async.sandbox import AsyncSandbox, AsyncSandboxPaginator
+from hutch.sdk._async.code import AsyncCodeInterpreter
 from hutch.sdk._config import ConnectionConfig
+from hutch.sdk._execution import (
+    Chart,
+    Context,
+    Execution,
+    ExecutionError,
+    Logs,
+    OutputMessage,
+    Result,
+)
 from hutch.sdk._models import (
     CommandResult,
     EntryInfo,
@@ -36,6 +46,7 @@ from hutch.sdk._models import (
     SandboxState,
     WriteInfo,
 )
+from hutch.sdk._sync.code import CodeInterpreter
 from hutch.sdk._sync.commands import CommandHandle, Commands
 from hutch.sdk._sync.files import Filesystem, WatchHandle
 from hutch.sdk._sync.process import Process, StreamReader, StreamWriter
@@ -43,6 +54,7 @@ from hutch.sdk._sync.pty import Pty
 from hutch.sdk._sync.sandbox import Sandbox, SandboxPaginator
 
 __all__ = [
+    "AsyncCodeInterpreter",
     "AsyncCommandHandle",
     "AsyncCommands",
     "AsyncFilesystem",
@@ -53,19 +65,27 @@ __all__ = [
     "AsyncStreamReader",
     "AsyncStreamWriter",
     "AsyncWatchHandle",
+    "Chart",
+    "CodeInterpreter",
     "CommandHandle",
     "CommandResult",
     "Commands",
     "ConnectionConfig",
+    "Context",
     "EntryInfo",
+    "Execution",
+    "ExecutionError",
     "FileType",
     "Filesystem",
     "FilesystemEvent",
     "FilesystemEventType",
+    "Logs",
+    "OutputMessage",
     "Process",
     "ProcessInfo",
     "Pty",
     "PtySize",
+    "Result",
     "Sandbox",
     "SandboxInfo",
     "SandboxMetrics",

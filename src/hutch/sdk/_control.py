@@ -7,12 +7,16 @@ Creation follows E2B's body (``templateID``, ``timeout``, ``metadata``, ``envVar
 
 from __future__ import annotations
 
+import os
 from typing import Any, Dict, Optional, Union
 from urllib.parse import urlsplit
 
 from hutch import errors
 
 DEFAULT_TEMPLATE = "base"
+# Names the template used when a create names none, for code that cannot be changed (E2B
+# examples that call Sandbox() and then run_code: HUTCH_TEMPLATE=code-interpreter).
+TEMPLATE_ENV = "HUTCH_TEMPLATE"
 DEFAULT_TIMEOUT = 300
 NETWORKS = ("internet", "none")
 # What the server's data plane reads to route a request sent to its own URL (proxy.py).
@@ -52,7 +56,7 @@ def create_body(template: Optional[str] = None, timeout: Optional[int] = None,
                 disk_mb: Optional[int] = None, network: Optional[str] = None) -> Dict[str, Any]:
     """The JSON body of ``POST /v2/sandboxes``; bad arguments fail here, before any request."""
     body: Dict[str, Any] = {
-        "templateID": template or DEFAULT_TEMPLATE,
+        "templateID": template or os.environ.get(TEMPLATE_ENV) or DEFAULT_TEMPLATE,
         "timeout": DEFAULT_TIMEOUT if timeout is None else int(timeout),
         "allow_internet_access": internet(network, allow_internet_access),
     }

@@ -30,6 +30,13 @@ def _num(v: Any) -> Any:
     return str(v)
 
 
+def _label(artist) -> str:
+    """The legend label; matplotlib's placeholders for unlabelled artists (``_child0``) are
+    no label at all."""
+    label = artist.get_label() or ""
+    return "" if label.startswith("_") else label
+
+
 def _axis(ax, which: str) -> Dict[str, Any]:
     axis = ax.xaxis if which == "x" else ax.yaxis
     label = axis.get_label().get_text() or None
@@ -117,7 +124,7 @@ def describe_axes(ax) -> Optional[Dict[str, Any]]:
     wedges = [p for p in ax.patches if isinstance(p, Wedge)]
     if wedges:
         chart = _base(ax, "pie")
-        chart["elements"] = [{"label": w.get_label(), "angle": _num(abs(w.theta2 - w.theta1)),
+        chart["elements"] = [{"label": _label(w), "angle": _num(abs(w.theta2 - w.theta1)),
                               "radius": _num(w.r)} for w in wedges]
         return chart
     bars = [c for c in ax.containers if isinstance(c, BarContainer)]
@@ -126,9 +133,7 @@ def describe_axes(ax) -> Optional[Dict[str, Any]]:
         ticks = list(ax.get_xticks())
         elements = []
         for container in bars:
-            group = container.get_label() or ""
-            if group.startswith("_"):
-                group = ""
+            group = _label(container)
             for rect in container.patches:
                 x = rect.get_x() + rect.get_width() / 2
                 label = None
@@ -148,7 +153,7 @@ def describe_axes(ax) -> Optional[Dict[str, Any]]:
         for c in scatters:
             offsets = c.get_offsets()
             xs = _x_values(ax, [p[0] for p in offsets])
-            elements.append({"label": c.get_label(),
+            elements.append({"label": _label(c),
                              "points": [[x, _num(p[1])] for x, p in zip(xs, offsets)]})
         return _two_d(ax, "scatter", elements)
     lines = [l for l in ax.get_lines() if len(l.get_xdata())]
@@ -156,7 +161,7 @@ def describe_axes(ax) -> Optional[Dict[str, Any]]:
         elements = []
         for line in lines:
             xs = _x_values(ax, list(line.get_xdata()))
-            elements.append({"label": line.get_label(),
+            elements.append({"label": _label(line),
                              "points": [[x, _num(y)] for x, y in zip(xs, line.get_ydata())]})
         return _two_d(ax, "line", elements)
     return None

@@ -49,16 +49,15 @@ class Context:
 
     def start_soon(self) -> "asyncio.Task":
         """Start the kernel in the background (idempotent); await the task to be sure."""
-        if self._starting is None or (self._starting.done() and self.km is None):
-            self._starting = asyncio.ensure_future(self._start())
-        return self._starting
+        task = self._starting
+        if task is None or (task.done() and (self.km is None or task.exception() is not None)):
+            self._starting = task = asyncio.ensure_future(self._start())
+        return task
 
     async def ready(self):
         """The kernel client, once the kernel answers (started now if needed)."""
-        if self.km is None or self._starting is None:
-            self._starting = None
-            self.start_soon()
-        await asyncio.shield(self._starting)
+        starting = self.start_soon()    # the start in flight, or a new one if none is
+        await asyncio.shield(starting)
         if self.kc is None:
             raise RuntimeError("the kernel did not start")
         return self.kc

@@ -18,16 +18,34 @@ def _hutch_setup():
     spec.loader.exec_module(charts)
 
     class JSONMime(BaseFormatter):
-        # A formatter whose value travels as JSON in the message (not as text).
+        # A formatter whose value travels as JSON in the message (not as text). It picks its
+        # function by the object's class name rather than IPython's printer registry: the
+        # inline matplotlib backend clears every Figure printer when it switches on.
         print_method = "_repr_json_"
         _return_type = (dict, list)
+        functions = {}
+
+        def __call__(self, obj):
+            cls = type(obj)
+            fn = self.functions.get((cls.__module__, cls.__name__))
+            if fn is None:
+                return None
+            try:
+                return fn(obj)
+            except Exception:  # noqa: BLE001 - a description must never fail the cell
+                return None
 
     def register(mime, module, name, func):
         if mime not in formatters:
-            formatters[mime] = JSONMime(parent=ip.display_formatter)
-            formatters[mime].format_type = mime
-        # By name: nothing is imported now; the formatter applies once the user imports it.
-        formatters[mime].for_type_by_name(module, name, func)
+            formatter = JSONMime(parent=ip.display_formatter)
+            formatter.format_type = mime
+            formatter.functions = {}
+            formatters[mime] = formatter
+            # The list of types to compute is fixed when IPython starts: add ours.
+            active = ip.display_formatter.active_types
+            if mime not in active:
+                active.append(mime)
+        formatters[mime].functions[(module, name)] = func
 
     def chart(figure):
         return charts.describe(figure)
@@ -39,6 +57,7 @@ def _hutch_setup():
 
     register("e2b/chart", "matplotlib.figure", "Figure", chart)
     register("e2b/data", "pandas.core.frame", "DataFrame", data)
+    register("e2b/data", "pandas", "DataFrame", data)    # pandas >= 3 names its home module
 
 
 _hutch_setup()

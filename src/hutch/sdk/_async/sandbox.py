@@ -14,17 +14,19 @@ before that.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Dict, List, Optional
+from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Union
 from urllib.parse import urlencode
 
 from hutch import errors
 from hutch.sdk import _config, _control
 from hutch.sdk._async import _backend
+from hutch.sdk._async.code import AsyncCodeInterpreter
 from hutch.sdk._async.commands import AsyncCommands
 from hutch.sdk._async.files import AsyncFilesystem
 from hutch.sdk._async.process import AsyncProcess, check_argv
 from hutch.sdk._async.pty import AsyncPty
 from hutch.sdk._async.transport import AsyncAgent, AsyncTransport
+from hutch.sdk._execution import Context, Event, Execution
 from hutch.sdk._hybrid import hybridmethod
 from hutch.sdk._models import SandboxInfo, SandboxMetrics, SandboxQuery
 
@@ -85,6 +87,9 @@ class AsyncSandbox(_backend.Deferred):
         self._commands = AsyncCommands(self._agent)
         self._files = AsyncFilesystem(self._agent)
         self._pty = AsyncPty(self._agent, self._commands)
+        self._code = AsyncCodeInterpreter(transport, self._sandbox_id,
+                                          data.get("envdAccessToken"),
+                                          data.get("trafficAccessToken"), self._agent.lost)
 
     def _created(self) -> str:
         if self._sandbox_id is None:
@@ -164,6 +169,63 @@ class AsyncSandbox(_backend.Deferred):
         handle = await self.commands._exec(list(argv), envs=envs, cwd=cwd, user=user,
                                            timeout=timeout, request_timeout=request_timeout)
         return AsyncProcess(handle)
+
+    # -- code interpreter (templates that have one, e.g. code-interpreter) --------------------
+
+    async def run_code(self, code: str, language: Optional[str] = None,
+                       context: Optional[Union[Context, str]] = None, *,
+                       on_stdout: Optional[Callable[[Any], Any]] = None,
+                       on_stderr: Optional[Callable[[Any], Any]] = None,
+                       on_result: Optional[Callable[[Any], Any]] = None,
+                       on_error: Optional[Callable[[Any], Any]] = None,
+                       envs: Optional[Dict[str, str]] = None, timeout: Optional[float] = None,
+                       request_timeout: Optional[float] = None) -> Execution:
+        """Run ``code`` in a stateful kernel and return what it produced.
+
+        ``language`` (python, bash, javascript; default python) picks that language's default
+        context; ``context`` one made with ``create_code_context`` (not both). The callbacks
+        get each stdout/stderr chunk, result and error as it arrives. ``envs`` are set for
+        this execution only. ``timeout`` (seconds): the kernel is interrupted then, the
+        execution ends with a ``TimeoutError`` error and the context keeps its state.
+        Exceptions in the code come back in ``Execution.error``; they are not raised.
+        """
+        return await self._created_code().run_code(
+            code, language, context, on_stdout=on_stdout, on_stderr=on_stderr,
+            on_result=on_result, on_error=on_error, envs=envs, timeout=timeout,
+            request_timeout=request_timeout)
+
+    def run_code_stream(self, code: str, language: Optional[str] = None,
+                        context: Optional[Union[Context, str]] = None, *,
+                        envs: Optional[Dict[str, str]] = None, timeout: Optional[float] = None,
+                        request_timeout: Optional[float] = None) -> AsyncIterator[Event]:
+        """``run_code`` as an iterator of events (``OutputMessage``, ``Result``,
+        ``ExecutionError``) in the order they happen."""
+        return self._created_code().run_code_stream(
+            code, language, context, envs=envs, timeout=timeout,
+            request_timeout=request_timeout)
+
+    async def create_code_context(self, cwd: Optional[str] = None,
+                                  language: Optional[str] = None,
+                                  request_timeout: Optional[float] = None) -> Context:
+        """A new context: its own kernel (``language``, default python) started in ``cwd``
+        (default /home/user), with state of its own."""
+        return await self._created_code().create_code_context(cwd, language, request_timeout)
+
+    async def list_code_contexts(self, request_timeout: Optional[float] = None) -> List[Context]:
+        return await self._created_code().list_code_contexts(request_timeout)
+
+    async def restart_code_context(self, context: Union[Context, str],
+                                   request_timeout: Optional[float] = None) -> None:
+        """Restart the context's kernel: same id, language and cwd; its state is cleared."""
+        await self._created_code().restart_code_context(context, request_timeout)
+
+    async def remove_code_context(self, context: Union[Context, str],
+                                  request_timeout: Optional[float] = None) -> None:
+        await self._created_code().remove_code_context(context, request_timeout)
+
+    def _created_code(self) -> AsyncCodeInterpreter:
+        self._created()
+        return self._code
 
     def get_host(self, port: int) -> str:
         """``<port>-<sandbox id>.<domain>``: the host name of a server listening on ``port``.

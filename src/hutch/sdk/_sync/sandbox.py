@@ -15,17 +15,19 @@ before that.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Dict, List, Optional
+from typing import Any, Iterator, Callable, Dict, List, Optional, Union
 from urllib.parse import urlencode
 
 from hutch import errors
 from hutch.sdk import _config, _control
 from hutch.sdk._sync import _backend
+from hutch.sdk._sync.code import CodeInterpreter
 from hutch.sdk._sync.commands import Commands
 from hutch.sdk._sync.files import Filesystem
 from hutch.sdk._sync.process import Process, check_argv
 from hutch.sdk._sync.pty import Pty
 from hutch.sdk._sync.transport import Agent, Transport
+from hutch.sdk._execution import Context, Event, Execution
 from hutch.sdk._hybrid import hybridmethod
 from hutch.sdk._models import SandboxInfo, SandboxMetrics, SandboxQuery
 
@@ -86,6 +88,9 @@ class Sandbox(_backend.Deferred):
         self._commands = Commands(self._agent)
         self._files = Filesystem(self._agent)
         self._pty = Pty(self._agent, self._commands)
+        self._code = CodeInterpreter(transport, self._sandbox_id,
+                                     data.get("envdAccessToken"),
+                                     data.get("trafficAccessToken"), self._agent.lost)
 
     def _created(self) -> str:
         if self._sandbox_id is None:
@@ -165,6 +170,63 @@ class Sandbox(_backend.Deferred):
         handle = self.commands._exec(list(argv), envs=envs, cwd=cwd, user=user,
                                      timeout=timeout, request_timeout=request_timeout)
         return Process(handle)
+
+    # -- code interpreter (templates that have one, e.g. code-interpreter) --------------------
+
+    def run_code(self, code: str, language: Optional[str] = None,
+                 context: Optional[Union[Context, str]] = None, *,
+                 on_stdout: Optional[Callable[[Any], Any]] = None,
+                 on_stderr: Optional[Callable[[Any], Any]] = None,
+                 on_result: Optional[Callable[[Any], Any]] = None,
+                 on_error: Optional[Callable[[Any], Any]] = None,
+                 envs: Optional[Dict[str, str]] = None, timeout: Optional[float] = None,
+                 request_timeout: Optional[float] = None) -> Execution:
+        """Run ``code`` in a stateful kernel and return what it produced.
+
+        ``language`` (python, bash, javascript; default python) picks that language's default
+        context; ``context`` one made with ``create_code_context`` (not both). The callbacks
+        get each stdout/stderr chunk, result and error as it arrives. ``envs`` are set for
+        this execution only. ``timeout`` (seconds): the kernel is interrupted then, the
+        execution ends with a ``TimeoutError`` error and the context keeps its state.
+        Exceptions in the code come back in ``Execution.error``; they are not raised.
+        """
+        return self._created_code().run_code(
+            code, language, context, on_stdout=on_stdout, on_stderr=on_stderr,
+            on_result=on_result, on_error=on_error, envs=envs, timeout=timeout,
+            request_timeout=request_timeout)
+
+    def run_code_stream(self, code: str, language: Optional[str] = None,
+                        context: Optional[Union[Context, str]] = None, *,
+                        envs: Optional[Dict[str, str]] = None, timeout: Optional[float] = None,
+                        request_timeout: Optional[float] = None) -> Iterator[Event]:
+        """``run_code`` as an iterator of events (``OutputMessage``, ``Result``,
+        ``ExecutionError``) in the order they happen."""
+        return self._created_code().run_code_stream(
+            code, language, context, envs=envs, timeout=timeout,
+            request_timeout=request_timeout)
+
+    def create_code_context(self, cwd: Optional[str] = None,
+                            language: Optional[str] = None,
+                            request_timeout: Optional[float] = None) -> Context:
+        """A new context: its own kernel (``language``, default python) started in ``cwd``
+        (default /home/user), with state of its own."""
+        return self._created_code().create_code_context(cwd, language, request_timeout)
+
+    def list_code_contexts(self, request_timeout: Optional[float] = None) -> List[Context]:
+        return self._created_code().list_code_contexts(request_timeout)
+
+    def restart_code_context(self, context: Union[Context, str],
+                             request_timeout: Optional[float] = None) -> None:
+        """Restart the context's kernel: same id, language and cwd; its state is cleared."""
+        self._created_code().restart_code_context(context, request_timeout)
+
+    def remove_code_context(self, context: Union[Context, str],
+                            request_timeout: Optional[float] = None) -> None:
+        self._created_code().remove_code_context(context, request_timeout)
+
+    def _created_code(self) -> CodeInterpreter:
+        self._created()
+        return self._code
 
     def get_host(self, port: int) -> str:
         """``<port>-<sandbox id>.<domain>``: the host name of a server listening on ``port``.
