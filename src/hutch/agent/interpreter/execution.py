@@ -161,9 +161,12 @@ async def _execute(ctx: Context, code: str, timeout: Optional[float]):
             if line["type"] in ("stdout", "stderr"):
                 if truncated:
                     continue
+                room = OUTPUT_LIMIT - sent
                 sent += len(line["text"])
                 if sent > OUTPUT_LIMIT:
                     truncated = True
+                    if room > 0:
+                        yield dict(line, text=line["text"][:room])
                     line = outputs.stream(
                         "stderr", f"\n[output truncated: this execution printed more than "
                                   f"{OUTPUT_LIMIT // 2**20} MiB; the rest was dropped]\n")

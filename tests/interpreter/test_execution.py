@@ -1,0 +1,229 @@
+"""Running code through the code interpreter, driven with hutch's SDK against real kernels in a
+real sandbox: state, streaming, rich results, errors, timeouts, kernel death, env vars."""
+
+from __future__ import annotations
+
+import base64
+import threading
+
+import pytest
+
+from hutch import errors
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_state_persists_and_the_last_value_is_the_main_result(ci):
+    first = ci.run_code("counter = 40\ncounter += 1\nprint('side effect')\ncounter + 1")
+    assert first.error is None
+    assert first.text == "42"
+    assert first.logs.stdout == ["side effect\n"]
+    second = ci.run_code("counter")
+    assert second.text == "41"
+    assert second.execution_count == first.execution_count + 1
+
+
+def test_output_streams_while_the_cell_runs(ci):
+    # The cell prints, then waits for a file that only the stdout callback creates: it can
+    # finish only if the first line reached us while it was still running.
+    ci.files.write("/tmp/go", "", user="root")
+    ci.commands.run("rm -f /tmp/go", user="root")
+    seen: list[str] = []
+
+    def on_stdout(msg):
+        seen.append(msg.line)
+        if msg.line.startswith("first"):
+            ci.files.write("/tmp/go", "go")
+
+    run = ci.run_code(
+        "import os, time\nprint('first', flush=True)\n"
+        "while not os.path.exists('/tmp/go'): time.sleep(0.05)\nprint('second')",
+        on_stdout=on_stdout, timeout=60)
+    assert run.error is None, run.error
+    assert seen == ["first\n", "second\n"]
+
+
+def test_stderr_and_callbacks(ci):
+    out, err, results = [], [], []
+    run = ci.run_code("import sys\nprint('o')\nprint('e', file=sys.stderr)\n7*6",
+                      on_stdout=out.append, on_stderr=err.append, on_result=results.append)
+    assert [m.line for m in out] == ["o\n"] and not out[0].error
+    assert [m.line for m in err] == ["e\n"] and err[0].error
+    assert [r.text for r in results] == ["42"] and results[0].is_main_result
+
+
+def test_every_rich_format_comes_back(ci):
+    run = ci.run_code(
+        "from IPython.display import display, HTML, Markdown, SVG, Latex, JSON, Javascript, Image\n"
+        "import base64\n"
+        "display(HTML('<b>h</b>'))\n"
+        "display(Markdown('**m**'))\n"
+        "display(SVG('<svg xmlns=\"http://www.w3.org/2000/svg\"><circle r=\"1\"/></svg>'))\n"
+        "display(Latex(r'$x^2$'))\n"
+        "display(JSON({'k': [1, 2]}))\n"
+        "display(Javascript('console.log(1)'))\n"
+        "import matplotlib.pyplot as plt\n"
+        "fig = plt.figure(); plt.plot([1, 2]); fig.savefig('/tmp/p.jpg'); fig.savefig('/tmp/p.pdf'); plt.close(fig)\n"
+        "display(Image(filename='/tmp/p.jpg'))\n"
+        "display({'application/pdf': base64.b64encode(open('/tmp/p.pdf','rb').read()).decode(), 'text/plain': 'pdf'}, raw=True)\n"
+        "'done'")
+    assert run.error is None, run.error
+    by = {f: r for r in run.results for f in r.formats()}
+    assert by["html"].html == "<b>h</b>"
+    assert by["markdown"].markdown == "**m**"
+    assert "<circle" in by["svg"].svg
+    assert by["latex"].latex == "$x^2$"
+    assert by["json"].json == {"k": [1, 2]}
+    assert by["javascript"].javascript == "console.log(1)"
+    assert base64.b64decode(by["jpeg"].jpeg)[:2] == b"\xff\xd8"
+    assert base64.b64decode(by["pdf"].pdf)[:4] == b"%PDF"
+    assert sum(not r.is_main_result for r in run.results) >= 8
+    assert run.text == "'done'"
+
+
+def test_plots_from_show_and_from_an_open_figure_with_chart_data(ci, tmp_path):
+    shown = ci.run_code("import matplotlib.pyplot as plt\n"
+                        "plt.plot([1, 2, 3], [4, 5, 6], label='up'); plt.title('T'); "
+                        "plt.xlabel('x'); plt.ylabel('y'); plt.show()")
+    open_fig = ci.run_code("plt.figure(); plt.bar(['a', 'b'], [3, 4])")
+    for run in (shown, open_fig):
+        images = [r for r in run.results if r.png]
+        assert len(images) == 1, run
+        assert base64.b64decode(images[0].png).startswith(PNG_MAGIC)
+    line = next(r for r in shown.results if r.png).chart
+    assert line.type == "line" and line.title == "T"
+    assert (line.x_label, line.y_label) == ("x", "y")
+    assert line.elements == [{"label": "up", "points": [[1, 4], [2, 5], [3, 6]]}]
+    image = next(r for r in open_fig.results if r.png)
+    assert image.chart.type == "bar"
+    assert [(e["label"], e["value"]) for e in image.chart.elements] == [("a", 3), ("b", 4)]
+    saved = image.save(tmp_path / "chart.png")
+    assert saved.read_bytes().startswith(PNG_MAGIC)
+
+
+@pytest.mark.parametrize("code, kind, check", [
+    ("plt.scatter([1, 2], [3, 4])", "scatter",
+     lambda c: c.elements[0]["points"] == [[1.0, 3.0], [2.0, 4.0]]),
+    ("plt.pie([1, 3], labels=['a', 'b'])", "pie",
+     lambda c: [(e["label"], round(e["angle"])) for e in c.elements] == [("a", 90), ("b", 270)]),
+    ("plt.boxplot([[1, 2, 3, 4, 5, 50]])", "box_and_whisker",
+     lambda c: c.elements[0]["median"] == 3.5 and c.elements[0]["outliers"] == [50]),
+    ("f, (a, b) = plt.subplots(1, 2); a.plot([1, 2]); b.bar([1], [2]); f.suptitle('both')",
+     "superchart", lambda c: [e.type for e in c.elements] == ["line", "bar"] and c.title == "both"),
+])
+def test_chart_types(ci, code, kind, check):
+    run = ci.run_code("import matplotlib.pyplot as plt\nplt.figure()\n" + code + "\nplt.show()")
+    charts = [r.chart for r in run.results if r.chart is not None]
+    assert len(charts) == 1, run
+    assert charts[0].type == kind
+    assert check(charts[0]), charts[0].to_dict()
+
+
+def test_dataframes_as_html_text_and_data(ci):
+    run = ci.run_code("import pandas as pd\npd.DataFrame({'a': [1, 2], 'b': ['x', 'y']})")
+    main = run.results[0]
+    assert main.is_main_result and "<table" in main.html and "a" in main.text
+    assert main.data == {"a": [1, 2], "b": ["x", "y"]}
+
+
+def test_exceptions_come_back_as_errors_not_failures(ci):
+    run = ci.run_code("def f():\n    raise ValueError('bad value')\nf()")
+    assert run.error.name == "ValueError"
+    assert run.error.value == "bad value"
+    assert "f()" in run.error.traceback
+    assert ci.run_code("1 + 1").text == "2"       # the context is still fine
+
+
+def test_timeout_interrupts_and_keeps_the_state(ci):
+    ci.run_code("kept = 'still here'")
+    run = ci.run_code("import time\nprint('started', flush=True)\ntime.sleep(600)", timeout=2)
+    assert run.error.name == "TimeoutError"
+    assert "interrupted" in run.error.value and "kept" in run.error.value
+    assert run.logs.stdout == ["started\n"]
+    assert ci.run_code("kept").text == "'still here'"
+
+
+def test_per_execution_env_vars_are_set_then_restored(ci):
+    run = ci.run_code("import os; os.environ['ONLY_NOW'], os.getcwd()", envs={"ONLY_NOW": "yes"})
+    assert run.text == "('yes', '/home/user')"
+    assert ci.run_code("import os; os.environ.get('ONLY_NOW', 'unset')").text == "'unset'"
+    bash = ci.run_code("echo ${ONLY_NOW:-unset}", language="bash", envs={"ONLY_NOW": "b"})
+    assert bash.logs.stdout == ["b\n"]
+    assert ci.run_code("echo ${ONLY_NOW:-unset}", language="bash").logs.stdout == ["unset\n"]
+
+
+def test_a_dead_kernel_is_reported_and_replaced(hutch_server):
+    from hutch import Sandbox
+
+    with Sandbox.create(template="code-interpreter", url=hutch_server.url,
+                        api_key=hutch_server.api_key) as sbx:
+        try:
+            sbx.run_code("lost = 1")
+            died = sbx.run_code("import os; os._exit(9)")
+            assert died.error.name == "KernelDiedError"
+            assert "state is lost" in died.error.value
+            after = sbx.run_code("'lost' in globals()")
+            assert after.text == "False"
+            assert any("new kernel" in line for line in after.logs.stderr)
+            assert sbx.run_code("1 + 1").text == "2"
+        finally:
+            sbx.kill()
+
+
+def test_bash_keeps_its_shell_state(ci):
+    ci.run_code("cd /tmp && export KEPT=1 && x=5", language="bash")
+    run = ci.run_code("echo $PWD $KEPT $x", language="bash")
+    assert run.logs.stdout == ["/tmp 1 5\n"]
+    failed = ci.run_code("false", language="bash")
+    assert failed.error is not None
+
+
+def test_contexts_are_independent_and_have_their_own_cwd(ci):
+    a = ci.create_code_context(cwd="/tmp")
+    b = ci.create_code_context()
+    assert (a.language, a.cwd, b.cwd) == ("python", "/tmp", "/home/user")
+    ci.run_code("v = 'a'", context=a)
+    ci.run_code("v = 'b'", context=b)
+    assert ci.run_code("v, __import__('os').getcwd()", context=a).text == "('a', '/tmp')"
+    assert ci.run_code("v", context=b).text == "'b'"
+    ids = {c.id for c in ci.list_code_contexts()}
+    assert {a.id, b.id} <= ids
+    ci.restart_code_context(a)
+    assert ci.run_code("'v' in globals()", context=a).text == "False"
+    ci.remove_code_context(b)
+    assert b.id not in {c.id for c in ci.list_code_contexts()}
+    with pytest.raises(errors.NotFoundError):
+        ci.run_code("1", context=b)
+    ci.remove_code_context(a)
+
+
+def test_one_context_runs_in_order_others_in_parallel(ci):
+    a = ci.create_code_context()
+    b = ci.create_code_context()
+    ci.run_code("order = []", context=a)
+    ci.commands.run("rm -f /tmp/release", user="root")
+    started = threading.Event()
+    results: dict = {}
+
+    def first():
+        results["first"] = ci.run_code(
+            "import os, time\nprint('waiting', flush=True)\n"
+            "while not os.path.exists('/tmp/release'): time.sleep(0.05)\norder.append(1)",
+            context=a, on_stdout=lambda m: started.set(), timeout=60)
+
+    def second():
+        results["second"] = ci.run_code("order.append(2); order", context=a, timeout=60)
+
+    t1 = threading.Thread(target=first)
+    t1.start()
+    assert started.wait(60)
+    t2 = threading.Thread(target=second)
+    t2.start()
+    # Context b is not blocked by a's running cell: it is what releases it.
+    ci.run_code("open('/tmp/release', 'w').close()", context=b, timeout=60)
+    t1.join(60)
+    t2.join(60)
+    assert results["first"].error is None
+    assert results["second"].text == "[1, 2]"
+    ci.remove_code_context(a)
+    ci.remove_code_context(b)
