@@ -215,3 +215,30 @@ def test_run_kills_the_sandbox_when_interrupted(hutch_server, hutch, signum):
         proc.stdout.close()
         proc.stderr.close()
     assert _listed(hutch, tag) == []
+
+
+def test_run_code_prints_text_saves_images_and_fails_on_errors(hutch, tmp_path):
+    tag = uuid.uuid4().hex
+    script = tmp_path / "plot.py"
+    script.write_text("import matplotlib.pyplot as plt\nprint('computing')\n"
+                      "plt.plot([1, 2]); plt.show()\n6 * 7\n")
+    out = tmp_path / "out"
+    r = hutch("run-code", "-m", f"tag={tag}", "-o", str(out), str(script))
+    assert r.stdout.decode() == "computing\n42\n"
+    assert (out / "result-1.png").read_bytes().startswith(b"\x89PNG")
+    assert f"saved {out / 'result-1.png'}" in r.stderr.decode()
+    failed = hutch("run-code", "-l", "bash", "-m", f"tag={tag}", "-", stdin="echo hi; false",
+                   check=False)
+    assert failed.returncode == 1 and failed.stdout.decode() == "hi\n"
+    assert _listed(hutch, tag) == []              # both sandboxes are gone
+
+
+def test_run_code_in_an_existing_sandbox_keeps_state(hutch):
+    sid = hutch("create", "-t", "code-interpreter").stdout.decode().strip()
+    try:
+        hutch("run-code", "--sandbox", sid, "-", stdin="kept = 'across calls'")
+        r = hutch("run-code", "--sandbox", sid, "--var", "X=1", "-",
+                  stdin="import os\nprint(kept, os.environ['X'])")
+        assert r.stdout.decode() == "across calls 1\n"
+    finally:
+        hutch("kill", sid)

@@ -54,10 +54,11 @@ def sandbox() -> None:
     """Create, list, inspect and kill sandboxes."""
 
 
-def creation_options(timeout: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """The options that shape a new sandbox (``hutch create`` and ``hutch run``)."""
+def creation_options(timeout: int, template: str = "base",
+                     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The options that shape a new sandbox (``hutch create``, ``run`` and ``run-code``)."""
     return lambda fn: _with_options(fn, [
-        click.option("-t", "--template", default="base", show_default=True),
+        click.option("-t", "--template", default=template, show_default=True),
         click.option("--timeout", type=click.IntRange(min=1), default=timeout, show_default=True,
                      help="seconds the sandbox lives at most"),
         click.option("--cpu", type=click.FloatRange(min=0, min_open=True), default=None,
