@@ -32,3 +32,16 @@ df.plot(); plt.savefig('/out.png')
         assert sbx.commands.run("stat -c %U /data.csv").stdout.strip() == "user"
     finally:
         sbx.kill()  # explicit teardown
+
+
+def test_the_readme_example_runs_as_printed(server_env, monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.setenv("HUTCH_TEMPLATE", "code-interpreter")
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Code interpreter", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    scope = {"user_uploaded_bytes": b"a,b\n1,2\n3,1\n"}
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - our own README
+    assert scope["result"].error is None and scope["chart"].error is None
+    assert bytes(scope["png"]).startswith(PNG_MAGIC)

@@ -70,6 +70,10 @@ SCHEMAS: dict[str, dict] = {
         "envdAccessToken": {"type": ["string", "null"], "description": (
             "Send as X-Access-Token on data-plane requests to the agent; null for a sandbox "
             "created with `secure: false`.")},
+        "trafficAccessToken": {"type": ["string", "null"], "description": (
+            "Send as E2B-Traffic-Access-Token on the code interpreter's context calls (port "
+            "49999), which E2B's code-interpreter SDK makes without the access token; null "
+            "when envdAccessToken is.")},
         "alias": {"type": "string"},
         "domain": {"type": ["string", "null"], "description": "HUTCH_DOMAIN when host routing is on: ports are reached at <port>-<sandboxID>.<domain>"},
     }, ["templateID", "sandboxID", "clientID", "envdVersion"]),
@@ -90,6 +94,7 @@ SCHEMAS: dict[str, dict] = {
         "cpuCount", "memoryMB", "diskSizeMB", "state", "metadata"]),
     "SandboxDetail": {"allOf": [_ref("ListedSandbox"), _obj({
         "envdAccessToken": {"type": ["string", "null"]},
+        "trafficAccessToken": {"type": ["string", "null"]},
         "domain": {"type": ["string", "null"], "description": "HUTCH_DOMAIN when host routing is on: ports are reached at <port>-<sandboxID>.<domain>"},
         "allowInternetAccess": {"type": "boolean"},
     }, ["allowInternetAccess"])]},
@@ -298,9 +303,13 @@ below, when it carries the headers `E2b-Sandbox-Id: <sandbox id>` and `E2b-Sandb
   [docs/protocol.md](../docs/protocol.md). When the sandbox has an access token
   (`envdAccessToken`), every request but `/health` needs it as `X-Access-Token` (signed
   `/files` URLs carry a signature instead).
+- Port 49999, in sandboxes of templates that have one (`code-interpreter`), is the code
+  interpreter: `POST /execute` (an NDJSON stream), `/contexts`, described in
+  [docs/code-interpreter.md](../docs/code-interpreter.md). `/execute` needs the access token
+  as `X-Access-Token`; the context calls accept it or the `trafficAccessToken` as
+  `E2B-Traffic-Access-Token` (E2B's SDK sends only the latter there).
 - Any other port is that TCP port inside the sandbox, HTTP and WebSocket, with no token (the
-  sandbox id is the capability). The routing headers and `X-Access-Token` are not passed on
-  (except to the code interpreter's port 49999).
+  sandbox id is the capability). The routing headers and `X-Access-Token` are not passed on.
 - An unknown or killed sandbox answers 502 `{{"sandboxId", "message": "The sandbox was not
   found", "code": 502}}`; a port nothing listens on answers 502 with "port is not open". A
   WebSocket handshake that cannot reach the sandbox is refused with these same HTTP answers;
