@@ -14,22 +14,34 @@ import signal
 import socket
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 
-from ..http import READ_LIMIT, serve_connection
 from ..state import PRIVATE_ENV
 from . import kernelspecs
-from .context import Contexts
-from .server import InterpreterApp, default_context
+from .kernel import KernelProcess
 
 
 async def serve(fd: int) -> None:
     work = Path(tempfile.mkdtemp(prefix="hutch-interpreter-", dir="/run" if os.access("/run", os.W_OK) else None))
     kernel_dir = kernelspecs.write(work)
     env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
-    contexts = Contexts(work, [str(kernel_dir)], env)
+    # The default Python kernel starts now, while the imports below (jupyter_client and
+    # ZeroMQ, a quarter of a second) run: the first run_code waits for the slower of the two.
+    default_id = uuid.uuid4().hex
+    spec = kernelspecs.specs()[kernelspecs.DEFAULT_PYTHON]
+    try:
+        first = KernelProcess.from_spec(spec, env, kernelspecs.DEFAULT_CWD, work, default_id)
+    except OSError:
+        first = None                   # started again, with its error reported, on first use
+
+    from ..http import READ_LIMIT, serve_connection
+    from .context import Contexts
+    from .server import InterpreterApp
+
+    contexts = Contexts(work, [str(kernel_dir)], env, prelaunched=first)
     app = InterpreterApp(contexts)
-    default_context(contexts)          # the Python kernel starts while the sandbox settles
+    contexts.default("python", default_id)     # adopts the kernel started above
 
     sock = socket.socket(fileno=fd)
     server = await asyncio.start_unix_server(lambda r, w: serve_connection(r, w, app),

@@ -9,20 +9,17 @@ execution; the context keeps its id, and the execution that found it dead says s
 from __future__ import annotations
 
 import asyncio
-import logging
 import uuid
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from jupyter_client.asynchronous import AsyncKernelClient
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
-from jupyter_client.manager import AsyncKernelManager
 
 from ...errors import InvalidArgumentError, NotFoundError
-from .kernelspecs import KERNELS, canonical
+from .kernel import KernelProcess
+from .kernelspecs import DEFAULT_CWD, KERNELS, canonical
 
-log = logging.getLogger("hutch.interpreter")
-
-DEFAULT_CWD = "/home/user"
 #: How long a kernel may take to answer its first request before we give up on it.
 START_TIMEOUT = 60.0
 
@@ -36,8 +33,8 @@ class Context:
         self.cwd = cwd
         self.kernel = kernel
         self.lock = asyncio.Lock()
-        self.km: Optional[AsyncKernelManager] = None
-        self.kc = None
+        self.km: Optional[KernelProcess] = None
+        self.kc: Optional[AsyncKernelClient] = None
         self._starting: Optional[asyncio.Task] = None
         #: Why the previous kernel went away, told to the next execution (then cleared).
         self.lost: Optional[str] = None
@@ -63,30 +60,25 @@ class Context:
         return self.kc
 
     async def _start(self) -> None:
-        # Unix sockets rather than TCP on localhost: nothing else in the sandbox can even
-        # try the kernel's ports, and the round trip is shorter.
-        prefix = str(self.contexts.work / f"kernel-{self.id}")
-        km = AsyncKernelManager(kernel_name=self.kernel,
-                                kernel_spec_manager=self.contexts.spec_manager,
-                                transport="ipc", ip=prefix, connection_file=prefix + ".json")
-        await km.start_kernel(cwd=self.cwd, env=self.contexts.kernel_env())
-        kc = km.client()
+        km = self.contexts.take_prelaunched(self) or KernelProcess.from_spec(
+            self.contexts.spec(self.kernel), self.contexts.kernel_env(), self.cwd,
+            self.contexts.work, self.id)
+        kc = AsyncKernelClient()
+        kc.load_connection_info(km.info)
         kc.start_channels()
         try:
             await kc.wait_for_ready(timeout=START_TIMEOUT)
         except BaseException:
             kc.stop_channels()
-            await _quietly(km.shutdown_kernel(now=True))
+            km.stop()
             raise
         self.km, self.kc = km, kc
 
     async def alive(self) -> bool:
-        return self.km is not None and await self.km.is_alive()
+        return self.km is not None and self.km.alive()
 
     def exit_code(self) -> Optional[int]:
-        provisioner = getattr(self.km, "provisioner", None)
-        process = getattr(provisioner, "process", None)
-        return None if process is None else process.poll()
+        return None if self.km is None else self.km.exit_code()
 
     async def stop(self) -> None:
         """Shut the kernel down now (state lost)."""
@@ -96,7 +88,7 @@ class Context:
         if kc is not None:
             kc.stop_channels()
         if km is not None:
-            await _quietly(km.shutdown_kernel(now=True))
+            await asyncio.get_running_loop().run_in_executor(None, km.stop)
 
     async def restart(self) -> None:
         async with self.lock:
@@ -106,15 +98,18 @@ class Context:
 
     async def interrupt(self) -> None:
         if self.km is not None:
-            await _quietly(self.km.interrupt_kernel())
+            self.km.interrupt()
 
 
 class Contexts:
     """Every context of the sandbox, plus one default context per language (made on first use;
     the Python one at start-up, so the first ``run_code`` finds its kernel warm)."""
 
-    def __init__(self, work: Path, kernel_dirs: List[str], env: Dict[str, str]) -> None:
+    def __init__(self, work: Path, kernel_dirs: List[str], env: Dict[str, str],
+                 prelaunched: Optional[KernelProcess] = None) -> None:
         self.work = work
+        # The default Python kernel, launched before jupyter_client was imported (__main__).
+        self._prelaunched = prelaunched
         ksm = KernelSpecManager()
         ksm.kernel_dirs = kernel_dirs + [d for d in ksm.kernel_dirs if d not in kernel_dirs]
         self.spec_manager = ksm
@@ -124,6 +119,19 @@ class Contexts:
 
     def kernel_env(self) -> Dict[str, str]:
         return dict(self.env)
+
+    def spec(self, name: str) -> dict:
+        spec = self.spec_manager.get_kernel_spec(name)
+        return {"argv": spec.argv, "env": spec.env}
+
+    def take_prelaunched(self, ctx: "Context") -> Optional[KernelProcess]:
+        km, self._prelaunched = self._prelaunched, None
+        if km is not None and ctx.language == "python" and ctx.cwd == DEFAULT_CWD \
+                and km.info["kernel_name"] == ctx.id and km.alive():
+            return km
+        if km is not None:
+            km.stop()
+        return None
 
     def _kernel_for(self, language: str) -> str:
         names = self.spec_manager.find_kernel_specs()
@@ -138,7 +146,8 @@ class Contexts:
         names = self.spec_manager.find_kernel_specs()
         return [lang for lang, kernels in KERNELS.items() if any(k in names for k in kernels)]
 
-    def create(self, language: Optional[str], cwd: Optional[str]) -> Context:
+    def create(self, language: Optional[str], cwd: Optional[str],
+               context_id: Optional[str] = None) -> Context:
         lang = canonical(language)
         if lang is None:
             raise InvalidArgumentError(f"unknown language {language!r}; supported: "
@@ -146,19 +155,19 @@ class Contexts:
         cwd = cwd or DEFAULT_CWD
         if not isinstance(cwd, str) or not cwd.startswith("/"):
             raise InvalidArgumentError(f"cwd must be an absolute path, got {cwd!r}")
-        ctx = Context(self, lang, cwd, self._kernel_for(lang))
+        ctx = Context(self, lang, cwd, self._kernel_for(lang), context_id)
         self._all[ctx.id] = ctx
         ctx.start_soon()
         return ctx
 
-    def default(self, language: Optional[str]) -> Context:
+    def default(self, language: Optional[str], context_id: Optional[str] = None) -> Context:
         lang = canonical(language)
         if lang is None:
             raise InvalidArgumentError(f"unknown language {language!r}; supported: "
                                        f"{', '.join(self.languages())}")
         ctx = self._all.get(self._defaults.get(lang, ""))
         if ctx is None:
-            ctx = self.create(lang, DEFAULT_CWD)
+            ctx = self.create(lang, DEFAULT_CWD, context_id)
             self._defaults[lang] = ctx.id
         return ctx
 
@@ -183,13 +192,8 @@ class Contexts:
     async def close(self) -> None:
         await asyncio.gather(*(c.stop() for c in self._all.values()), return_exceptions=True)
         self._all.clear()
-
-
-async def _quietly(awaitable) -> None:
-    try:
-        await awaitable
-    except Exception as exc:  # noqa: BLE001 - shutting down a broken kernel must not fail
-        log.debug("ignored: %s", exc)
+        if self._prelaunched is not None:
+            self._prelaunched.stop()
 
 
 __all__ = ["Context", "Contexts", "NoSuchKernel", "DEFAULT_CWD"]

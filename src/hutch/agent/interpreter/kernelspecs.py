@@ -18,6 +18,9 @@ HERE = Path(__file__).resolve().parent
 #: The directory that holds the ``hutch`` package, put on the JavaScript kernel's path.
 LIB = str(HERE.parent.parent.parent)
 STARTUP = HERE / "kernel_startup.py"
+DEFAULT_CWD = "/home/user"
+#: The kernel of the default Python context, launched as the interpreter starts.
+DEFAULT_PYTHON = "hutch-python"
 
 #: Language names the API accepts -> the canonical language.
 LANGUAGES = {
@@ -44,8 +47,11 @@ def specs(python: str = sys.executable) -> Dict[str, dict]:
     """The kernel.json documents for hutch's own kernels."""
     return {
         "hutch-python": {
+            # History in memory: a sandbox is thrown away, and the SQLite write per cell is a
+            # third of a small cell's round trip.
             "argv": [python, "-m", "ipykernel_launcher", "-f", "{connection_file}",
-                     f"--IPKernelApp.exec_files={STARTUP}"],
+                     f"--IPKernelApp.exec_files={STARTUP}",
+                     "--HistoryManager.hist_file=:memory:"],
             "display_name": "Python 3", "language": "python",
             "interrupt_mode": "signal",
             # Plots go to the notebook-style inline backend (the template's default for

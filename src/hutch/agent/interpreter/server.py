@@ -10,7 +10,7 @@ that hangs up is noticed at once (the execution is then interrupted).
 from __future__ import annotations
 
 import json
-from typing import Any, AsyncIterator, Dict, Optional
+from typing import Any, AsyncIterator, Dict
 
 from ...errors import HutchError, InvalidArgumentError, NotFoundError
 from ...protocol.ndjson import encode_line
@@ -117,7 +117,3 @@ async def _body(request: Request) -> Dict[str, Any]:
         raise InvalidArgumentError("the body must be a JSON object")
     return body
 
-
-def default_context(contexts: Contexts, language: Optional[str] = "python"):
-    """Start the default context's kernel now so the first execution finds it warm."""
-    return contexts.default(language)

@@ -1,0 +1,83 @@
+"""One kernel process: launched from its spec, interrupted, watched and stopped.
+
+Stdlib only, so the interpreter can launch the default Python kernel before it has imported
+``jupyter_client`` (a quarter of a second): the two start-ups overlap, which is most of what a
+first ``run_code`` waits for. The protocol side (messages over ZeroMQ) is ``jupyter_client``'s
+kernel client, attached to :attr:`KernelProcess.info`.
+
+Kernels talk over unix sockets (ZeroMQ's ``ipc`` transport) in the interpreter's private
+directory rather than TCP on localhost: nothing else in the sandbox can even try their ports,
+and the round trip is shorter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+_CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
+
+
+class KernelProcess:
+    def __init__(self, argv: List[str], env: Dict[str, str], cwd: str, work: Path,
+                 name: str) -> None:
+        self.prefix = str(work / f"kernel-{name}")
+        self.connection_file = self.prefix + ".json"
+        self.info: Dict[str, Any] = {
+            "transport": "ipc", "ip": self.prefix, "key": os.urandom(32).hex(),
+            "signature_scheme": "hmac-sha256", "kernel_name": name,
+            **{f"{channel}_port": n for n, channel in enumerate(_CHANNELS, 1)},
+        }
+        fd = os.open(self.connection_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.info, f)
+        argv = [a.replace("{connection_file}", self.connection_file) for a in argv]
+        os.makedirs(cwd, exist_ok=True)
+        # A session of its own: an interrupt (SIGINT) reaches the kernel, not the interpreter,
+        # and stopping it reaches whatever it started (bash, node) too. JPY_PARENT_PID makes
+        # ipykernel exit if the interpreter dies.
+        self.process = subprocess.Popen(
+            argv, env={**env, "JPY_PARENT_PID": str(os.getpid())}, cwd=cwd,
+            stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+
+    @classmethod
+    def from_spec(cls, spec: Dict[str, Any], env: Dict[str, str], cwd: str, work: Path,
+                  name: str) -> "KernelProcess":
+        return cls(list(spec["argv"]), {**env, **spec.get("env", {})}, cwd, work, name)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def exit_code(self) -> Optional[int]:
+        return self.process.poll()
+
+    def interrupt(self) -> None:
+        self._signal(signal.SIGINT, group=False)
+
+    def stop(self) -> None:
+        """Kill the kernel and everything it started, and remove its sockets."""
+        self._signal(signal.SIGKILL, group=True)
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        for path in [self.connection_file] + [f"{self.prefix}-{n}" for n in range(1, 6)]:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+    def _signal(self, signum: int, group: bool) -> None:
+        if self.process.poll() is not None:
+            return
+        try:
+            if group:
+                os.killpg(self.process.pid, signum)
+            else:
+                os.kill(self.process.pid, signum)
+        except ProcessLookupError:
+            pass
