@@ -227,3 +227,32 @@ def test_one_context_runs_in_order_others_in_parallel(ci):
     assert results["second"].text == "[1, 2]"
     ci.remove_code_context(a)
     ci.remove_code_context(b)
+
+
+def test_a_cell_that_ignores_the_interrupt_gets_a_new_kernel(ci):
+    ctx = ci.create_code_context()
+    ci.run_code("before = 1", context=ctx)
+    run = ci.run_code("import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+                      "time.sleep(600)", context=ctx, timeout=1)
+    assert run.error.name == "TimeoutError"
+    assert "restarted" in run.error.value and "state is lost" in run.error.value
+    after = ci.run_code("'before' in globals()", context=ctx)
+    assert after.text == "False"
+    ci.remove_code_context(ctx)
+
+
+@pytest.mark.parametrize("code", [
+    "import ctypes; ctypes.string_at(0)",                      # a segfault
+    "blocks = []\nwhile True: blocks.append(bytearray(64 * 2**20))",   # the OOM killer
+])
+def test_crashes_and_oom_are_kernel_deaths(hutch_server, code):
+    from hutch import Sandbox
+
+    with Sandbox.create(template="code-interpreter", url=hutch_server.url,
+                        api_key=hutch_server.api_key, memory_mb=512) as sbx:
+        try:
+            run = sbx.run_code(code, timeout=120)
+            assert run.error is not None and run.error.name == "KernelDiedError", run
+            assert sbx.run_code("6 * 7", timeout=120).text == "42"
+        finally:
+            sbx.kill()

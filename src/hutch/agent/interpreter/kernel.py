@@ -43,6 +43,13 @@ class KernelProcess:
         self.process = subprocess.Popen(
             argv, env={**env, "JPY_PARENT_PID": str(os.getpid())}, cwd=cwd,
             stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+        # When the sandbox runs out of memory, the kernel holding the user's data is the one
+        # to go (it is reported and replaced), never the agent or the interpreter.
+        try:
+            with open(f"/proc/{self.process.pid}/oom_score_adj", "w") as f:
+                f.write("1000")
+        except OSError:
+            pass
 
     @classmethod
     def from_spec(cls, spec: Dict[str, Any], env: Dict[str, str], cwd: str, work: Path,
