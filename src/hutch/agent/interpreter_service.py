@@ -13,31 +13,12 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 from typing import Dict, Optional
 
+from .server import bind_unix
 from .users import lookup
-
-
-def bind_unix(path: str) -> socket.socket:
-    """A listening unix socket at ``path`` (0600), bound under a temporary name and renamed
-    into place so that it appears only once it accepts."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        os.unlink(tmp)
-    except FileNotFoundError:
-        pass
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o177)
-    try:
-        sock.bind(tmp)
-    finally:
-        os.umask(old)
-    sock.listen(128)
-    os.replace(tmp, path)
-    return sock
 
 
 class InterpreterService:

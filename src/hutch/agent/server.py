@@ -12,6 +12,26 @@ from .app import AgentApp
 from .http import READ_LIMIT, serve_connection
 
 
+def bind_unix(path: str) -> socket.socket:
+    """A listening unix socket at ``path`` (0600). It is bound under a temporary name and
+    renamed into place once it listens: whoever waits for the path to appear can connect at
+    once (no window between bind and listen)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(tmp)
+    finally:
+        os.umask(old)
+    sock.listen(128)
+    os.replace(tmp, path)
+    return sock
+
+
 async def _serve(app: AgentApp, reader, writer) -> None:
     await serve_connection(reader, writer, app)
 
@@ -31,23 +51,8 @@ async def run(unix_path: Optional[str], listen: Optional[str], ready_fd: Optiona
         return _serve(app, reader, writer)
 
     if unix_path:
-        # Bind under a temporary name and rename into place: whoever waits for the path to
-        # appear can connect at once (no window between bind and listen).
-        tmp = f"{unix_path}.{os.getpid()}.tmp"
-        for stale in (tmp,):
-            try:
-                os.unlink(stale)
-            except FileNotFoundError:
-                pass
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)
-        try:
-            sock.bind(tmp)
-        finally:
-            os.umask(old)
-        os.chmod(tmp, 0o600)
-        servers.append(await asyncio.start_unix_server(handler, sock=sock, limit=READ_LIMIT))
-        os.replace(tmp, unix_path)
+        servers.append(await asyncio.start_unix_server(handler, sock=bind_unix(unix_path),
+                                                       limit=READ_LIMIT))
     if listen:
         host, _, port = listen.rpartition(":")
         servers.append(await asyncio.start_server(handler, host or "127.0.0.1", int(port), limit=READ_LIMIT, reuse_address=True))
