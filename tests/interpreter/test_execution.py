@@ -110,6 +110,14 @@ def test_plots_from_show_and_from_an_open_figure_with_chart_data(ci, tmp_path):
      lambda c: c.elements[0]["median"] == 3.5 and c.elements[0]["outliers"] == [50]),
     ("f, (a, b) = plt.subplots(1, 2); a.plot([1, 2]); b.bar([1], [2]); f.suptitle('both')",
      "superchart", lambda c: [e.type for e in c.elements] == ["line", "bar"] and c.title == "both"),
+    ("import datetime as dt\nplt.plot([dt.date(2024, 1, 1), dt.date(2024, 1, 2)], [1, 2])\n"
+     "plt.yscale('log')", "line",
+     lambda c: (c.x_scale, c.y_scale) == ("datetime", "log")
+     and [p[0][:10] for p in c.elements[0]["points"]] == ["2024-01-01", "2024-01-02"]),
+    ("import pandas as pd\n"
+     "pd.Series([1, 3], index=pd.date_range('2024-01-01', periods=2)).plot()", "line",
+     lambda c: c.x_scale == "datetime"
+     and c.elements[0]["points"] == [["2024-01-01T00:00:00", 1.0], ["2024-01-02T00:00:00", 3.0]]),
 ])
 def test_chart_types(ci, code, kind, check):
     run = ci.run_code("import matplotlib.pyplot as plt\nplt.figure()\n" + code + "\nplt.show()")

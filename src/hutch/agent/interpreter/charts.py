@@ -37,20 +37,51 @@ def _label(artist) -> str:
     return "" if label.startswith("_") else label
 
 
+def _converter(axis):
+    getter = getattr(axis, "get_converter", None)      # matplotlib >= 3.10
+    return getter() if getter is not None else getattr(axis, "converter", None)
+
+
+def _is_dates(ax, axis) -> bool:
+    """Whether the axis holds dates: matplotlib's date converter, or pandas' time series
+    plotting (which draws periods as ordinals and sets ``ax.freq``)."""
+    converter = _converter(axis)
+    module = type(converter).__module__ if converter is not None else ""
+    return "date" in module or (module.startswith("pandas") and axis is ax.xaxis
+                                and getattr(ax, "freq", None) is not None)
+
+
 def _axis(ax, which: str) -> Dict[str, Any]:
     axis = ax.xaxis if which == "x" else ax.yaxis
     label = axis.get_label().get_text() or None
     ticks = [_num(t) for t in axis.get_ticklocs()]
     tick_labels = [t.get_text() for t in axis.get_ticklabels()]
     scale = axis.get_scale()
-    converter = getattr(axis, "converter", None) or getattr(axis, "get_converter", lambda: None)()
-    if converter is not None and "date" in type(converter).__module__:
+    converter = _converter(axis)
+    if _is_dates(ax, axis):
         scale = "datetime"
-        ticks = tick_labels
+        ticks = _dates(ax, axis.get_ticklocs())
     elif converter is not None and "category" in type(converter).__module__:
         scale = "categorical"
     return {f"{which}_label": label, f"{which}_unit": None, f"{which}_ticks": ticks,
             f"{which}_tick_labels": tick_labels, f"{which}_scale": scale}
+
+
+def _dates(ax, values) -> List[Any]:
+    freq = getattr(ax, "freq", None)
+    out = []
+    for v in values:
+        try:
+            if freq is not None:
+                import pandas as pd
+                out.append(pd.Period(ordinal=int(round(float(v))), freq=freq)
+                           .to_timestamp().isoformat())
+            else:
+                import matplotlib.dates as mdates
+                out.append(mdates.num2date(float(v)).isoformat())
+        except Exception:  # noqa: BLE001 - a value that is no date stays as it is
+            out.append(_num(v))
+    return out
 
 
 def _base(ax, kind: str) -> Dict[str, Any]:
@@ -66,10 +97,9 @@ def _two_d(ax, kind: str, elements: List[Any]) -> Dict[str, Any]:
 
 
 def _x_values(ax, xs) -> List[Any]:
-    converter = getattr(ax.xaxis, "converter", None) or getattr(ax.xaxis, "get_converter", lambda: None)()
-    if converter is not None and "date" in type(converter).__module__:
-        import matplotlib.dates as mdates
-        return [mdates.num2date(x).isoformat() for x in xs]
+    """x values as the plot holds them (numbers after unit conversion); dates as ISO text."""
+    if _is_dates(ax, ax.xaxis):
+        return _dates(ax, xs)
     return [_num(x) for x in xs]
 
 
@@ -160,9 +190,10 @@ def describe_axes(ax) -> Optional[Dict[str, Any]]:
     if lines:
         elements = []
         for line in lines:
-            xs = _x_values(ax, list(line.get_xdata()))
+            xs = _x_values(ax, list(line.get_xdata(orig=False)))
             elements.append({"label": _label(line),
-                             "points": [[x, _num(y)] for x, y in zip(xs, line.get_ydata())]})
+                             "points": [[x, _num(y)]
+                                        for x, y in zip(xs, line.get_ydata(orig=False))]})
         return _two_d(ax, "line", elements)
     return None
 
