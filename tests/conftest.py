@@ -164,6 +164,20 @@ def hutch_server():
         teardown_instance()
 
 
+@pytest.fixture(scope="session")
+def code_interpreter(hutch_server):
+    """The session's server, with the code-interpreter template built (once; about two
+    minutes on a fresh machine). Built here rather than by the first create, whose client
+    would give up waiting."""
+    import asyncio
+
+    from hutch.templates import TemplateStore, TerminalProgress
+
+    store = TemplateStore(TEST_TEMPLATES_DIR)
+    asyncio.run(store.ensure("code-interpreter", TerminalProgress()))
+    return hutch_server
+
+
 @pytest.fixture
 def server_env(hutch_server, monkeypatch):
     """Point the hutch SDK and the official e2b SDK at the test server."""

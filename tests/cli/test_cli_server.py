@@ -217,7 +217,7 @@ def test_run_kills_the_sandbox_when_interrupted(hutch_server, hutch, signum):
     assert _listed(hutch, tag) == []
 
 
-def test_run_code_prints_text_saves_images_and_fails_on_errors(hutch, tmp_path):
+def test_run_code_prints_text_saves_images_and_fails_on_errors(code_interpreter, hutch, tmp_path):
     tag = uuid.uuid4().hex
     script = tmp_path / "plot.py"
     script.write_text("import matplotlib.pyplot as plt\nprint('computing')\n"
@@ -233,7 +233,7 @@ def test_run_code_prints_text_saves_images_and_fails_on_errors(hutch, tmp_path):
     assert _listed(hutch, tag) == []              # both sandboxes are gone
 
 
-def test_run_code_in_an_existing_sandbox_keeps_state(hutch):
+def test_run_code_in_an_existing_sandbox_keeps_state(code_interpreter, hutch):
     sid = hutch("create", "-t", "code-interpreter").stdout.decode().strip()
     try:
         hutch("run-code", "--sandbox", sid, "-", stdin="kept = 'across calls'")

@@ -13,7 +13,7 @@ from e2b.exceptions import TimeoutException
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def test_the_seed_example(server_env):
+def test_the_seed_example(code_interpreter, server_env):
     user_uploaded_bytes = b"day,visits\n1,10\n2,14\n3,9\n"
     # --- as written in the seed, only the configuration (env vars) differs, and the bare
     # constructor: e2b 2.x removed `Sandbox()` in favour of `Sandbox.create()` ---
@@ -40,8 +40,8 @@ df.plot(); plt.savefig('/out.png')
 
 
 @pytest.fixture(scope="module")
-def ci(hutch_server):
-    env = hutch_server.env
+def ci(code_interpreter):
+    env = code_interpreter.env
     sbx = Sandbox.create(api_key=env["E2B_API_KEY"], api_url=env["E2B_API_URL"],
                          sandbox_url=env["E2B_SANDBOX_URL"])
     try:
@@ -90,7 +90,7 @@ def test_the_sdks_timeout_interrupts_and_the_context_survives(ci):
     assert ci.run_code("survivor", timeout=60).text == "'yes'"
 
 
-async def test_the_async_sdk(server_env):
+async def test_the_async_sdk(code_interpreter, server_env):
     sbx = await AsyncSandbox.create()
     try:
         seen = []

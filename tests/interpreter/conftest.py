@@ -8,7 +8,8 @@ from hutch import Sandbox
 
 
 @pytest.fixture(scope="module")
-def ci(hutch_server):
+def ci(code_interpreter):
+    hutch_server = code_interpreter
     sbx = Sandbox.create(template="code-interpreter", url=hutch_server.url,
                          api_key=hutch_server.api_key, metadata={"suite": "interpreter"})
     try:

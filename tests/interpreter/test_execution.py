@@ -160,7 +160,8 @@ def test_per_execution_env_vars_are_set_then_restored(ci):
     assert ci.run_code("echo ${ONLY_NOW:-unset}", language="bash").logs.stdout == ["unset\n"]
 
 
-def test_a_dead_kernel_is_reported_and_replaced(hutch_server):
+def test_a_dead_kernel_is_reported_and_replaced(code_interpreter):
+    hutch_server = code_interpreter
     from hutch import Sandbox
 
     with Sandbox.create(template="code-interpreter", url=hutch_server.url,
@@ -253,7 +254,8 @@ def test_a_cell_that_ignores_the_interrupt_gets_a_new_kernel(ci):
     "import ctypes; ctypes.string_at(0)",                      # a segfault
     "blocks = []\nwhile True: blocks.append(bytearray(64 * 2**20))",   # the OOM killer
 ])
-def test_crashes_and_oom_are_kernel_deaths(hutch_server, code):
+def test_crashes_and_oom_are_kernel_deaths(code_interpreter, code):
+    hutch_server = code_interpreter
     from hutch import Sandbox
 
     with Sandbox.create(template="code-interpreter", url=hutch_server.url,

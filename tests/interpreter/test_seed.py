@@ -6,7 +6,7 @@ from __future__ import annotations
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def test_the_seed_example_with_hutch(server_env, monkeypatch):
+def test_the_seed_example_with_hutch(code_interpreter, server_env, monkeypatch):
     monkeypatch.setenv("HUTCH_TEMPLATE", "code-interpreter")
     user_uploaded_bytes = b"day,visits\n1,10\n2,14\n3,9\n"
     # --- the seed's code, with `from hutch import Sandbox` ---
@@ -34,7 +34,7 @@ df.plot(); plt.savefig('/out.png')
         sbx.kill()  # explicit teardown
 
 
-def test_the_readme_example_runs_as_printed(server_env, monkeypatch):
+def test_the_readme_example_runs_as_printed(code_interpreter, server_env, monkeypatch):
     from pathlib import Path
 
     monkeypatch.setenv("HUTCH_TEMPLATE", "code-interpreter")

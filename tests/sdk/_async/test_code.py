@@ -10,7 +10,7 @@ from hutch.sdk import Execution, ExecutionError, OutputMessage, Result
 
 
 @pytest.fixture(scope="module")
-async def sbx(module_opts):
+async def sbx(code_interpreter, module_opts):
     sandbox = await AsyncSandbox.create(template="code-interpreter", timeout=600,
                                         metadata={"suite": "sdk-code"}, **module_opts)
     try:

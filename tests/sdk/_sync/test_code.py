@@ -11,7 +11,7 @@ from hutch.sdk import Execution, ExecutionError, OutputMessage, Result
 
 
 @pytest.fixture(scope="module")
-def sbx(module_opts):
+def sbx(code_interpreter, module_opts):
     sandbox = Sandbox.create(template="code-interpreter", timeout=600,
                              metadata={"suite": "sdk-code"}, **module_opts)
     try:
