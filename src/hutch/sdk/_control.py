@@ -19,6 +19,9 @@ DEFAULT_TEMPLATE = "base"
 TEMPLATE_ENV = "HUTCH_TEMPLATE"
 DEFAULT_TIMEOUT = 300
 NETWORKS = ("internet", "none")
+# A create answers in well under a second, except the first one of a built-in template the
+# server has not built yet (code-interpreter: about two minutes): it waits for that.
+TEMPLATE_BUILD_PATIENCE = 900.0
 # What the server's data plane reads to route a request sent to its own URL (proxy.py).
 SANDBOX_ID_HEADER = "E2b-Sandbox-Id"
 SANDBOX_PORT_HEADER = "E2b-Sandbox-Port"
@@ -46,6 +49,14 @@ def internet(network: Optional[str], allow_internet_access: Optional[bool]) -> b
         raise errors.InvalidArgumentError(
             f"network={network!r} contradicts allow_internet_access={allow_internet_access!r}")
     return wanted
+
+
+def create_timeout(request_timeout: Optional[float]) -> Optional[float]:
+    """The request timeout of a create: the configured one, raised to cover a first build
+    (0 or None, meaning no limit, stay as they are)."""
+    if not request_timeout:
+        return request_timeout
+    return max(request_timeout, TEMPLATE_BUILD_PATIENCE)
 
 
 def create_body(template: Optional[str] = None, timeout: Optional[int] = None,

@@ -68,7 +68,8 @@ class AsyncSandbox(_backend.Deferred):
             try:
                 response = await transport.api(
                     "POST", "/v2/sandboxes", json_body=body, not_found=errors.TemplateError,
-                    headers=_control.idempotency_header(self._idempotency_key))
+                    headers=_control.idempotency_header(self._idempotency_key),
+                    request_timeout=_control.create_timeout(self._config.request_timeout))
             except BaseException:
                 await transport.aclose()
                 self._body = body  # awaiting again tries again
