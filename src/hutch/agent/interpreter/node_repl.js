@@ -401,10 +401,9 @@ function stringLiteral(text) {
 function analyse(code) {
   const toks = tokenize(code);
   const found = [];   // {kind, k, last, ...}
-  let hasAwait = false;
+  const hasAwait = toks.some((t) => t.type === 'name' && t.value === 'await');
   for (let k = 0; k < toks.length; k++) {
     const t = toks[k];
-    if (t.type === 'name' && t.value === 'await') hasAwait = true;
     if (t.type !== 'name' || !isStatementStart(toks, k)) continue;
     const next = toks[k + 1];
     if (t.value === 'var' || t.value === 'let' || t.value === 'const') {
@@ -431,7 +430,17 @@ function analyse(code) {
       k = d.last;
     }
   }
-  return { toks, found, hasAwait, hasImport: found.some((d) => d.kind === 'import') };
+  // import() is given to our loader (which resolves from the current directory): scripts of
+  // the vm module have no loader of their own without an experimental flag.
+  const importCalls = [];
+  toks.forEach((t, k) => {
+    if (t.type === 'name' && t.value === 'import' && toks[k + 1] && toks[k + 1].value === '(' &&
+        !(k > 0 && (toks[k - 1].value === '.' || toks[k - 1].value === '?.'))) {
+      importCalls.push([t.start, t.end, 'globalThis.__hutch.import']);
+    }
+  });
+  return { toks, found, hasAwait, importCalls,
+    hasImport: found.some((d) => d.kind === 'import') };
 }
 
 // Replacements [start, end, text] on the cell's text.
@@ -448,7 +457,7 @@ function applyEdits(code, edits, from, to) {
 
 // Top-level `let`/`const` -> `var`, `class X {}` -> `var X = class X {};`.
 function scriptEdits(code, a) {
-  const edits = [];
+  const edits = [...a.importCalls];
   for (const d of a.found) {
     const t = a.toks[d.k];
     if (d.kind === 'let' || d.kind === 'const') {
@@ -476,7 +485,7 @@ function asyncEdits(code, a) {
     if (d.kind === 'var' || d.kind === 'let' || d.kind === 'const') {
       hoisted.push(...d.names);
       const parts = d.declarators.map((x) => {
-        const text = code.slice(toks[x.first].start, toks[x.last].end);
+        const text = applyEdits(code, a.importCalls, toks[x.first].start, toks[x.last].end);
         if (x.init) return text;
         return d.kind === 'var' ? text : `${text} = undefined`;
       });
@@ -501,12 +510,16 @@ function asyncEdits(code, a) {
       ranges.push([d.k, d.last]);
     }
   }
+  const replaced = edits.filter(([start, end]) => end > start);
+  for (const call of a.importCalls) {
+    if (!replaced.some(([start, end]) => call[0] >= start && call[1] <= end)) edits.push(call);
+  }
   edits.sort((x, y) => x[0] - y[0]);
   return { hoisted, prologue, edits, ranges };
 }
 
 function scriptOptions(filename) {
-  return { filename, importModuleDynamically: dynamicImport };
+  return { filename };
 }
 
 function wrapAsync(hoisted, prologue, body) {
@@ -589,7 +602,7 @@ const requireCache = new Map();
 function requireFrom(dir) {
   let r = requireCache.get(dir);
   if (!r) {
-    r = Module.createRequire(path.join(dir, '[hutch]'));
+    r = Module.createRequire(path.join(dir, '<repl>'));
     requireCache.set(dir, r);
   }
   return r;
@@ -662,10 +675,6 @@ async function userImport(spec) {
   return import(spec);
 }
 
-function dynamicImport(spec) {
-  return userImport(spec);
-}
-
 const MIME = /^[a-z]+\/[-+.\w]+$/i;
 
 // A plain object whose keys are all MIME types is shown as that bundle.
@@ -713,15 +722,19 @@ define('__hutch', Object.freeze({ import: userImport }));
 // ---------------------------------------------------------------------------------------------
 // Running cells.
 
+// A stack without this file's frames and without a source excerpt of this file (node adds one
+// to errors thrown here, such as require()'s).
 function cleanStack(stack) {
-  const lines = String(stack).split('\n');
+  let lines = String(stack).split('\n');
+  if (lines.length > 4 && /:\d+$/.test(lines[0]) && lines[3] === '' &&
+      !lines[0].startsWith('<cell ')) {
+    lines = lines.slice(4);
+  }
   let lastCell = -1;
   lines.forEach((line, i) => { if (/^\s+at .*<cell \d+>/.test(line)) lastCell = i; });
-  if (lastCell >= 0) return lines.slice(0, lastCell + 1);
-  const own = __filename;
-  const cut = lines.findIndex((line) => /^\s+at /.test(line) &&
-    (line.includes(own) || /\(node:vm[:)]|at node:vm|new Script/.test(line)));
-  return cut >= 0 ? lines.slice(0, cut) : lines;
+  if (lastCell >= 0) lines = lines.slice(0, lastCell + 1);
+  return lines.filter((line) => !(/^\s+at /.test(line) &&
+    (line.includes(__filename) || /\(node:vm[:)]|at node:vm|at new Script /.test(line))));
 }
 
 function describeError(err) {
@@ -751,7 +764,7 @@ function isThenable(value) {
 }
 
 async function runCell(msg) {
-  const cell = { id: msg.id, settled: false, abort: null };
+  const cell = { id: msg.id, count: msg.count, settled: false, abort: null };
   const aborted = new Promise((resolve, reject) => { cell.abort = reject; });
   aborted.catch(() => {});
   current = cell;
@@ -778,16 +791,34 @@ function onRequest(msg) {
   }
 }
 
+if (require.main !== module) {
+  // Loaded as a module (by tests of the rewriting): expose it, start nothing.
+  module.exports = { tokenize, analyse, compile, bundle, describeError };
+  return;
+}
+
 // An interrupt (SIGINT, from the kernel's process group or from the kernel) ends the running
 // cell. While synchronous code runs, breakOnSigint does that instead of this listener.
 proc.on('SIGINT', () => {
   if (current && !current.settled) current.abort(new Interrupted('execution was interrupted'));
 });
 
+// Whether an error's stack shows it comes from an earlier cell's code (a timer it left).
+function fromOtherCell(err, cell) {
+  let stack = '';
+  try {
+    stack = String((err && err.stack) || '');
+  } catch (e) {
+    return false;
+  }
+  const cells = stack.match(/<cell \d+>/g);
+  return Boolean(cells) && !cells.includes(`<cell ${cell.count}>`);
+}
+
 // An exception no cell can catch (a throwing timer callback, a rejection nobody handles) fails
 // the running cell, whose promise might otherwise never settle; between cells it is printed.
 function uncaught(err) {
-  if (current && !current.settled) {
+  if (current && !current.settled && !fromOtherCell(err, current)) {
     current.abort(err);
     return;
   }
@@ -799,7 +830,6 @@ proc.on('unhandledRejection', uncaught);
 
 const channel = net.createConnection(proc.argv[2]);
 channel.setEncoding('utf8');
-channel.setNoDelay?.(true);
 let pending = '';
 channel.on('connect', () => {
   send({ type: 'ready', pid: proc.pid, version: proc.versions.node });
