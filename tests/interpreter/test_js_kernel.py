@@ -125,9 +125,10 @@ def test_mime_bundles_are_shown_as_such():
 # -- the kernel in a sandbox, through the E2B SDK ---------------------------------------------
 
 @pytest.fixture(scope="module")
-def js(hutch_server):
+def js(code_interpreter):
     from e2b_code_interpreter import Sandbox
 
+    hutch_server = code_interpreter
     with pytest.MonkeyPatch.context() as mp:
         for key, value in hutch_server.env.items():
             mp.setenv(key, value)

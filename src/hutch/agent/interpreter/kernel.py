@@ -63,11 +63,13 @@ class KernelProcess:
         return self.process.poll()
 
     def interrupt(self) -> None:
-        self._signal(signal.SIGINT, group=False)
+        # To the whole group, as Jupyter's own kernel manager does: what the cell started
+        # (a subprocess, a shell command) is interrupted along with it.
+        self._signal(signal.SIGINT)
 
     def stop(self) -> None:
         """Kill the kernel and everything it started, and remove its sockets."""
-        self._signal(signal.SIGKILL, group=True)
+        self._signal(signal.SIGKILL)
         try:
             self.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -78,13 +80,10 @@ class KernelProcess:
             except OSError:
                 pass
 
-    def _signal(self, signum: int, group: bool) -> None:
+    def _signal(self, signum: int) -> None:
         if self.process.poll() is not None:
             return
         try:
-            if group:
-                os.killpg(self.process.pid, signum)
-            else:
-                os.kill(self.process.pid, signum)
+            os.killpg(self.process.pid, signum)
         except ProcessLookupError:
             pass
