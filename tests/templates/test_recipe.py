@@ -42,12 +42,25 @@ def test_digest_covers_parent_and_build_inputs():
     assert digest(BASE, inputs={"a": 1, "b": 2}) == digest(BASE, inputs={"b": 2, "a": 1})
 
 
-def test_builtin_catalog_has_base():
+def test_builtin_catalog_has_base_and_the_code_interpreter_over_it():
     catalog = Catalog()
-    assert catalog.names() == ["base"]
+    assert catalog.names() == ["base", "code-interpreter"]
     assert catalog.resolve("base") == "base"
     assert catalog.recipe("base") is BASE
     assert catalog.chain("base") == [BASE]
+    ci = catalog.recipe("code-interpreter-v1")
+    assert catalog.chain("code-interpreter") == [ci, BASE]
+    assert ci.services == ("code-interpreter",) and BASE.services == ()
+    # What the template promises: Jupyter's machinery, bash and the data stack.
+    installed = ci.run[0]
+    for package in ("ipykernel", "jupyter_client", "bash_kernel", "numpy", "pandas",
+                    "matplotlib", "scipy", "scikit-learn", "seaborn", "plotly", "requests",
+                    "openpyxl", "pillow", "sympy"):
+        assert f" {package}" in installed
+    assert "nodejs" in ci.packages
+    # Services shape what runs, not the bytes: they stay out of the digest.
+    from dataclasses import replace
+    assert digest(replace(ci, services=())) == digest(ci)
 
 
 def test_aliases_resolve_to_canonical_names():
