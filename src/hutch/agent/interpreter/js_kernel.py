@@ -12,7 +12,8 @@ still runs; before a reply is handled the pipes are drained, so a cell's output 
 its result and its idle status.
 
 Interrupts: SIGINT reaches this process, and node too when the whole process group is
-signalled (Jupyter's launcher does that; hutch's interpreter signals the kernel's PID only).
+signalled (as Jupyter's kernel manager and hutch's interpreter do; a lone SIGINT to this
+process is handled as well).
 Node ends the cell itself: a synchronous loop is stopped by V8 (the cell runs with
 ``breakOnSigint``), a pending ``await`` is abandoned; the cell fails with ``Interrupted`` and
 the state is kept. Node must get one SIGINT, not two (right after a ``breakOnSigint`` run a
