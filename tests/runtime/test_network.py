@@ -150,3 +150,27 @@ async def test_dns_over_tcp(runtime, fake_upstream):
     answer = await reader.readexactly(n)
     writer.close()
     assert answer[:2] == b"\x12\x34" and socket.inet_aton(PUBLIC) in answer
+
+
+async def test_a_later_ip_netns_add_does_not_hide_sandbox_namespaces(tmp_path):
+    """iproute2 bind-mounts /run/netns onto itself the first time it finds no mount there;
+    hutch sets the directory up that way first, so its namespaces stay reachable (and
+    removable) whatever the host's own tools do afterwards."""
+    import subprocess
+
+    from hutch.runtime.network import NETNS_DIR, create_netns, delete_netns, prepare_netns_dir
+
+    prepare_netns_dir()
+    mounts = [line.split() for line in open("/proc/self/mountinfo")]
+    here = [m for m in mounts if m[4] == str(NETNS_DIR)]
+    assert here and any(f.startswith("shared:") for f in here[-1][6:here[-1].index("-")])
+    ours = NETNS_DIR / f"hutchr-hide-{os.getpid()}"
+    theirs = f"hutchr-iproute-{os.getpid()}"
+    await create_netns(ours)
+    try:
+        subprocess.run(["ip", "netns", "add", theirs], check=True)
+        subprocess.run(["ip", "netns", "del", theirs], check=True)
+    finally:
+        assert await delete_netns(ours)
+    assert not ours.exists()
+    assert str(ours) not in open("/proc/self/mountinfo").read()

@@ -17,6 +17,7 @@ import errno
 import fcntl
 import hashlib
 import ipaddress
+import logging
 import os
 import socket
 import struct
@@ -28,6 +29,7 @@ from typing import Callable, TypeVar
 from hutch.errors import RuntimeError_
 from hutch.runtime import _libc, netlink
 
+log = logging.getLogger("hutch.runtime")
 NETNS_DIR = Path("/run/netns")
 SANDBOX_IFNAME = "eth0"
 
@@ -156,11 +158,37 @@ class Link:
     gateway: str
 
 
+_netns_dir_ready = False
+
+
+def prepare_netns_dir() -> None:
+    """Make /run/netns a shared mount point of its own, as `ip netns add` does, before any
+    namespace is bound there.
+
+    iproute2 bind-mounts the directory onto itself the first time it finds it is not a mount
+    point. Namespaces bound there before that are hidden under the new mount: they can then be
+    neither unmounted (EINVAL: not a mount point at that path) nor removed (EBUSY), and leak
+    with their veths. Doing it first, the iproute2 way, means any later `ip netns` on the
+    host finds the directory ready and leaves hutch's namespaces in view."""
+    global _netns_dir_ready
+    if _netns_dir_ready:
+        return
+    NETNS_DIR.mkdir(mode=0o755, exist_ok=True)
+    try:
+        _libc.mount("", str(NETNS_DIR), None, _libc.MS_SHARED | _libc.MS_REC)
+    except OSError as e:
+        if e.errno != errno.EINVAL:          # EINVAL: not a mount point yet
+            raise
+        _libc.mount(str(NETNS_DIR), str(NETNS_DIR), None, _libc.MS_BIND | _libc.MS_REC)
+        _libc.mount("", str(NETNS_DIR), None, _libc.MS_SHARED | _libc.MS_REC)
+    _netns_dir_ready = True
+
+
 def _create_netns(path: Path, sysfs: Path | None, link: Link | None) -> None:
     """All of a sandbox's network setup, in the calling (throwaway) thread: the namespace
     with its sysctls and lo, a sysfs of it, and with `link` the veth pair and eth0's address
     and default route."""
-    NETNS_DIR.mkdir(mode=0o755, exist_ok=True)
+    prepare_netns_dir()
     fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0)
     os.close(fd)
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
@@ -218,6 +246,14 @@ def _delete_netns(path: Path) -> bool:
         found = True
     except FileNotFoundError:
         pass
+    except OSError as e:
+        if e.errno != errno.EBUSY:
+            raise
+        # Hidden under a later mount of /run/netns (see prepare_netns_dir): it cannot be
+        # reached from here. Say so rather than fail the caller (a kill, a server start).
+        log.warning("network namespace %s is hidden under another mount of %s and cannot be "
+                    "removed until that is unmounted", path, NETNS_DIR)
+        found = True
     return found
 
 
