@@ -6,7 +6,8 @@ moment with half the rules. Everything keys on the instance's bridge, so no per-
 is needed and creating a sandbox touches no firewall state.
 
 What it enforces, for traffic that enters from the bridge (i.e. from sandboxes):
-- forward: IPv6 dropped; destinations in the always-denied set (private, carrier-NAT,
+- forward: IPv6 dropped; then each sandbox's egress policy, if it has one (egress.py);
+  destinations in the always-denied set (private, carrier-NAT,
   loopback, link-local/cloud metadata, "this network", benchmarking, multicast, reserved,
   the host's own addresses and every subnet the host is directly connected to, and the
   sandbox subnet itself) rejected; traffic from outside to sandboxes dropped unless it
@@ -25,7 +26,11 @@ import ipaddress
 import json
 from dataclasses import dataclass, field
 
+from typing import Iterable
+
 from hutch.errors import RuntimeError_
+from hutch.runtime import egress
+from hutch.runtime.egress import EgressPolicy
 from hutch.runtime.network import veth_prefix
 
 ALWAYS_DENIED: tuple[str, ...] = (
@@ -61,8 +66,9 @@ def denied_set(facts: FirewallFacts) -> list[str]:
     return [str(n) for n in ipaddress.collapse_addresses(n for n in nets if n.version == 4)]
 
 
-def ruleset(facts: FirewallFacts) -> str:
-    """The nft script that (re)creates the instance's tables atomically."""
+def ruleset(facts: FirewallFacts, policies: Iterable[tuple[str, str, EgressPolicy]] = ()) -> str:
+    """The nft script that (re)creates the instance's tables atomically, with the egress
+    policies of the sandboxes that exist (``(id, address, policy)``) in the same transaction."""
     t = facts.instance
     br = f"{t}0"
     veths = veth_prefix(t)
@@ -80,10 +86,11 @@ table inet {t} {{
         flags interval
         elements = {{ {denied} }}
     }}
-    chain forward {{
+{egress.declarations(policies)}    chain forward {{
         type filter hook forward priority filter - 10; policy accept;
         iifname "{br}" meta nfproto ipv6 drop
         iifname "{br}" ip daddr @denied reject with icmpx admin-prohibited
+        iifname "{br}" ip saddr vmap @{egress.MAP}
         iifname "{br}" oifname "{br}" drop
         oifname "{br}" ct state established,related accept
         oifname "{br}" drop

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from hutch.errors import AlreadyExistsError, InvalidArgumentError, RuntimeError_
 from hutch.errors import SandboxNotFoundError
-from hutch.runtime import bundle, cgroup, disk, firewall, kernel_limits, network, oci
+from hutch.runtime import bundle, cgroup, disk, egress, firewall, kernel_limits, network, oci
 from hutch.runtime.dns import DnsForwarder, host_resolvers
 from hutch.runtime.spec import SandboxHandle, SandboxSpec
 
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 ID_RE = re.compile(r"^[a-z0-9]{1,48}$")
 HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,62})$")
 NOFILE = 1048576
+EGRESS_FILE = "egress.json"     # the sandbox's egress policy, kept for a restarted runtime
 INIT_CANDIDATES = ("/usr/bin/tini-static", "/usr/sbin/tini-static", "/usr/bin/tini")
 
 
@@ -125,7 +126,7 @@ class LocalRuntime:
         addrs, subnets = await firewall.host_facts(exclude_ifname=self.bridge)
         facts = firewall.FirewallFacts(self.instance, self.subnet,
                                        network.default_route_interface(), addrs, subnets)
-        await firewall.nft(firewall.ruleset(facts))
+        await firewall.nft(firewall.ruleset(facts, self._stored_policies()))
         if self._dns is None:
             upstreams = self._dns_upstreams if self._dns_upstreams is not None \
                 else host_resolvers()
@@ -144,6 +145,42 @@ class LocalRuntime:
             except (ValueError, OSError):
                 pass
         self._nofile = NOFILE if hard == resource.RLIM_INFINITY else min(NOFILE, hard)
+
+    def _stored_policies(self) -> list[tuple[str, str, egress.EgressPolicy]]:
+        """The egress policies of the sandboxes that exist, as kept in their directories."""
+        out = []
+        for address, owner in self.addresses.owners().items():
+            try:
+                text = (self._dir(owner) / EGRESS_FILE).read_text()
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            out.append((owner, address, egress.EgressPolicy.from_json(text)))
+        return out
+
+    async def set_egress(self, sandbox_id: str, policy: egress.EgressPolicy) -> None:
+        """Put ``policy`` in force for a running sandbox, at once and atomically (packets of
+        connections it no longer allows are rejected from then on)."""
+        address = self._address_of(sandbox_id)
+        if address is None:
+            raise InvalidArgumentError(f"sandbox {sandbox_id} has no network (mode 'none')")
+        await self._apply_egress(sandbox_id, address, policy)
+
+    def _address_of(self, sandbox_id: str) -> str | None:
+        return next((a for a, owner in self.addresses.owners().items()
+                     if owner == sandbox_id), None)
+
+    async def _apply_egress(self, sandbox_id: str, address: str,
+                            policy: egress.EgressPolicy) -> None:
+        path = self._dir(sandbox_id) / EGRESS_FILE
+        if policy.is_open:
+            await firewall.nft(egress.apply_script(self.instance, sandbox_id, address, policy))
+            path.unlink(missing_ok=True)
+            return
+        # Kept first, so a runtime restarted at any moment rebuilds at least this policy.
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(policy.to_json())
+        os.replace(tmp, path)
+        await firewall.nft(egress.apply_script(self.instance, sandbox_id, address, policy))
 
     async def _reconcile(self) -> None:
         present = set(os.listdir(self.sandboxes_dir))
@@ -189,6 +226,11 @@ class LocalRuntime:
             for r in results:
                 if isinstance(r, BaseException):
                     raise r
+            if address is not None and spec.egress is not None and not spec.egress.is_open:
+                # In force before the sandbox's first process exists.
+                t = time.perf_counter()
+                await self._apply_egress(spec.id, address, spec.egress)
+                timings["egress"] = time.perf_counter() - t
             t = time.perf_counter()
             run_dir = sdir / "run"
             where = bundle.Placement(
@@ -321,6 +363,12 @@ class LocalRuntime:
             await network.delete_netns(network.netns_path(self.instance, sandbox_id))
         except OSError as e:
             errors.append(f"netns: {e}")
+        address = self._address_of(sandbox_id)
+        if address is not None and (self._dir(sandbox_id) / EGRESS_FILE).exists():
+            try:
+                await firewall.nft(egress.remove_script(self.instance, sandbox_id, address))
+            except RuntimeError_ as e:
+                errors.append(f"egress: {e}")
         self.addresses.release(sandbox_id)
         timings["netns"] = time.perf_counter() - t
         t = time.perf_counter()

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hutch.runtime.egress import EgressPolicy
+
 
 @dataclass(frozen=True)
 class Mount:
@@ -34,6 +36,7 @@ class SandboxSpec:
     disk_mb: int = 2048                      # hard quota on the writable layer
     network: str = "internet"                # "internet" (veth + NAT, always-deny) or "none"
     mounts: tuple[Mount, ...] = field(default_factory=tuple)
+    egress: EgressPolicy | None = None       # mode "internet": what it may reach (None: all)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,124 @@
+"""Egress policies enforced on the host, checked from inside real sandboxes against fake
+"public" hosts in network namespaces this test makes (198.51.100.0/24): allow/deny order,
+allow-lists, live updates that cut open connections, the always-denied set winning, and a
+restarted runtime writing the policies back."""
+
+from __future__ import annotations
+
+import pytest
+
+from hutch.errors import InvalidArgumentError
+from hutch.runtime import LocalRuntime
+from hutch.runtime.egress import EgressPolicy
+
+from .conftest import INSTANCE, STATE_DIR, SUBNET, UID_BASE, box_spec, make_box
+from .helpers import http_banner_server, listening_socket, make_fake_host, remove_fake_host
+from .test_network import PORT, http_get
+
+pytestmark = pytest.mark.timeout(300)
+
+ONE, TWO = "198.51.100.21", "198.51.100.22"
+# Fresh ids each run: the kernel frees a destroyed sandbox's veth asynchronously, so a rerun
+# that reused an id at once could find its interface name still taken.
+RUN = __import__("secrets").token_hex(3)
+METADATA = "169.254.169.254"
+
+
+@pytest.fixture(scope="module")
+async def public(runtime):
+    ns = make_fake_host("hutchrx-eg", "hrxeg", [ONE, TWO, METADATA])
+    servers = [await http_banner_server(listening_socket(ns, a, PORT), f"hello-{a}".encode())
+               for a in (ONE, TWO, METADATA)]
+    yield
+    for s in servers:
+        s.close()
+    remove_fake_host("hutchrx-eg", "hrxeg")
+
+
+async def reaches(box, address: str) -> bool:
+    rc, out = await box.run(http_get(address, PORT))
+    return f"hello-{address}" in out
+
+
+async def test_policies_parse_and_reject_what_they_cannot_enforce():
+    p = EgressPolicy.parse(False, ["198.51.100.21", "198.51.100.0/25", " 8.8.8.8 "], None)
+    assert p.allow == ("8.8.8.8/32", "198.51.100.0/25") and not p.internet
+    assert EgressPolicy.parse().is_open
+    with pytest.raises(InvalidArgumentError, match="IPv6"):
+        EgressPolicy.parse(True, ["2001:db8::/32"])
+    with pytest.raises(InvalidArgumentError, match="not an IPv4 address"):
+        EgressPolicy.parse(True, None, ["example.com"])
+    with pytest.raises(InvalidArgumentError, match="list of strings"):
+        EgressPolicy.parse(True, "198.51.100.21")
+
+
+async def test_allow_beats_deny_and_the_default_follows_internet(runtime, rootfs, public):
+    policy = EgressPolicy.parse(True, [ONE], ["198.51.100.0/24"])
+    box = await make_box(runtime, box_spec(f"eg1{RUN}", rootfs, network="internet",
+                                           egress=policy))
+    try:
+        assert await reaches(box, ONE)
+        assert not await reaches(box, TWO)
+        await runtime.set_egress(f"eg1{RUN}", EgressPolicy.parse(False, [TWO]))   # allow-list
+        assert await reaches(box, TWO) and not await reaches(box, ONE)
+        await runtime.set_egress(f"eg1{RUN}", EgressPolicy())                    # open again
+        assert await reaches(box, ONE) and await reaches(box, TWO)
+    finally:
+        await runtime.destroy(f"eg1{RUN}")
+
+
+async def test_the_always_denied_set_wins_over_any_allow(runtime, rootfs, public):
+    policy = EgressPolicy.parse(True, ["169.254.0.0/16", "0.0.0.0/0"])
+    box = await make_box(runtime, box_spec(f"eg2{RUN}", rootfs, network="internet",
+                                           egress=policy))
+    try:
+        assert await reaches(box, ONE)
+        assert not await reaches(box, METADATA)
+    finally:
+        await runtime.destroy(f"eg2{RUN}")
+
+
+async def test_a_stricter_policy_cuts_open_connections(runtime, rootfs, public):
+    box = await make_box(runtime, box_spec(f"eg3{RUN}", rootfs, network="internet"))
+    try:
+        # A connection opened while allowed, then used after the policy changed.
+        rc, out = await box.run(
+            f"(sleep 3; printf 'GET / HTTP/1.0\\r\\n\\r\\n') | nc -w 8 {ONE} {PORT} "
+            "> /tmp/late.out 2>&1 & echo started")
+        assert "started" in out
+        await runtime.set_egress(f"eg3{RUN}", EgressPolicy.parse(False))
+        rc, out = await box.run("sleep 9; cat /tmp/late.out")
+        assert f"hello-{ONE}" not in out
+    finally:
+        await runtime.destroy(f"eg3{RUN}")
+
+
+async def test_policies_survive_a_runtime_restart_and_go_with_the_sandbox(runtime, rootfs,
+                                                                         public, fake_upstream):
+    policy = EgressPolicy.parse(True, None, [ONE])
+    box = await make_box(runtime, box_spec(f"eg4{RUN}", rootfs, network="internet",
+                                           egress=policy))
+    try:
+        # A restart: the runtime goes, a new one builds the instance's table again.
+        await runtime.close()
+        again = LocalRuntime(STATE_DIR, instance=INSTANCE, subnet=SUBNET, uid_base=UID_BASE,
+                             dns_upstreams=[fake_upstream])
+        await again.start()
+        try:
+            assert f"egress_eg4{RUN}" in (await _nft_list(INSTANCE))
+            assert not await reaches(box, ONE) and await reaches(box, TWO)
+        finally:
+            await again.close()
+            await runtime.start()      # the module's runtime serves the other tests again
+    finally:
+        await runtime.destroy(f"eg4{RUN}")
+    assert f"egress_eg4{RUN}" not in (await _nft_list(INSTANCE))
+
+
+async def _nft_list(instance: str) -> str:
+    import asyncio
+
+    proc = await asyncio.create_subprocess_exec("nft", "list", "table", "inet", instance,
+                                                stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate()
+    return out.decode()
