@@ -64,13 +64,22 @@ def create_body(template: Optional[str] = None, timeout: Optional[int] = None,
                 envs: Optional[Dict[str, str]] = None, secure: Optional[bool] = None,
                 allow_internet_access: Optional[bool] = None, *,
                 cpu: Optional[float] = None, memory_mb: Optional[int] = None,
-                disk_mb: Optional[int] = None, network: Optional[str] = None) -> Dict[str, Any]:
-    """The JSON body of ``POST /v2/sandboxes``; bad arguments fail here, before any request."""
+                disk_mb: Optional[int] = None,
+                network: Optional[Union[str, Dict[str, Any]]] = None) -> Dict[str, Any]:
+    """The JSON body of ``POST /v2/sandboxes``; bad arguments fail here, before any request.
+
+    ``network`` is a mode (``"internet"``, ``"none"``) or E2B's egress object
+    (``{"allow_out": [...], "deny_out": [...], "allow_public_traffic": bool}``)."""
+    rules = None
+    if isinstance(network, dict):
+        rules, network = network_body(network), None
     body: Dict[str, Any] = {
         "templateID": template or os.environ.get(TEMPLATE_ENV) or DEFAULT_TEMPLATE,
         "timeout": DEFAULT_TIMEOUT if timeout is None else int(timeout),
         "allow_internet_access": internet(network, allow_internet_access),
     }
+    if rules is not None:
+        body["network"] = rules
     if metadata:
         body["metadata"] = dict(metadata)
     if envs:
@@ -84,6 +93,28 @@ def create_body(template: Optional[str] = None, timeout: Optional[int] = None,
     if disk_mb is not None:
         body["diskSizeMB"] = _positive(disk_mb, "disk_mb")
     return body
+
+
+_NETWORK_FIELDS = {"allow_out": "allowOut", "deny_out": "denyOut",
+                   "allow_public_traffic": "allowPublicTraffic",
+                   "allow_internet_access": "allow_internet_access"}
+
+
+def network_body(network: Dict[str, Any]) -> Dict[str, Any]:
+    """E2B's network object on the wire (snake_case keys as in the e2b SDK, or the wire's own
+    camelCase); unknown keys are refused here rather than by the server."""
+    out: Dict[str, Any] = {}
+    for key, value in network.items():
+        wire = _NETWORK_FIELDS.get(key) or (key if key in _NETWORK_FIELDS.values() else None)
+        if wire is None:
+            raise errors.InvalidArgumentError(
+                f"unknown network option {key!r}; known: {', '.join(_NETWORK_FIELDS)}")
+        if wire in ("allowOut", "denyOut"):
+            if isinstance(value, str) or not isinstance(value, (list, tuple)):
+                raise errors.InvalidArgumentError(f"{key} must be a list of strings")
+            value = list(value)
+        out[wire] = value
+    return out
 
 
 def idempotency_header(key: Optional[str]) -> Dict[str, str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 
 def parse_time(value: Optional[str]) -> datetime:
@@ -195,6 +195,8 @@ class SandboxInfo:
     envd_version: str
     disk_size_mb: Optional[int] = None
     allow_internet_access: Optional[bool] = None
+    #: What it may reach: ``{"allow_out": [...], "deny_out": [...], "allow_public_traffic"}``
+    network: Optional[Dict[str, Any]] = None
 
     @classmethod
     def from_wire(cls, msg: dict) -> "SandboxInfo":
@@ -212,7 +214,16 @@ class SandboxInfo:
             envd_version=msg.get("envdVersion", ""),
             disk_size_mb=msg.get("diskSizeMB"),
             allow_internet_access=msg.get("allowInternetAccess"),
+            network=_network(msg.get("network")),
         )
+
+
+def _network(wire: Optional[dict]) -> Optional[Dict[str, Any]]:
+    if not isinstance(wire, dict):
+        return None
+    return {"allow_out": list(wire.get("allowOut") or []),
+            "deny_out": list(wire.get("denyOut") or []),
+            "allow_public_traffic": wire.get("allowPublicTraffic", True)}
 
 
 @dataclass

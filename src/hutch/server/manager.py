@@ -35,6 +35,7 @@ from hutch.server.keys import new_sandbox_id, new_token
 from hutch.server.pool import WarmPool
 from hutch.server.reconcile import destroy_quietly, is_alive, maybe_await, reconcile
 from hutch.server.store import SandboxRecord, Store
+from hutch.server import egress as egress_rules
 from hutch.server.upstream import (
     AGENT_SOCKET, DEFAULT_USER, INTERPRETER_SOCKET, AgentLink, PortLink, SocketLink,
 )
@@ -207,6 +208,7 @@ class SandboxManager:
         memory_mb: int | None = None,
         disk_mb: int | None = None,
         owner: str | None = None,
+        egress: dict | None = None,
     ) -> tuple[SandboxRecord, dict[str, float]]:
         cfg = self.config
         cpu = self._check_size("cpuCount", cpu, cfg.default_cpu, cfg.max_cpu, float)
@@ -228,7 +230,8 @@ class SandboxManager:
         timing["template"] = time.perf_counter() - t0
 
         net = network or cfg.default_network
-        if self.pool is not None and defaults and self.pool.serves(name, net, secure):
+        if self.pool is not None and defaults and egress is None \
+                and self.pool.serves(name, net, secure):
             live = self.pool.take()
             if live is not None:
                 claimed = await self.pool.claim(live, template, timeout, metadata, env_vars,
@@ -246,7 +249,7 @@ class SandboxManager:
             cpu=cpu, memory_mb=memory_mb, disk_mb=disk_mb, pids=cfg.default_pids, network=net,
             metadata=dict(metadata or {}), env_vars=dict(env_vars or {}),
             access_token=new_token() if secure else None, idempotency_key=idempotency_key,
-            owner=owner,
+            owner=owner, egress=egress,
         )
         live = await self.boot(rec, tmpl, timing, "running")
         timing["total"] = time.perf_counter() - t0
@@ -354,6 +357,7 @@ class SandboxManager:
             cwd="/",
             cpu=rec.cpu, memory_mb=rec.memory_mb, pids=rec.pids, disk_mb=rec.disk_mb,
             network=rec.network,
+            egress=egress_rules.policy_of(rec.egress) if rec.network == "internet" else None,
             mounts=(Mount(self._agent_lib or agent_lib.stage(self.config.data_dir),
                           f"{AGENT_LIB}/hutch", read_only=True),),
         )
@@ -432,6 +436,17 @@ class SandboxManager:
             if end > live.record.end_at:
                 live.record = self.store.update(live.record, end_at=end)
                 self.deadline_changed()
+        return live.record
+
+    async def update_network(self, sandbox_id: str, body: Any) -> SandboxRecord:
+        """E2B's network update: the sandbox's egress configuration replaced, atomically, in
+        force for its next packet (and kept across server restarts)."""
+        live = self.running(sandbox_id)
+        async with live.lock:
+            rec = live.record
+            new = egress_rules.update(body, rec.egress, rec.network)
+            await self.runtime.set_egress(rec.id, egress_rules.policy_of(new))
+            live.record = self.store.update(rec, egress=new)
         return live.record
 
     async def kill(self, sandbox_id: str, reason: str = "killed") -> None:

@@ -50,8 +50,10 @@ SCHEMAS: dict[str, dict] = {
         "metadata": {**_STR_MAP, "description": "Kept with the sandbox; filters lists."},
         "envVars": {**_STR_MAP, "description": "Environment of every command run inside."},
         "allow_internet_access": {"type": "boolean", "default": True, "description": (
-            "false: the sandbox has no network at all (no ports to forward either). "
+            "false: what `network.allowOut` does not name is unreachable; with no "
+            "`allowOut` the sandbox has no network at all (no ports to forward either). "
             "`allowInternetAccess` is accepted too.")},
+        "network": _ref("Network"),
         "secure": {"type": "boolean", "default": True, "description": (
             "false: no access token is issued and the sandbox id alone reaches its agent.")},
         "cpuCount": {"type": "number", "exclusiveMinimum": 0, "description": (
@@ -97,7 +99,8 @@ SCHEMAS: dict[str, dict] = {
         "trafficAccessToken": {"type": ["string", "null"]},
         "domain": {"type": ["string", "null"], "description": "HUTCH_DOMAIN when host routing is on: ports are reached at <port>-<sandboxID>.<domain>"},
         "allowInternetAccess": {"type": "boolean"},
-    }, ["allowInternetAccess"])]},
+        "network": _ref("Network"),
+    }, ["allowInternetAccess", "network"])]},
     "SandboxMetric": _obj({
         "timestamp": _TIME,
         "timestampUnix": {"type": "integer"},
@@ -110,6 +113,23 @@ SCHEMAS: dict[str, dict] = {
         "diskTotal": {"type": "integer", "description": "Bytes."},
     }, ["timestamp", "timestampUnix", "cpuCount", "cpuUsedPct", "memUsed", "memTotal",
         "diskUsed", "diskTotal"]),
+    "Network": _obj({
+        "allowOut": {"type": "array", "items": {"type": "string"}, "description": (
+            "IPv4 addresses and CIDR blocks the sandbox may reach, whatever denyOut and "
+            "allow_internet_access say (never private ranges, cloud metadata or the host).")},
+        "denyOut": {"type": "array", "items": {"type": "string"}, "description": (
+            "IPv4 addresses and CIDR blocks it may not reach (`0.0.0.0/0`: everything "
+            "allowOut does not name).")},
+        "allowPublicTraffic": {"type": "boolean", "default": True, "description": (
+            "false: the sandbox's ports answer only requests carrying its trafficAccessToken "
+            "as E2B-Traffic-Access-Token.")},
+    }, description="What a sandbox may reach (E2B's shape; other E2B fields are refused "
+                   "with 400)."),
+    "NetworkUpdate": _obj({
+        "allowOut": {"type": "array", "items": {"type": "string"}},
+        "denyOut": {"type": "array", "items": {"type": "string"}},
+        "allow_internet_access": {"type": "boolean", "default": True},
+    }, description="Replaces the egress configuration; fields left out are cleared."),
     "Timeout": _obj({"timeout": {"type": "number", "minimum": 0,
                                  "description": "Seconds from now."}}, ["timeout"]),
     "Connect": _obj({"timeout": {"type": "number", "minimum": 0, "description": (
@@ -256,6 +276,13 @@ def _operations() -> dict[str, dict[str, dict]]:
             "operationId": "setSandboxTimeout", "summary": "Set when a sandbox is killed",
             "tags": ["sandboxes"], "parameters": [_SANDBOX_ID], "requestBody": _body("Timeout"),
             "responses": {**_ok(204, "Set."), **_BAD, **_NOT_FOUND}}},
+        "/sandboxes/{id}/network": {"put": {
+            "operationId": "updateSandboxNetwork",
+            "summary": "Replace what a sandbox may reach, at once",
+            "tags": ["sandboxes"], "parameters": [_SANDBOX_ID],
+            "requestBody": _body("NetworkUpdate"),
+            "responses": {**_ok(204, "In force for the sandbox's next packet."), **_BAD,
+                          **_NOT_FOUND}}},
         "/sandboxes/{id}/metrics": {"get": {
             "operationId": "getSandboxMetrics", "summary": "A sandbox's resource use now",
             "tags": ["sandboxes"], "parameters": [_SANDBOX_ID],

@@ -23,6 +23,7 @@ import json
 import logging
 from typing import Any
 
+from hutch.server import egress as egress_rules
 from hutch.server.keys import traffic_token
 from hutch.server.manager import SandboxManager
 from hutch.server.upstream import UpstreamError
@@ -70,6 +71,20 @@ def _traffic_ok(headers: list[tuple[bytes, bytes]], access_token: str) -> bool:
     want = (traffic_token(access_token) or "").encode()
     return any(name == b"e2b-traffic-access-token" and hmac.compare_digest(value, want)
                for name, value in headers)
+
+
+def private_port_refusal(live, port: int, headers: list[tuple[bytes, bytes]]) -> dict | None:
+    """The 401 body for a request to a user's port of a sandbox created with
+    ``allowPublicTraffic: false`` that lacks its traffic token, else None."""
+    if port == AGENT_PORT or (port == CODE_INTERPRETER_PORT and live.interpreter):
+        return None
+    if egress_rules.public_of(live.record.egress):
+        return None
+    if live.record.access_token and _traffic_ok(headers, live.record.access_token):
+        return None
+    return {"code": 401, "sandboxId": live.record.id, "message": (
+        "this sandbox's ports are private (allowPublicTraffic: false): send its "
+        "trafficAccessToken as E2B-Traffic-Access-Token")}
 
 
 def _port(text: str) -> int | None:
@@ -150,6 +165,9 @@ class DataPlane:
                     "message": "The sandbox is running but port is not open (a sandbox in "
                                "network mode 'none' has no ports to forward)",
                 })
+        refusal = private_port_refusal(live, port, scope["headers"])
+        if refusal is not None:
+            return await _json(send, 401, refusal)
         path = scope["path"]
         to_agent = port == AGENT_PORT
         headers, token, chunked = forwarded_headers(scope["headers"], port)

@@ -27,6 +27,7 @@ from hutch.errors import (
     InvalidArgumentError,
     SandboxNotFoundError,
 )
+from hutch.server import egress as egress_rules
 from hutch.server.keys import traffic_token
 from hutch.server.manager import SandboxManager
 from hutch.server.store import SandboxRecord, Store
@@ -51,7 +52,6 @@ _UNSUPPORTED = [
     ("/sandboxes/{id}/refreshes", ["POST"]),
     ("/sandboxes/{id}/fork", ["POST"]),
     ("/sandboxes/{id}/snapshots", ["POST"]),
-    ("/sandboxes/{id}/network", ["PUT"]),
     ("/sandboxes/{id}/logs", ["GET"]),
     ("/v2/sandboxes/{id}/logs", ["GET"]),
     ("/sandboxes/metrics", ["GET"]),
@@ -109,7 +109,9 @@ class ControlPlane:
         return {**self.listed(rec), "envdAccessToken": rec.access_token,
                 "trafficAccessToken": traffic_token(rec.access_token),
                 "domain": self.manager.config.domain or None,
-                "allowInternetAccess": rec.network == "internet"}
+                "allowInternetAccess": rec.network == "internet"
+                and egress_rules.internet_of(rec.egress),
+                "network": egress_rules.describe(rec.egress)}
 
     # -- endpoints ---------------------------------------------------------------------------
 
@@ -134,9 +136,16 @@ class ControlPlane:
         allow = body.get("allow_internet_access", body.get("allowInternetAccess"))
         if allow is not None and not isinstance(allow, bool):
             raise InvalidArgumentError("allow_internet_access must be a boolean")
+        if allow is None and body.get("network") is None:
+            mode, egress = None, None          # the server's default network
+        else:
+            mode, egress = egress_rules.parse(body.get("network"), allow)
         # A token is issued unless the caller explicitly asks for none (old SDKs' `secure`;
         # E2B's v2 clients never send it and always get one).
         secure = body.get("secure", True) is not False
+        if not secure and not egress_rules.public_of(egress):
+            raise InvalidArgumentError("private ports (allowPublicTraffic: false) need a "
+                                       "sandbox with tokens (secure: true)")
         key = request.headers.get("idempotency-key")
         if key is not None and not 1 <= len(key) <= 255:
             raise InvalidArgumentError("Idempotency-Key must be 1-255 characters")
@@ -148,7 +157,7 @@ class ControlPlane:
             timeout=body.get("timeout"),
             metadata=_str_map(body.get("metadata"), "metadata"),
             env_vars=_str_map(body.get("envVars"), "envVars"),
-            network=None if allow is None else ("internet" if allow else "none"),
+            network=mode, egress=egress,
             secure=secure,
             cpu=body.get("cpuCount"), memory_mb=body.get("memoryMB"),
             disk_mb=body.get("diskSizeMB"),
@@ -179,6 +188,11 @@ class ControlPlane:
         if "timeout" not in body:
             raise InvalidArgumentError("timeout is required")
         await self.manager.set_timeout(self._mine(request), body["timeout"])
+        return Response(status_code=204)
+
+    async def update_network(self, request: Request) -> Response:
+        body = await _json_object(request, allow_empty=True)
+        await self.manager.update_network(self._mine(request), body)
         return Response(status_code=204)
 
     async def metrics(self, request: Request) -> Response:
@@ -246,6 +260,7 @@ class ControlPlane:
             Route("/v2/sandboxes/{id}/connect", self.connect, methods=["POST"]),
             Route("/sandboxes/{id}/timeout", self.timeout, methods=["POST"]),
             Route("/sandboxes/{id}/metrics", self.metrics, methods=["GET"]),
+            Route("/sandboxes/{id}/network", self.update_network, methods=["PUT"]),
             *(Route(p, self.unsupported, methods=m) for p, m in _UNSUPPORTED),
             *KeyAdmin(self.store, self.manager, rfc3339, _json_object).routes(),
         ]

@@ -22,7 +22,7 @@ import sqlite3
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 from hutch.errors import InvalidArgumentError
 
@@ -54,6 +54,7 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     address     TEXT,
     idempotency_key TEXT,
     owner       TEXT,
+    egress      TEXT,
     seq         INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS sandboxes_state ON sandboxes(state, seq);
@@ -92,12 +93,13 @@ class SandboxRecord:
     address: str | None = None
     idempotency_key: str | None = None    # the client's Idempotency-Key of the create
     owner: str | None = None              # the id of the API key (tenant) it belongs to
+    egress: dict | None = None            # what it may reach (server/egress.py); None: all
 
 
 _COLUMNS = (
     "id", "template", "alias", "digest", "state", "reason", "metadata", "env_vars",
     "created_at", "started_at", "end_at", "ended_at", "cpu", "memory_mb", "disk_mb", "pids",
-    "network", "access_token", "run_dir", "address", "idempotency_key", "owner",
+    "network", "access_token", "run_dir", "address", "idempotency_key", "owner", "egress",
 )
 
 # The id of the key made on first start. Sandboxes recorded before keys were tenants belong
@@ -120,10 +122,15 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def _json_or_null(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
 def _row_to_record(row: sqlite3.Row) -> SandboxRecord:
     values = {c: row[c] for c in _COLUMNS}
     values["metadata"] = json.loads(values["metadata"])
     values["env_vars"] = json.loads(values["env_vars"])
+    values["egress"] = json.loads(values["egress"]) if values["egress"] else None
     return SandboxRecord(**values)
 
 
@@ -172,6 +179,8 @@ class Store:
         have = {row[1] for row in self._db.execute("PRAGMA table_info(sandboxes)")}
         if "idempotency_key" not in have:
             self._db.execute("ALTER TABLE sandboxes ADD COLUMN idempotency_key TEXT")
+        if "egress" not in have:
+            self._db.execute("ALTER TABLE sandboxes ADD COLUMN egress TEXT")
         if "owner" not in have:
             self._db.execute("ALTER TABLE sandboxes ADD COLUMN owner TEXT")
             self._db.execute("UPDATE sandboxes SET owner=? WHERE state != 'pooled'",
@@ -196,6 +205,7 @@ class Store:
         values = [getattr(rec, c) for c in _COLUMNS]
         values[_COLUMNS.index("metadata")] = json.dumps(rec.metadata)
         values[_COLUMNS.index("env_vars")] = json.dumps(rec.env_vars)
+        values[_COLUMNS.index("egress")] = _json_or_null(rec.egress)
         marks = ",".join("?" * (len(_COLUMNS) + 1))
         self._db.execute(
             f"INSERT INTO sandboxes ({','.join(_COLUMNS)}, seq) VALUES ({marks})",
@@ -211,7 +221,8 @@ class Store:
             raise ValueError(f"unknown state {changes['state']!r}")
         new = replace(rec, **changes)
         cols = list(changes)
-        params = [json.dumps(changes[c]) if c in ("metadata", "env_vars") else changes[c]
+        params = [json.dumps(changes[c]) if c in ("metadata", "env_vars")
+                  else _json_or_null(changes[c]) if c == "egress" else changes[c]
                   for c in cols]
         self._db.execute(
             f"UPDATE sandboxes SET {','.join(c + '=?' for c in cols)} WHERE id=?",

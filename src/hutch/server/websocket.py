@@ -34,7 +34,9 @@ from websockets.http11 import Response
 from websockets.uri import parse_uri
 
 from hutch.server.manager import SandboxManager
-from hutch.server.proxy import AGENT_PORT, forwarded_headers, not_found
+from hutch.server.proxy import (
+    AGENT_PORT, CODE_INTERPRETER_PORT, forwarded_headers, not_found, private_port_refusal,
+)
 
 log = logging.getLogger("hutch.server.websocket")
 
@@ -131,6 +133,12 @@ class WebSocketPlane:
         if port == AGENT_PORT:
             raise _json(404, {"code": 404, "sandboxId": sandbox_id,
                               "message": "the sandbox agent has no WebSocket endpoints"})
+        if port == CODE_INTERPRETER_PORT and live.interpreter:
+            raise _json(404, {"code": 404, "sandboxId": sandbox_id,
+                              "message": "the code interpreter has no WebSocket endpoints"})
+        refusal = private_port_refusal(live, port, scope["headers"])
+        if refusal is not None:
+            raise _json(401, refusal)
         link = live.port(port)
         if link is None:
             raise _json(502, {

@@ -45,7 +45,8 @@ class AsyncSandbox(_backend.Deferred):
                  envs: Optional[Dict[str, str]] = None, secure: Optional[bool] = None,
                  allow_internet_access: Optional[bool] = None, *,
                  cpu: Optional[float] = None, memory_mb: Optional[int] = None,
-                 disk_mb: Optional[int] = None, network: Optional[str] = None,
+                 disk_mb: Optional[int] = None,
+                 network: Optional[Union[str, Dict[str, Any]]] = None,
                  idempotency_key: Optional[str] = None,
                  api_key: Optional[str] = None, url: Optional[str] = None,
                  domain: Optional[str] = None,
@@ -256,7 +257,8 @@ class AsyncSandbox(_backend.Deferred):
                      envs: Optional[Dict[str, str]] = None, secure: Optional[bool] = None,
                      allow_internet_access: Optional[bool] = None, *,
                      cpu: Optional[float] = None, memory_mb: Optional[int] = None,
-                     disk_mb: Optional[int] = None, network: Optional[str] = None,
+                     disk_mb: Optional[int] = None,
+                     network: Optional[Union[str, Dict[str, Any]]] = None,
                      idempotency_key: Optional[str] = None,
                      api_key: Optional[str] = None, url: Optional[str] = None,
                      domain: Optional[str] = None,
@@ -326,6 +328,21 @@ class AsyncSandbox(_backend.Deferred):
             raise errors.InvalidArgumentError("set_timeout() on the class needs a sandbox_id")
         await _api(self_or_cls, sandbox_id, "POST", "/sandboxes/{id}/timeout",
                    json_body={"timeout": int(timeout)}, api_key=api_key, url=url,
+                   request_timeout=request_timeout)
+
+    @hybridmethod
+    async def update_network(self_or_cls: Any, network: Dict[str, Any],
+                             sandbox_id: Optional[str] = None, api_key: Optional[str] = None,
+                             url: Optional[str] = None,
+                             request_timeout: Optional[float] = None) -> None:
+        """Replace what the sandbox may reach, at once (E2B's ``update_network``):
+        ``{"allow_out": [...], "deny_out": [...], "allow_internet_access": bool}``; fields
+        left out are cleared. ``allow_out`` wins over ``deny_out``; private ranges and cloud
+        metadata stay unreachable whatever it says."""
+        if isinstance(self_or_cls, type) and sandbox_id is None:
+            raise errors.InvalidArgumentError("update_network() on the class needs a sandbox_id")
+        await _api(self_or_cls, sandbox_id, "PUT", "/sandboxes/{id}/network",
+                   json_body=_control.network_body(network), api_key=api_key, url=url,
                    request_timeout=request_timeout)
 
     @hybridmethod
