@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from hutch.runtime import bundle, firewall, netlink, network, seccomp
+from hutch.runtime import bundle, egress, firewall, netlink, network, seccomp
+from hutch.runtime.egress import EgressPolicy
 from hutch.runtime.spec import Mount, SandboxSpec
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -57,6 +58,13 @@ def check(name: str, value) -> None:
     ("etc_files_none.json", lambda: bundle.etc_files(SPEC, None, None)),
     ("seccomp_x86_64.json", lambda: seccomp.profile("SCMP_ARCH_X86_64")),
     ("firewall.nft", lambda: firewall.ruleset(FACTS)),
+    ("firewall_egress.nft", lambda: firewall.ruleset(FACTS, [
+        ("abc", "10.11.0.7", EgressPolicy.parse(True, ["198.51.100.7"], ["198.51.100.0/24"])),
+        ("def", "10.11.0.8", EgressPolicy.parse(False, ["203.0.113.0/25", "203.0.113.128/25"])),
+        ("open", "10.11.0.9", EgressPolicy())])),
+    ("egress_update.nft", lambda: egress.apply_script(
+        "hutch", "abc", "10.11.0.7", EgressPolicy.parse(False, ["198.51.100.7"]))
+     + egress.remove_script("hutch", "abc", "10.11.0.7")),
     ("veth_request.hex", lambda: netlink.veth_request("v6e43abcdef0123", "eth0", 7, 42).hex()
      + "\n"),
     ("bridge.txt", lambda: "\n".join(network.bridge_commands("hutch", "10.11.0.0/16")) + "\n"),
