@@ -25,12 +25,15 @@ STATE_DIR = Path("/var/lib/hutch-test-runtime")
 UID_BASE = 100000
 FAKE_NAME = "fake.test."
 FAKE_ADDRESS = "198.51.100.10"
+# Names the fake upstream answers (A records), and every name it was asked, in order.
+FAKE_RECORDS = {FAKE_NAME: FAKE_ADDRESS, "inward.test.": "169.254.169.254"}
+ASKED: list[str] = []
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the runtime needs root")
 
 
 def fake_dns_answer(query: bytes) -> bytes | None:
-    """Answer A queries for FAKE_NAME with FAKE_ADDRESS, NXDOMAIN for anything else."""
+    """Answer A queries for the names in FAKE_RECORDS, NXDOMAIN for anything else."""
     if len(query) < 12:
         return None
     qid, flags, qd = struct.unpack("!HHH", query[:6])
@@ -42,8 +45,10 @@ def fake_dns_answer(query: bytes) -> bytes | None:
     qtype, _ = struct.unpack("!HH", query[pos + 1:pos + 5])
     question = query[12:pos + 5]
     name = ".".join(labels).lower() + "."
-    if name == FAKE_NAME and qtype == 1:
-        answer = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 60, 4) + socket.inet_aton(FAKE_ADDRESS)
+    ASKED.append(name)
+    if name in FAKE_RECORDS and qtype == 1:
+        answer = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 60, 4) + \
+            socket.inet_aton(FAKE_RECORDS[name])
         return struct.pack("!HHHHHH", qid, 0x8180, 1, 1, 0, 0) + question + answer
     return struct.pack("!HHHHHH", qid, 0x8183, 1, 0, 0, 0) + question
 

@@ -11,7 +11,8 @@ from hutch.errors import InvalidArgumentError
 from hutch.runtime import LocalRuntime
 from hutch.runtime.egress import EgressPolicy
 
-from .conftest import INSTANCE, STATE_DIR, SUBNET, UID_BASE, box_spec, make_box
+from .conftest import (ASKED, FAKE_ADDRESS, INSTANCE, STATE_DIR, SUBNET, UID_BASE, box_spec,
+                       make_box)
 from .helpers import http_banner_server, listening_socket, make_fake_host, remove_fake_host
 from .test_network import PORT, http_get
 
@@ -26,9 +27,9 @@ METADATA = "169.254.169.254"
 
 @pytest.fixture(scope="module")
 async def public(runtime):
-    ns = make_fake_host("hutchrx-eg", "hrxeg", [ONE, TWO, METADATA])
+    ns = make_fake_host("hutchrx-eg", "hrxeg", [ONE, TWO, METADATA, FAKE_ADDRESS])
     servers = [await http_banner_server(listening_socket(ns, a, PORT), f"hello-{a}".encode())
-               for a in (ONE, TWO, METADATA)]
+               for a in (ONE, TWO, METADATA, FAKE_ADDRESS)]
     yield
     for s in servers:
         s.close()
@@ -46,8 +47,15 @@ async def test_policies_parse_and_reject_what_they_cannot_enforce():
     assert EgressPolicy.parse().is_open
     with pytest.raises(InvalidArgumentError, match="IPv6"):
         EgressPolicy.parse(True, ["2001:db8::/32"])
-    with pytest.raises(InvalidArgumentError, match="not an IPv4 address"):
-        EgressPolicy.parse(True, None, ["example.com"])
+    names = EgressPolicy.parse(True, ["Example.COM.", "*.b\u00fccher.de"], ["x.test"])
+    assert names.allow_names == ("*.xn--bcher-kva.de", "example.com")
+    assert names.deny_names == ("x.test",) and not names.allow
+    assert names.name_verdict("a.b.xn--bcher-kva.de") == "learn"
+    assert names.name_verdict("xn--bcher-kva.de") == "forward"      # the apex is not *.
+    assert names.name_verdict("x.test") == "refuse"
+    for bad in ["exa mple.com", "a\x00.com", "*", "*.com.*", "-a.com", "com", "a..b"]:
+        with pytest.raises(InvalidArgumentError, match="neither an IPv4"):
+            EgressPolicy.parse(True, [bad])
     with pytest.raises(InvalidArgumentError, match="list of strings"):
         EgressPolicy.parse(True, "198.51.100.21")
 
@@ -122,3 +130,30 @@ async def _nft_list(instance: str) -> str:
                                                 stdout=asyncio.subprocess.PIPE)
     out, _ = await proc.communicate()
     return out.decode()
+
+
+async def test_domain_rules_through_hutchs_resolver(runtime, rootfs, public):
+    policy = EgressPolicy.parse(False, ["fake.test", "inward.test"])
+    box = await make_box(runtime, box_spec(f"eg5{RUN}", rootfs, network="internet",
+                                           egress=policy))
+    try:
+        # An address is reachable once the resolver answered it for an allowed name; never
+        # by IP literal before that.
+        assert not await reaches(box, FAKE_ADDRESS)
+        rc, out = await box.run("nslookup fake.test 2>&1")
+        assert FAKE_ADDRESS in out, out
+        assert await reaches(box, FAKE_ADDRESS)
+        assert not await reaches(box, ONE)
+        # Other names are answered NXDOMAIN here: the query never leaves the host.
+        ASKED.clear()
+        rc, out = await box.run("nslookup secret-data.exfil.test 2>&1")
+        assert "NXDOMAIN" in out and not any("exfil" in n for n in ASKED), (out, ASKED)
+        # An allowed name that resolves inward is refused, and nothing is learned.
+        rc, out = await box.run("nslookup inward.test 2>&1")
+        assert "169.254.169.254" not in out.split("Name:")[-1], out
+        assert not await reaches(box, METADATA)
+        # Policy changes forget what was learned.
+        await runtime.set_egress(f"eg5{RUN}", EgressPolicy.parse(False, ["other.test"]))
+        assert not await reaches(box, FAKE_ADDRESS)
+    finally:
+        await runtime.destroy(f"eg5{RUN}")

@@ -55,7 +55,8 @@ def test_the_e2b_sdk_shape(server_env, fake_network):
 
 def test_bad_policies_are_clear_errors(server_env):
     for network, match in [({"allow_out": ["2001:db8::1"]}, "IPv6"),
-                           ({"deny_out": ["not an address"]}, "not an IPv4"),
+                           ({"deny_out": ["not an address"]}, "neither an IPv4"),
+                           ({"allow_out": ["evil\x00.com"]}, "neither an IPv4"),
                            ({"allow_out": "1.1.1.1"}, "list of strings")]:
         with pytest.raises(errors.InvalidArgumentError, match=match):
             Sandbox.create(network=network)

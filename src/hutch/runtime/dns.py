@@ -2,8 +2,13 @@
 
 Sandboxes may reach nothing on the host and no private address, and the host's own resolver
 is usually private (a LAN or cloud resolver), so sandboxes resolve through this forwarder,
-which relays each query to the host's resolvers and the answer back. It is the single place a
-later DNS policy (answer only allowed names) plugs in.
+which relays each query to the host's resolvers and the answer back.
+
+It is also where domain rules are enforced (see egress.py): for a sandbox with a policy, a
+name its rules refuse gets NXDOMAIN without any query leaving the host; the addresses in an
+answer for an allowed name are learned (made reachable for that sandbox) before the answer is
+sent, and an answer that points inward (a private, metadata or host address: DNS rebinding,
+or an allowed name that resolves to the internal network) is refused with SERVFAIL.
 """
 
 from __future__ import annotations
@@ -14,6 +19,10 @@ import logging
 import socket
 import struct
 from pathlib import Path
+from typing import Awaitable, Callable
+
+from hutch.runtime import dnsmsg, egress
+from hutch.runtime.egress import EgressPolicy
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +106,7 @@ class _UdpServer(asyncio.DatagramProtocol):
         task.add_done_callback(lambda _: fwd._give(fwd._udp_clients, client))
 
     async def _answer(self, data: bytes, addr) -> None:
-        answer = await self.forwarder.resolve(data, tcp=False)
+        answer = await self.forwarder.answer(data, tcp=False, client=addr[0])
         if answer is not None and self.transport is not None:
             self.transport.sendto(answer, addr)
 
@@ -105,9 +114,15 @@ class _UdpServer(asyncio.DatagramProtocol):
 class DnsForwarder:
     """Forward DNS from `listen` (address, port) to upstream resolvers, over UDP and TCP."""
 
-    def __init__(self, listen: tuple[str, int], upstreams: list[tuple[str, int]]) -> None:
+    def __init__(self, listen: tuple[str, int], upstreams: list[tuple[str, int]], *,
+                 policy: Callable[[str], tuple[str, EgressPolicy] | None] | None = None,
+                 learn: Callable[[str, list[str], int], Awaitable[bool]] | None = None) -> None:
         self.listen = listen
         self.upstreams = upstreams
+        # source address -> (sandbox id, its policy), for sandboxes that have one
+        self.policy = policy
+        # (sandbox id, addresses, seconds) -> False if an address may not be reached at all
+        self.learn = learn
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -146,6 +161,34 @@ class DnsForwarder:
         for t in list(self._tasks):
             t.cancel()
 
+    async def answer(self, payload: bytes, *, tcp: bool, client: str) -> bytes | None:
+        """The answer for a sandbox at ``client``: its domain rules first, then upstream."""
+        entry = self.policy(client) if self.policy is not None else None
+        if entry is None:
+            return await self.resolve(payload, tcp=tcp)
+        sandbox_id, policy = entry
+        try:
+            name, _, _ = dnsmsg.question(payload)
+        except ValueError:
+            return None                     # not a query we can judge: dropped
+        verdict = policy.name_verdict(name)
+        if verdict == "refuse":
+            return dnsmsg.error(payload, dnsmsg.NXDOMAIN)
+        answer = await self.resolve(payload, tcp=tcp)
+        if answer is None or verdict != "learn" or self.learn is None:
+            return answer
+        try:
+            found = dnsmsg.addresses(answer)
+        except ValueError:
+            return dnsmsg.error(payload, dnsmsg.SERVFAIL)
+        if found:
+            seconds = max([ttl for _, ttl in found] + [egress.LEARNED_FOR])
+            if not await self.learn(sandbox_id, sorted({a for a, _ in found}), seconds):
+                log.info("refused %s for %s: it resolves to an always-denied address",
+                         name, sandbox_id)
+                return dnsmsg.error(payload, dnsmsg.SERVFAIL)
+        return answer
+
     async def resolve(self, payload: bytes, *, tcp: bool) -> bytes | None:
         """Ask each upstream in turn; None if none answered (the client retries)."""
         for upstream in self.upstreams:
@@ -171,7 +214,7 @@ class DnsForwarder:
                     payload = await reader.readexactly(n)
                 except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
                     return
-                answer = await self.resolve(payload, tcp=True)
+                answer = await self.answer(payload, tcp=True, client=client)
                 if answer is None:
                     return
                 writer.write(struct.pack("!H", len(answer)) + answer)

@@ -1,4 +1,5 @@
-"""A sandbox's egress policy and the nftables that enforce it, host side.
+"""A sandbox's egress policy and the nftables that enforce it, host side (domain rules act
+through hutch's resolver too: dns.py).
 
 The policy decides, for a destination the always-denied set lets through (see firewall.py;
 that set wins whatever a policy says), in this order: a destination in ``allow`` is accepted,
@@ -35,8 +36,48 @@ MAP = "egress"
 REJECT = ("meta l4proto tcp reject with tcp reset", "reject with icmpx admin-prohibited")
 
 
-def _networks(entries: Iterable[str], what: str) -> tuple[str, ...]:
-    nets = []
+_LABEL = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+
+
+def normalize_name(text: str) -> str | None:
+    """A domain rule in canonical form (lower case, IDNA, no trailing dot; ``*.`` kept), or
+    None when ``text`` is no domain name. Anything odd (NUL bytes, spaces, empty labels,
+    ``*`` anywhere but a leading ``*.``) is no domain name."""
+    name = text.strip().rstrip(".").lower()
+    wildcard = name.startswith("*.")
+    if wildcard:
+        name = name[2:]
+    try:
+        name = name.encode("idna").decode("ascii")
+    except UnicodeError:
+        return None
+    labels = name.split(".")
+    if not name or len(name) > 253 or len(labels) < 2 or any(
+            not 0 < len(label) <= 63 or label[0] == "-" or label[-1] == "-"
+            or not set(label) <= _LABEL for label in labels):
+        return None
+    if labels[-1].isdigit():
+        return None           # looks like an address, not a name
+    return ("*." if wildcard else "") + name
+
+
+def matches(rules: Sequence[str], name: str) -> bool:
+    """Whether ``name`` (canonical, as the resolver sees it) is covered by a rule: exact
+    names match themselves, ``*.example.com`` matches names below example.com (any depth) but
+    not example.com itself."""
+    name = name.rstrip(".").lower()
+    for rule in rules:
+        if rule.startswith("*."):
+            if name.endswith(rule[1:]):
+                return True
+        elif name == rule:
+            return True
+    return False
+
+
+def _split(entries: Iterable[str], what: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(IPv4 networks, collapsed; domain rules, sorted) of a list of entries."""
+    nets, names = [], set()
     for entry in entries:
         if not isinstance(entry, str) or not entry.strip():
             raise InvalidArgumentError(f"{what}: entries must be non-empty strings, got {entry!r}")
@@ -44,14 +85,18 @@ def _networks(entries: Iterable[str], what: str) -> tuple[str, ...]:
         try:
             net = ipaddress.ip_network(text, strict=False)
         except ValueError:
-            raise InvalidArgumentError(
-                f"{what}: {text!r} is not an IPv4 address or CIDR block (domain names are not "
-                "supported yet)") from None
+            name = normalize_name(text)
+            if name is None:
+                raise InvalidArgumentError(
+                    f"{what}: {text!r} is neither an IPv4 address, a CIDR block nor a domain "
+                    "name (example.com, *.example.com)") from None
+            names.add(name)
+            continue
         if net.version != 4:
             raise InvalidArgumentError(
                 f"{what}: {text!r} is IPv6; sandboxes have no IPv6 egress")
         nets.append(net)
-    return tuple(str(n) for n in ipaddress.collapse_addresses(nets))
+    return (tuple(str(n) for n in ipaddress.collapse_addresses(nets)), tuple(sorted(names)))
 
 
 @dataclass(frozen=True)
@@ -59,6 +104,12 @@ class EgressPolicy:
     internet: bool = True          # the verdict for destinations neither list names
     allow: tuple[str, ...] = ()    # IPv4 networks, collapsed
     deny: tuple[str, ...] = ()
+    # Domain rules, enforced through hutch's resolver: names in ``deny_names`` do not resolve;
+    # addresses it resolves for ``allow_names`` become reachable (for the answer's life, at
+    # least an hour) unless they are always denied; with ``internet`` off, no other name
+    # resolves at all (no exfiltration through DNS queries).
+    allow_names: tuple[str, ...] = ()
+    deny_names: tuple[str, ...] = ()
 
     @classmethod
     def parse(cls, internet: bool = True, allow: Sequence[str] | None = None,
@@ -68,31 +119,56 @@ class EgressPolicy:
             if value is not None and (isinstance(value, (str, bytes))
                                       or not isinstance(value, (list, tuple))):
                 raise InvalidArgumentError(f"{name} must be a list of strings")
-        return cls(internet=bool(internet), allow=_networks(allow or (), "allow_out"),
-                   deny=_networks(deny or (), "deny_out"))
+        allow_nets, allow_names = _split(allow or (), "allow_out")
+        deny_nets, deny_names = _split(deny or (), "deny_out")
+        return cls(internet=bool(internet), allow=allow_nets, deny=deny_nets,
+                   allow_names=allow_names, deny_names=deny_names)
 
     @property
     def is_open(self) -> bool:
         """The default: everything the always-denied set lets through."""
-        return self.internet and not self.allow and not self.deny
+        return self.internet and not (self.allow or self.deny or self.allow_names
+                                      or self.deny_names)
+
+    def name_verdict(self, name: str) -> str:
+        """What the resolver does with a query for ``name``: ``learn`` (resolve, and let the
+        sandbox reach the addresses), ``refuse`` or ``forward`` (resolve, nothing more)."""
+        if matches(self.allow_names, name):
+            return "learn"
+        if matches(self.deny_names, name) or not self.internet:
+            return "refuse"
+        return "forward"
 
     def to_json(self) -> str:
         return json.dumps({"internet": self.internet, "allow": list(self.allow),
-                           "deny": list(self.deny)})
+                           "deny": list(self.deny), "allow_names": list(self.allow_names),
+                           "deny_names": list(self.deny_names)})
 
     @classmethod
     def from_json(cls, text: str) -> "EgressPolicy":
         data = json.loads(text)
         return cls(internet=bool(data["internet"]), allow=tuple(data["allow"]),
-                   deny=tuple(data["deny"]))
+                   deny=tuple(data["deny"]), allow_names=tuple(data.get("allow_names", ())),
+                   deny_names=tuple(data.get("deny_names", ())))
 
 
 def chain(sandbox_id: str) -> str:
     return f"egress_{sandbox_id}"
 
 
-def chain_rules(policy: EgressPolicy) -> list[str]:
+def learned_set(sandbox_id: str) -> str:
+    return f"names_{sandbox_id}"
+
+
+#: How long an address learned from an answer stays reachable at least (answers often live
+#: seconds; a download or a connection pool outlives that).
+LEARNED_FOR = 3600
+
+
+def chain_rules(sandbox_id: str, policy: EgressPolicy) -> list[str]:
     rules = []
+    if policy.allow_names:
+        rules.append(f"ip daddr @{learned_set(sandbox_id)} accept")
     if policy.allow:
         rules.append(f"ip daddr {{ {', '.join(policy.allow)} }} accept")
     if policy.deny:
@@ -102,13 +178,16 @@ def chain_rules(policy: EgressPolicy) -> list[str]:
 
 
 def declarations(entries: Iterable[tuple[str, str, EgressPolicy]]) -> str:
-    """The map and the chains of ``(sandbox id, address, policy)``, as the body of the
-    instance table (used when the table is (re)built)."""
+    """The map, sets and chains of ``(sandbox id, address, policy)``, as the body of the
+    instance table (used when the table is (re)built; learned addresses start empty)."""
     chains, elements = [], []
     for sandbox_id, address, policy in entries:
         if policy.is_open:
             continue
-        body = "".join(f"        {rule}\n" for rule in chain_rules(policy))
+        if policy.allow_names:
+            chains.append(f"    set {learned_set(sandbox_id)} {{\n        type ipv4_addr\n"
+                          "        flags timeout\n    }\n")
+        body = "".join(f"        {rule}\n" for rule in chain_rules(sandbox_id, policy))
         chains.append(f"    chain {chain(sandbox_id)} {{\n{body}    }}\n")
         elements.append(f"{address} : jump {chain(sandbox_id)}")
     listed = f"        elements = {{ {', '.join(elements)} }}\n" if elements else ""
@@ -118,17 +197,34 @@ def declarations(entries: Iterable[tuple[str, str, EgressPolicy]]) -> str:
 
 def apply_script(instance: str, sandbox_id: str, address: str, policy: EgressPolicy) -> str:
     """One transaction that puts ``policy`` in force for the sandbox at ``address``
-    (removing its chain when the policy is the open default)."""
-    t, c = f"inet {instance}", chain(sandbox_id)
+    (removing its chain and set when the policy is the open default). Learned addresses are
+    forgotten: the names they came from may no longer be allowed."""
+    t, c, n = f"inet {instance}", chain(sandbox_id), learned_set(sandbox_id)
+    make_set = f"add set {t} {n} {{ type ipv4_addr; flags timeout; }}"
     lines = [f"add chain {t} {c}", f"flush chain {t} {c}",
              f"add element {t} {MAP} {{ {address} : jump {c} }}"]
     if policy.is_open:
-        lines += [f"delete element {t} {MAP} {{ {address} }}", f"delete chain {t} {c}"]
+        lines += [f"delete element {t} {MAP} {{ {address} }}", f"delete chain {t} {c}",
+                  make_set, f"delete set {t} {n}"]
+        return "\n".join(lines) + "\n"
+    if policy.allow_names:
+        lines += [make_set, f"flush set {t} {n}"]
     else:
-        lines += [f"add rule {t} {c} {rule}" for rule in chain_rules(policy)]
+        lines += [make_set, f"delete set {t} {n}"]
+    lines += [f"add rule {t} {c} {rule}" for rule in chain_rules(sandbox_id, policy)]
     return "\n".join(lines) + "\n"
 
 
+def learn_script(instance: str, sandbox_id: str, addresses: Iterable[str],
+                 seconds: int) -> str:
+    """Make ``addresses`` reachable for ``seconds`` (an existing element's time restarts)."""
+    t, n = f"inet {instance}", learned_set(sandbox_id)
+    items = ", ".join(f"{a} timeout {seconds}s" for a in addresses)
+    bare = ", ".join(addresses)
+    return (f"add element {t} {n} {{ {bare} }}\ndelete element {t} {n} {{ {bare} }}\n"
+            f"add element {t} {n} {{ {items} }}\n")
+
+
 def remove_script(instance: str, sandbox_id: str, address: str) -> str:
-    """One transaction that removes the sandbox's chain and map element, if any."""
+    """One transaction that removes the sandbox's chain, set and map element, if any."""
     return apply_script(instance, sandbox_id, address, EgressPolicy())

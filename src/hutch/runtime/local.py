@@ -53,6 +53,10 @@ class LocalRuntime:
             raise InvalidArgumentError("instance must be [a-z][a-z0-9]{0,9}")
         self.state_dir = Path(state_dir)
         self.instance = instance
+        # address -> (sandbox id, policy) of sandboxes with an egress policy (the resolver's
+        # view), and the always-denied networks (what no learned address may be)
+        self._policies: dict[str, tuple[str, egress.EgressPolicy]] = {}
+        self._denied: list = []
         self.subnet = str(ipaddress.ip_network(subnet))
         self.gateway = network.gateway(self.subnet)
         self.prefix = ipaddress.ip_network(self.subnet).prefixlen
@@ -126,11 +130,16 @@ class LocalRuntime:
         addrs, subnets = await firewall.host_facts(exclude_ifname=self.bridge)
         facts = firewall.FirewallFacts(self.instance, self.subnet,
                                        network.default_route_interface(), addrs, subnets)
-        await firewall.nft(firewall.ruleset(facts, self._stored_policies()))
+        stored = self._stored_policies()
+        await firewall.nft(firewall.ruleset(facts, stored))
+        self._policies = {address: (sid, policy) for sid, address, policy in stored}
+        self._denied = [ipaddress.ip_network(n) for n in firewall.denied_set(facts)]
         if self._dns is None:
             upstreams = self._dns_upstreams if self._dns_upstreams is not None \
                 else host_resolvers()
-            self._dns = DnsForwarder((self.gateway, self._dns_port), upstreams)
+            self._dns = DnsForwarder((self.gateway, self._dns_port), upstreams,
+                                     policy=lambda address: self._policies.get(address),
+                                     learn=self._learn)
             await self._dns.start()
         await self._reconcile()
 
@@ -165,6 +174,14 @@ class LocalRuntime:
             raise InvalidArgumentError(f"sandbox {sandbox_id} has no network (mode 'none')")
         await self._apply_egress(sandbox_id, address, policy)
 
+    async def _learn(self, sandbox_id: str, addresses: list[str], seconds: int) -> bool:
+        """Let the sandbox reach what its resolver answered for an allowed name; False (and
+        nothing learned) when an address is one no sandbox may reach."""
+        if any(ipaddress.ip_address(a) in net for a in addresses for net in self._denied):
+            return False
+        await firewall.nft(egress.learn_script(self.instance, sandbox_id, addresses, seconds))
+        return True
+
     def _address_of(self, sandbox_id: str) -> str | None:
         return next((a for a, owner in self.addresses.owners().items()
                      if owner == sandbox_id), None)
@@ -174,6 +191,7 @@ class LocalRuntime:
         path = self._dir(sandbox_id) / EGRESS_FILE
         if policy.is_open:
             await firewall.nft(egress.apply_script(self.instance, sandbox_id, address, policy))
+            self._policies.pop(address, None)
             path.unlink(missing_ok=True)
             return
         # Kept first, so a runtime restarted at any moment rebuilds at least this policy.
@@ -181,6 +199,7 @@ class LocalRuntime:
         tmp.write_text(policy.to_json())
         os.replace(tmp, path)
         await firewall.nft(egress.apply_script(self.instance, sandbox_id, address, policy))
+        self._policies[address] = (sandbox_id, policy)
 
     async def _reconcile(self) -> None:
         present = set(os.listdir(self.sandboxes_dir))
@@ -365,6 +384,7 @@ class LocalRuntime:
             errors.append(f"netns: {e}")
         address = self._address_of(sandbox_id)
         if address is not None and (self._dir(sandbox_id) / EGRESS_FILE).exists():
+            self._policies.pop(address, None)
             try:
                 await firewall.nft(egress.remove_script(self.instance, sandbox_id, address))
             except RuntimeError_ as e:

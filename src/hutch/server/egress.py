@@ -3,9 +3,11 @@ checked and turned into the runtime's :class:`EgressPolicy`.
 
 The stored form (``SandboxRecord.egress``) is the normalised request: ``{"internet": bool,
 "allowOut": [...], "denyOut": [...], "allowPublicTraffic": bool}``, or None for the default
-(internet on, nothing listed, ports public). E2B's order applies: ``allowOut`` wins over
-``denyOut``, and what neither names follows ``internet``. Whatever the policy, the runtime's
-always-denied set (private ranges, metadata, the host) stays denied.
+(internet on, nothing listed, ports public). Entries are IPv4 addresses, CIDR blocks and
+domain names (``example.com``, ``*.example.com``). E2B's order applies: ``allowOut`` wins
+over ``denyOut``, and what neither names follows ``internet``. Whatever the policy, the
+runtime's always-denied set (private ranges, metadata, the host) stays denied. Domain rules
+act through hutch's resolver (runtime/dns.py): with internet off, only allowed names resolve.
 
 Fields of E2B's network object that this server does not implement are refused by name
 rather than ignored: a policy that is silently weaker than asked for is worse than an error.
@@ -49,7 +51,7 @@ def parse(network: Any, internet: bool | None) -> tuple[str, dict | None]:
     public = _flag(_field(network, "allowPublicTraffic", "allow_public_traffic"),
                    "network.allowPublicTraffic", True)
     policy = EgressPolicy.parse(True if internet is None else internet, allow, deny)
-    if not policy.internet and not policy.allow:
+    if not policy.internet and not policy.allow and not policy.allow_names:
         # Nothing is reachable: no network at all (no interface inside, nothing to police).
         return "none", stored(policy, public)
     return "internet", stored(policy, public)
@@ -78,15 +80,15 @@ def update(body: Any, current: dict | None, mode: str) -> dict | None:
 def stored(policy: EgressPolicy, public: bool = True) -> dict | None:
     if policy.is_open and public:
         return None
-    return {"internet": policy.internet, "allowOut": list(policy.allow),
-            "denyOut": list(policy.deny), "allowPublicTraffic": public}
+    return {"internet": policy.internet,
+            "allowOut": list(policy.allow) + list(policy.allow_names),
+            "denyOut": list(policy.deny) + list(policy.deny_names), "allowPublicTraffic": public}
 
 
 def policy_of(egress: dict | None) -> EgressPolicy:
     if not egress:
         return EgressPolicy()
-    return EgressPolicy(internet=bool(egress["internet"]), allow=tuple(egress["allowOut"]),
-                        deny=tuple(egress["denyOut"]))
+    return EgressPolicy.parse(bool(egress["internet"]), egress["allowOut"], egress["denyOut"])
 
 
 def internet_of(egress: dict | None) -> bool:

@@ -115,11 +115,12 @@ SCHEMAS: dict[str, dict] = {
         "diskUsed", "diskTotal"]),
     "Network": _obj({
         "allowOut": {"type": "array", "items": {"type": "string"}, "description": (
-            "IPv4 addresses and CIDR blocks the sandbox may reach, whatever denyOut and "
-            "allow_internet_access say (never private ranges, cloud metadata or the host).")},
+            "IPv4 addresses, CIDR blocks and domain names (`*.example.com` too) the sandbox "
+            "may reach, whatever denyOut and allow_internet_access say (never private "
+            "ranges, cloud metadata or the host).")},
         "denyOut": {"type": "array", "items": {"type": "string"}, "description": (
-            "IPv4 addresses and CIDR blocks it may not reach (`0.0.0.0/0`: everything "
-            "allowOut does not name).")},
+            "IPv4 addresses, CIDR blocks and domain names it may not reach (`0.0.0.0/0`: "
+            "everything allowOut does not name).")},
         "allowPublicTraffic": {"type": "boolean", "default": True, "description": (
             "false: the sandbox's ports answer only requests carrying its trafficAccessToken "
             "as E2B-Traffic-Access-Token.")},
