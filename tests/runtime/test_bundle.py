@@ -4,6 +4,8 @@ deliberate change, then review the diff."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import ipaddress
 import json
 import os
@@ -62,6 +64,8 @@ def check(name: str, value) -> None:
         ("abc", "10.11.0.7", EgressPolicy.parse(True, ["198.51.100.7"], ["198.51.100.0/24"])),
         ("def", "10.11.0.8", EgressPolicy.parse(False, ["203.0.113.0/25", "203.0.113.128/25"])),
         ("open", "10.11.0.9", EgressPolicy())])),
+    ("firewall_caps.nft", lambda: firewall.ruleset(
+        dataclasses.replace(FACTS, max_connections=512, rate_bytes=125_000_000))),
     ("egress_update.nft", lambda: egress.apply_script(
         "hutch", "abc", "10.11.0.7", EgressPolicy.parse(False, ["198.51.100.7"]))
      + egress.remove_script("hutch", "abc", "10.11.0.7")),

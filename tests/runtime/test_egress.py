@@ -157,3 +157,43 @@ async def test_domain_rules_through_hutchs_resolver(runtime, rootfs, public):
         assert not await reaches(box, FAKE_ADDRESS)
     finally:
         await runtime.destroy(f"eg5{RUN}")
+
+
+@pytest.fixture
+async def capped(runtime):
+    """The module's runtime with small per-sandbox caps for one test (the table is rebuilt
+    with them, and without them afterwards)."""
+    runtime.max_connections, runtime.rate_bytes = 4, 125_000          # 4 connections, 1 Mbit/s
+    await runtime.start()
+    yield runtime
+    runtime.max_connections, runtime.rate_bytes = 0, 0
+    await runtime.start()
+
+
+BIG = "198.51.100.23"
+
+
+async def test_connection_and_bandwidth_caps(capped, rootfs, public):
+    import time
+
+    ns = make_fake_host("hutchrx-big", "hrxbig", [BIG])
+    server = await http_banner_server(listening_socket(ns, BIG, PORT), b"x" * 500_000)
+    box = await make_box(capped, box_spec(f"eg6{RUN}", rootfs, network="internet"))
+    try:
+        # Six connections held open: the firewall lets four through.
+        rc, out = await box.run(
+            f"for i in 1 2 3 4 5 6; do (sleep 30 | nc {ONE} {PORT} >/dev/null 2>&1 &); done; "
+            "sleep 3; ps | grep -c '[n]c 198'")
+        assert out.strip().splitlines()[-1] == "4", out
+        await box.run("killall nc; sleep 1")
+        # 500 kB at 1 Mbit/s: the bucket starts with at most a second's worth plus the burst
+        # (250 kB), so the rest cannot arrive in less than 2 s (uncapped: milliseconds).
+        t0 = time.monotonic()
+        rc, out = await box.run(f"{http_get(BIG, PORT)} | wc -c")
+        took = time.monotonic() - t0
+        assert int(out.strip().splitlines()[-1]) > 500_000, out
+        assert took >= 1.9, took
+    finally:
+        await capped.destroy(f"eg6{RUN}")
+        server.close()
+        remove_fake_host("hutchrx-big", "hrxbig")

@@ -6,8 +6,8 @@ moment with half the rules. Everything keys on the instance's bridge, so no per-
 is needed and creating a sandbox touches no firewall state.
 
 What it enforces, for traffic that enters from the bridge (i.e. from sandboxes):
-- forward: IPv6 dropped; then each sandbox's egress policy, if it has one (egress.py);
-  destinations in the always-denied set (private, carrier-NAT,
+- forward: IPv6 dropped; the per-sandbox caps on concurrent connections and bandwidth; then
+  each sandbox's egress policy, if it has one (egress.py); destinations in the always-denied set (private, carrier-NAT,
   loopback, link-local/cloud metadata, "this network", benchmarking, multicast, reserved,
   the host's own addresses and every subnet the host is directly connected to, and the
   sandbox subnet itself) rejected; traffic from outside to sandboxes dropped unless it
@@ -55,6 +55,10 @@ class FirewallFacts:
     uplink: str | None                      # default-route interface (MASQUERADE out of it)
     host_addresses: tuple[str, ...] = ()    # the host's own IPv4 addresses
     host_subnets: tuple[str, ...] = field(default_factory=tuple)  # directly connected
+    # Per-sandbox caps so that one sandbox cannot starve the others (0: none): concurrent
+    # connections it opens, and bytes per second each way through the bridge.
+    max_connections: int = 0
+    rate_bytes: int = 0
 
 
 def denied_set(facts: FirewallFacts) -> list[str]:
@@ -76,6 +80,23 @@ def ruleset(facts: FirewallFacts, policies: Iterable[tuple[str, str, EgressPolic
     denied = ", ".join(denied_set(facts))
     masquerade = (f'        ip saddr {facts.subnet} oifname "{facts.uplink}" masquerade\n'
                   if facts.uplink else "")
+    limits = ""
+    sets = ""
+    if facts.max_connections:
+        # One rule counts (two would count each connection twice), then the refusal.
+        sets += ("    set conns {\n        type ipv4_addr\n        size 65535\n"
+                 "        flags dynamic\n    }\n"
+                 "    chain refuse {\n        meta l4proto tcp reject with tcp reset\n"
+                 "        reject with icmpx admin-prohibited\n    }\n")
+        limits += (f'        iifname "{br}" ct state new add @conns {{ ip saddr ct count over '
+                   f'{facts.max_connections} }} jump refuse\n')
+    if facts.rate_bytes:
+        for name in ("rate_out", "rate_in"):
+            sets += (f"    set {name} {{\n        type ipv4_addr\n        size 65535\n"
+                     "        flags dynamic,timeout\n        timeout 1m\n    }\n")
+        rate = f"limit rate over {facts.rate_bytes} bytes/second burst {facts.rate_bytes} bytes"
+        limits += (f'        iifname "{br}" update @rate_out {{ ip saddr {rate} }} drop\n'
+                   f'        oifname "{br}" update @rate_in {{ ip daddr {rate} }} drop\n')
     return f"""table inet {t} {{}}
 delete table inet {t}
 table bridge {t} {{}}
@@ -86,11 +107,11 @@ table inet {t} {{
         flags interval
         elements = {{ {denied} }}
     }}
-{egress.declarations(policies)}    chain forward {{
+{egress.declarations(policies)}{sets}    chain forward {{
         type filter hook forward priority filter - 10; policy accept;
         iifname "{br}" meta nfproto ipv6 drop
         iifname "{br}" ip daddr @denied reject with icmpx admin-prohibited
-        iifname "{br}" ip saddr vmap @{egress.MAP}
+{limits}        iifname "{br}" ip saddr vmap @{egress.MAP}
         iifname "{br}" oifname "{br}" drop
         oifname "{br}" ct state established,related accept
         oifname "{br}" drop

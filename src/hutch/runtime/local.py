@@ -48,11 +48,13 @@ class LocalRuntime:
                  oci_runtime: str | None = None, uid_base: int = 100000,
                  uid_count: int = 65536,
                  dns_upstreams: list[tuple[str, int]] | None = None,
-                 dns_port: int = 53) -> None:
+                 dns_port: int = 53, max_connections: int = 0, rate_bytes: int = 0) -> None:
         if not re.fullmatch(r"[a-z][a-z0-9]{0,9}", instance):
             raise InvalidArgumentError("instance must be [a-z][a-z0-9]{0,9}")
         self.state_dir = Path(state_dir)
         self.instance = instance
+        # per-sandbox caps in the firewall (0: none): open connections, bytes/s each way
+        self.max_connections, self.rate_bytes = max_connections, rate_bytes
         # address -> (sandbox id, policy) of sandboxes with an egress policy (the resolver's
         # view), and the always-denied networks (what no learned address may be)
         self._policies: dict[str, tuple[str, egress.EgressPolicy]] = {}
@@ -129,7 +131,9 @@ class LocalRuntime:
         kernel_limits.raise_host_limits()
         addrs, subnets = await firewall.host_facts(exclude_ifname=self.bridge)
         facts = firewall.FirewallFacts(self.instance, self.subnet,
-                                       network.default_route_interface(), addrs, subnets)
+                                       network.default_route_interface(), addrs, subnets,
+                                       max_connections=self.max_connections,
+                                       rate_bytes=self.rate_bytes)
         stored = self._stored_policies()
         await firewall.nft(firewall.ruleset(facts, stored))
         self._policies = {address: (sid, policy) for sid, address, policy in stored}

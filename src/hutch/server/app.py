@@ -32,7 +32,9 @@ log = logging.getLogger("hutch.server")
 def build_runtime(config: Config):
     from hutch.runtime.local import LocalRuntime
     return LocalRuntime(config.state_dir, instance=config.instance, subnet=config.subnet,
-                        oci_runtime=config.oci_runtime, uid_base=config.uid_base)
+                        oci_runtime=config.oci_runtime, uid_base=config.uid_base,
+                        max_connections=config.egress_max_connections,
+                        rate_bytes=config.egress_rate_mbit * 125_000)
 
 
 def build_templates(config: Config):

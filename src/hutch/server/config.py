@@ -142,6 +142,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("default_network", "HUTCH_DEFAULT_NETWORK", "internet", _network_mode,
             "Network mode when a create request does not say: 'internet' (egress with the "
             "always-deny list) or 'none'."),
+    Setting("egress_max_connections", "HUTCH_EGRESS_MAX_CONNECTIONS", "512", _non_negative_int,
+            "Most connections one sandbox may have open through the host at once (new ones "
+            "beyond it are refused: TCP with a reset), so one sandbox cannot exhaust the "
+            "host's connection tracking (0: no cap)."),
+    Setting("egress_rate_mbit", "HUTCH_EGRESS_RATE_MBIT", "1000", _non_negative_int,
+            "Bandwidth cap per sandbox and direction through the host, in Mbit/s; packets "
+            "past it are dropped (TCP slows down), so one sandbox cannot starve the others "
+            "(0: no cap)."),
     Setting("max_sandboxes", "HUTCH_MAX_SANDBOXES", "200", _positive_int,
             "Most sandboxes alive at once; a create beyond it is refused with 429 (the SDKs "
             "retry) so a runaway client cannot exhaust the host."),
@@ -179,6 +187,8 @@ class Config:
     max_memory_mb: int
     max_disk_mb: int
     default_network: str
+    egress_max_connections: int
+    egress_rate_mbit: int
     max_sandboxes: int
     pool_size: int
     domain: str
