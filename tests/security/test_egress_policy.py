@@ -33,7 +33,7 @@ def test_deny_list_allow_list_and_live_update(server_env, fake_network):
             sbx.update_network({})                    # cleared: open again
             assert status(sbx, f"http://{public}/") == "200"
             assert sbx.get_info().network == {"allow_out": [], "deny_out": [],
-                                              "allow_public_traffic": True}
+                                              "allow_public_traffic": False}
         finally:
             sbx.kill()
 
@@ -79,13 +79,14 @@ def test_private_ports_need_the_traffic_token(server_env):
         try:
             sbx.exec("python3", "-m", "http.server", "8000")
             url = sbx.connection_config.url
-            headers = sbx.get_headers(8000)
-            r = httpx.get(url + "/", headers=headers)       # refused before any forwarding
+            headers = sbx.get_headers(8000)                 # with the traffic token
+            bare = {k: v for k, v in headers.items() if k != "E2B-Traffic-Access-Token"}
+            r = httpx.get(url + "/", headers=bare)          # refused before any forwarding
             assert r.status_code == 401 and "traffic" in r.json()["message"]
             token = sbx._code.headers["E2B-Traffic-Access-Token"]
             deadline = time.monotonic() + 60
             while True:                                     # until the server listens
-                ok = httpx.get(url + "/", headers={**headers, "E2B-Traffic-Access-Token": token})
+                ok = httpx.get(url + "/", headers={**bare, "E2B-Traffic-Access-Token": token})
                 if ok.status_code != 502 or time.monotonic() > deadline:
                     break
                 time.sleep(0.1)

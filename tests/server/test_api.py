@@ -277,9 +277,15 @@ def test_concurrent_creates(api, sandboxes):
 def test_other_ports_are_forwarded_into_the_sandbox(server, api, sandboxes):
     from e2b import Sandbox
     sbx = _create(api, sandboxes)
-    headers = {"E2b-Sandbox-Id": sbx["sandboxID"], "E2b-Sandbox-Port": "8000"}
+    headers = {"E2b-Sandbox-Id": sbx["sandboxID"], "E2b-Sandbox-Port": "8000",
+               "E2B-Traffic-Access-Token": sbx["trafficAccessToken"]}
     r = httpx.get(server.url + "/", headers=headers)
     assert r.status_code == 502 and "port is not open" in r.json()["message"]
+    # Ports are private by default: without the sandbox's traffic token, 401 before anything
+    # reaches the sandbox.
+    bare = {k: v for k, v in headers.items() if k != "E2B-Traffic-Access-Token"}
+    r = httpx.get(server.url + "/", headers=bare)
+    assert r.status_code == 401 and "trafficAccessToken" in r.json()["message"]
 
     e2b = Sandbox.connect(sbx["sandboxID"], api_key=server.key, api_url=server.url,
                           sandbox_url=server.url)
@@ -292,16 +298,35 @@ def test_other_ports_are_forwarded_into_the_sandbox(server, api, sandboxes):
             break
         time.sleep(0.1)
     assert r.status_code == 200 and r.text == "served from inside"
-    # No access token is needed for an exposed port, as with E2B's default.
+    # The agent's access token is not what guards an exposed port (and is not passed on).
     r = httpx.get(f"{server.url}/hello.txt", headers={**headers, "X-Access-Token": "wrong"})
     assert r.status_code == 200
-
-    none = _create(api, sandboxes, allow_internet_access=False)
-    r = httpx.get(server.url + "/", headers={"E2b-Sandbox-Id": none["sandboxID"],
+    # Public when asked for at create.
+    public = _create(api, sandboxes, network={"allowPublicTraffic": True})
+    assert api.get(f"/sandboxes/{public['sandboxID']}").json()["network"][
+        "allowPublicTraffic"] is True
+    r = httpx.get(server.url + "/", headers={"E2b-Sandbox-Id": public["sandboxID"],
                                              "E2b-Sandbox-Port": "8000"})
     assert r.status_code == 502 and "port is not open" in r.json()["message"]
-    r = httpx.get(server.url + "/", headers={"E2b-Sandbox-Id": none["sandboxID"],
-                                             "E2b-Sandbox-Port": "99999"})
+
+    # A sandbox without a network: its ports are reached through its agent.
+    none = _create(api, sandboxes, allow_internet_access=False)
+    none_headers = {"E2b-Sandbox-Id": none["sandboxID"], "E2b-Sandbox-Port": "8000",
+                    "E2B-Traffic-Access-Token": none["trafficAccessToken"]}
+    r = httpx.get(server.url + "/", headers=none_headers)
+    assert r.status_code == 502 and "port is not open" in r.json()["message"]
+    inside = Sandbox.connect(none["sandboxID"], api_key=server.key, api_url=server.url,
+                             sandbox_url=server.url)
+    inside.files.write("/home/user/www/hello.txt", "no network, still served")
+    inside.commands.run("cd /home/user/www && python3 -m http.server 8000", background=True)
+    deadline = time.monotonic() + 30
+    while True:
+        r = httpx.get(server.url + "/hello.txt", headers=none_headers)
+        if r.status_code == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert r.status_code == 200 and r.text == "no network, still served"
+    r = httpx.get(server.url + "/", headers={**none_headers, "E2b-Sandbox-Port": "99999"})
     assert r.status_code == 400
 
 
@@ -334,7 +359,8 @@ def test_client_disconnect_closes_the_upstream_connection(server, api, sandboxes
                           sandbox_url=server.url)
     e2b.files.write("/tmp/ticker.py", _TICKER)
     e2b.commands.run("python3 /tmp/ticker.py", background=True)
-    headers = {"E2b-Sandbox-Id": sbx["sandboxID"], "E2b-Sandbox-Port": "8001"}
+    headers = {"E2b-Sandbox-Id": sbx["sandboxID"], "E2b-Sandbox-Port": "8001",
+               "E2B-Traffic-Access-Token": sbx["trafficAccessToken"]}
     deadline = time.monotonic() + 30
     while True:
         try:

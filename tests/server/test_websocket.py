@@ -140,6 +140,7 @@ def _echo_sandbox(hutch_server, api):
     r = api.post("/v2/sandboxes", json={"templateID": "base", "timeout": 600})
     assert r.status_code == 201, r.text
     sid = r.json()["sandboxID"]
+    TRAFFIC_TOKENS[sid] = r.json()["trafficAccessToken"]
     try:
         sbx = Sandbox.connect(sid, api_key=hutch_server.api_key, api_url=hutch_server.url,
                               sandbox_url=hutch_server.url)
@@ -177,11 +178,25 @@ def _wait_for_file(sbx, path: str) -> str:
         time.sleep(0.1)
 
 
-def _open(server, sid: str, path: str = "/", port: int = PORT, **kw):
+# Ports are private by default: their requests carry the sandbox's traffic token.
+TRAFFIC_TOKENS: dict[str, str] = {}
+
+
+def _open(server, sid: str, path: str = "/", port: int = PORT, token: bool = True, **kw):
     headers = {"E2b-Sandbox-Id": sid, "E2b-Sandbox-Port": str(port),
                **kw.pop("headers", {})}
+    if token and sid in TRAFFIC_TOKENS:
+        headers["E2B-Traffic-Access-Token"] = TRAFFIC_TOKENS[sid]
     return connect("ws" + server.url.removeprefix("http") + path, additional_headers=headers,
                    max_size=8 * 2**20, open_timeout=30, close_timeout=30, **kw)
+
+
+def test_a_private_port_refuses_a_handshake_without_the_token(hutch_server, sandbox):
+    sid, _ = sandbox
+    with pytest.raises(InvalidStatus) as err:
+        with _open(hutch_server, sid, token=False):
+            pass
+    assert err.value.response.status_code == 401
 
 
 def test_text_and_binary_messages_echo(hutch_server, sandbox):

@@ -20,5 +20,7 @@ Contract with whoever starts it (the hutch runtime/server):
   groups it started.
 
 Routes: ``process.Process/*`` and ``filesystem.Filesystem/*`` (Connect-RPC, JSON codec),
-``GET/POST /files``, ``GET /envs``, ``POST /init``, ``GET /health``, over HTTP/1.1.
+``GET/POST /files``, ``GET /envs``, ``POST /init``, ``GET /health``, over HTTP/1.1, and
+``CONNECT 127.0.0.1:<port>`` (a tunnel to a port on the sandbox's loopback: how the server
+reaches the ports of a sandbox without a network).
 """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any, Dict
 
@@ -10,7 +11,7 @@ from ..protocol import codes, envd
 from ..protocol.envelope import dumps
 from .files import FilesRoute, http_error
 from .filesystem_service import FilesystemService
-from .http import BadRequest, Request, Response
+from .http import BadRequest, Request, Response, Tunnel
 from .process_service import ProcessService
 from .rpc import CLIENT_STREAM, SERVER_STREAM, Call, serve_client_stream, serve_server_stream, serve_unary, unary_error
 from .state import AgentState
@@ -40,6 +41,8 @@ class AgentApp:
             return await self._rpc(request, methods, method)
         if not self.state.token_ok(request.headers.get(envd.HEADER_ACCESS_TOKEN)):
             return http_error(401, "missing or invalid access token")
+        if request.method == "CONNECT":
+            return await self._connect(request)
         if path == "/envs" and request.method == "GET":
             return Response(200, dumps(self.state.env_vars), content_type="application/json")
         if path == "/init" and request.method == "POST":
@@ -65,6 +68,20 @@ class AgentApp:
         if kind == CLIENT_STREAM:
             return await serve_client_stream(call, handler)
         return await serve_unary(call, handler)
+
+    async def _connect(self, request: Request) -> Response:
+        """``CONNECT 127.0.0.1:<port>``: a TCP port of this sandbox, for the server to reach
+        when the sandbox has no network of its own. Loopback only: this is a way into the
+        sandbox, not out of it."""
+        host, _, port = request.target.rpartition(":")
+        if host.strip("[]") not in ("127.0.0.1", "localhost", "::1") or not port.isdigit() \
+                or not 0 < int(port) < 65536:
+            return http_error(400, "CONNECT takes 127.0.0.1:<port>")
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", int(port))
+        except OSError as exc:
+            return http_error(502, f"port {port} is not open: {exc.strerror or exc}")
+        return Tunnel(reader, writer)
 
     async def _init(self, request: Request) -> Response:
         try:

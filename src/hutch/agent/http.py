@@ -189,6 +189,15 @@ class Response:
             self.headers.append(("Content-Type", content_type))
 
 
+class Tunnel(Response):
+    """The answer to a ``CONNECT``: once ``200`` is written, the client's connection and
+    ``reader``/``writer`` (the target's) are spliced together until either side ends."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        super().__init__(200)
+        self.reader, self.writer = reader, writer
+
+
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -294,8 +303,37 @@ class _Connection:
                     keep_alive = False
             else:
                 keep_alive = False
+        if isinstance(response, Tunnel):
+            await self._splice(response)
+            return False
         await self._write(response, keep_alive, method == "HEAD", body.done)
         return keep_alive
+
+    async def _splice(self, tunnel: Tunnel) -> None:
+        self.writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter,
+                       first: bytes = b"") -> None:
+            try:
+                if first:
+                    dst.write(first)
+                while True:
+                    data = await src.read(65536)
+                    if not data:
+                        break
+                    dst.write(data)
+                    await dst.drain()
+                if dst.can_write_eof():
+                    dst.write_eof()
+            except (ConnectionError, OSError):
+                pass
+
+        try:
+            await asyncio.gather(pump(self.reader, tunnel.writer, self.prefix),
+                                 pump(tunnel.reader, self.writer))
+        finally:
+            self.prefix = b""
+            tunnel.writer.close()
 
     async def _write(
         self, response: Response, keep_alive: bool, head_only: bool, body_done: bool

@@ -25,6 +25,7 @@ TEMPLATE_BUILD_PATIENCE = 900.0
 # What the server's data plane reads to route a request sent to its own URL (proxy.py).
 SANDBOX_ID_HEADER = "E2b-Sandbox-Id"
 SANDBOX_PORT_HEADER = "E2b-Sandbox-Port"
+TRAFFIC_TOKEN_HEADER = "E2B-Traffic-Access-Token"
 
 
 def _positive(value: Any, name: str, kind: type = int) -> Union[int, float]:

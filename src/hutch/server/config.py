@@ -150,6 +150,12 @@ SETTINGS: tuple[Setting, ...] = (
             "Bandwidth cap per sandbox and direction through the host, in Mbit/s; packets "
             "past it are dropped (TCP slows down), so one sandbox cannot starve the others "
             "(0: no cap)."),
+    Setting("public_ports", "HUTCH_PUBLIC_PORTS", "false", _bool,
+            "Whether a sandbox's ports (its web apps) answer anyone who knows its id when the "
+            "create does not say (E2B's allowPublicTraffic); by default they answer only "
+            "requests carrying the sandbox's trafficAccessToken as E2B-Traffic-Access-Token "
+            "(hutch's SDK adds it). A sandbox created with secure: false has no token, so its "
+            "ports are public."),
     Setting("max_sandboxes", "HUTCH_MAX_SANDBOXES", "200", _positive_int,
             "Most sandboxes alive at once; a create beyond it is refused with 429 (the SDKs "
             "retry) so a runaway client cannot exhaust the host."),
@@ -189,6 +195,7 @@ class Config:
     default_network: str
     egress_max_connections: int
     egress_rate_mbit: int
+    public_ports: bool
     max_sandboxes: int
     pool_size: int
     domain: str

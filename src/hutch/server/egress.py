@@ -3,7 +3,9 @@ checked and turned into the runtime's :class:`EgressPolicy`.
 
 The stored form (``SandboxRecord.egress``) is the normalised request: ``{"internet": bool,
 "allowOut": [...], "denyOut": [...], "allowPublicTraffic": bool}``, or None for the default
-(internet on, nothing listed, ports public). Entries are IPv4 addresses, CIDR blocks and
+(internet on, nothing listed, ports public: only when the server makes ports public by
+default, HUTCH_PUBLIC_PORTS; otherwise every record says ``allowPublicTraffic: false`` and a
+sandbox's ports answer only requests with its traffic token). Entries are IPv4 addresses, CIDR blocks and
 domain names (``example.com``, ``*.example.com``). E2B's order applies: ``allowOut`` wins
 over ``denyOut``, and what neither names follows ``internet``. Whatever the policy, the
 runtime's always-denied set (private ranges, metadata, the host) stays denied. Domain rules
@@ -36,7 +38,13 @@ def _flag(value: Any, name: str, default: bool) -> bool:
     return value
 
 
-def parse(network: Any, internet: bool | None) -> tuple[str, dict | None]:
+def default(public_ports: bool) -> dict | None:
+    """The stored form for a create that says nothing about its network."""
+    return stored(EgressPolicy(), public_ports)
+
+
+def parse(network: Any, internet: bool | None,
+          public_ports: bool = False) -> tuple[str, dict | None]:
     """The network mode (``internet`` or ``none``) and the stored egress form for a create
     with E2B's ``network`` object and ``allow_internet_access`` flag."""
     if network is None:
@@ -49,7 +57,7 @@ def parse(network: Any, internet: bool | None) -> tuple[str, dict | None]:
     allow = _field(network, "allowOut", "allow_out")
     deny = _field(network, "denyOut", "deny_out")
     public = _flag(_field(network, "allowPublicTraffic", "allow_public_traffic"),
-                   "network.allowPublicTraffic", True)
+                   "network.allowPublicTraffic", public_ports)
     policy = EgressPolicy.parse(True if internet is None else internet, allow, deny)
     if not policy.internet and not policy.allow and not policy.allow_names:
         # Nothing is reachable: no network at all (no interface inside, nothing to police).
@@ -104,3 +112,8 @@ def describe(egress: dict | None) -> dict:
     return {"allowOut": list(egress["allowOut"]) if egress else [],
             "denyOut": list(egress["denyOut"]) if egress else [],
             "allowPublicTraffic": public_of(egress)}
+
+
+def explicitly_private(network: Any) -> bool:
+    return isinstance(network, dict) and _field(
+        network, "allowPublicTraffic", "allow_public_traffic") is False

@@ -38,6 +38,7 @@ from hutch.server.store import SandboxRecord, Store
 from hutch.server import egress as egress_rules
 from hutch.server.upstream import (
     AGENT_SOCKET, DEFAULT_USER, INTERPRETER_SOCKET, AgentLink, PortLink, SocketLink,
+    TunnelLink,
 )
 
 log = logging.getLogger("hutch.server")
@@ -61,7 +62,7 @@ class Live:
     # dropped at once (no end event), as the SDK expects from a killed sandbox.
     streams: set[asyncio.Task] = field(default_factory=set)
     cpu_sample: tuple[int, float] | None = None   # (cpu ns, monotonic s) of the last metrics
-    ports: dict[int, PortLink | SocketLink] = field(default_factory=dict)
+    ports: dict[int, PortLink | SocketLink] = field(default_factory=dict)   # incl. tunnels
     interpreter: bool = False      # its template runs the code interpreter (port 49999)
 
     def port(self, number: int) -> PortLink | None:
@@ -74,6 +75,11 @@ class Live:
                 Path(self.record.run_dir) / Path(INTERPRETER_SOCKET).name)
         if link is None and self.record.address:
             link = self.ports[number] = PortLink(self.record.address, number)
+        elif link is None and self.record.run_dir:
+            # No network: the agent opens the port from inside.
+            link = self.ports[number] = TunnelLink(
+                Path(self.record.run_dir) / Path(AGENT_SOCKET).name, number,
+                self.record.access_token)
         return link
 
     async def close_links(self) -> None:
@@ -230,12 +236,14 @@ class SandboxManager:
         timing["template"] = time.perf_counter() - t0
 
         net = network or cfg.default_network
-        if self.pool is not None and defaults and egress is None \
+        # A pooled sandbox has no egress chain: only open policies can use one (whether its
+        # ports are public is the proxy's business, set in the record at claim).
+        if self.pool is not None and defaults and egress_rules.policy_of(egress).is_open \
                 and self.pool.serves(name, net, secure):
             live = self.pool.take()
             if live is not None:
                 claimed = await self.pool.claim(live, template, timeout, metadata, env_vars,
-                                                idempotency_key, owner)
+                                                idempotency_key, owner, egress)
                 if claimed is not None:
                     timing["pool"] = time.perf_counter() - t0 - timing["template"]
                     timing["total"] = time.perf_counter() - t0

@@ -336,8 +336,11 @@ below, when it carries the headers `E2b-Sandbox-Id: <sandbox id>` and `E2b-Sandb
   [docs/code-interpreter.md](../docs/code-interpreter.md). `/execute` needs the access token
   as `X-Access-Token`; the context calls accept it or the `trafficAccessToken` as
   `E2B-Traffic-Access-Token` (E2B's SDK sends only the latter there).
-- Any other port is that TCP port inside the sandbox, HTTP and WebSocket, with no token (the
-  sandbox id is the capability). The routing headers and `X-Access-Token` are not passed on.
+- Any other port is that TCP port inside the sandbox, HTTP and WebSocket (in network mode
+  `none` reached through the agent). Ports are private by default: they need the sandbox's
+  `trafficAccessToken` as `E2B-Traffic-Access-Token` unless the sandbox was created with
+  `network.allowPublicTraffic: true` (or the server with `HUTCH_PUBLIC_PORTS=true`). The
+  routing headers and `X-Access-Token` are not passed on.
 - An unknown or killed sandbox answers 502 `{{"sandboxId", "message": "The sandbox was not
   found", "code": 502}}`; a port nothing listens on answers 502 with "port is not open". A
   WebSocket handshake that cannot reach the sandbox is refused with these same HTTP answers;

@@ -80,7 +80,8 @@ class WarmPool:
 
     async def claim(self, live: "Live", template: str, timeout: int, metadata: dict | None,
                      env_vars: dict | None, idempotency_key: str | None,
-                     owner: str | None = None) -> SandboxRecord | None:
+                     owner: str | None = None, egress: dict | None = None,
+                     ) -> SandboxRecord | None:
         """Hand a pooled sandbox out: give its agent the caller's env and a fresh token."""
         rec = live.record
         token = new_token()
@@ -96,7 +97,7 @@ class WarmPool:
             rec, state="running", access_token=token, metadata=dict(metadata or {}),
             env_vars=dict(env_vars or {}), created_at=now, started_at=now, end_at=now + timeout,
             alias=template if template != rec.template else None,
-            idempotency_key=idempotency_key, owner=owner)
+            idempotency_key=idempotency_key, owner=owner, egress=egress)
         self.manager.store.move_to_end(rec.id)
         self.manager.deadline_changed()
         return live.record

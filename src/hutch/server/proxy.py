@@ -4,9 +4,10 @@ A request is for a sandbox when it carries ``E2b-Sandbox-Id`` and ``E2b-Sandbox-
 (what the E2B SDKs send when ``E2B_SANDBOX_URL`` is set) or when its Host is
 ``<port>-<sandbox id>.<domain>`` (the SDKs' default URLs, with ``HUTCH_DOMAIN`` set).
 
-Port 49983 is the agent (its unix socket; ``X-Access-Token`` checked when the sandbox has one).
-Any other port is that TCP port inside the sandbox, reached over the bridge at the sandbox's
-address; like E2B's default, such ports need no token (the sandbox id is the capability).
+Port 49983 is the agent (its unix socket; ``X-Access-Token`` checked when the sandbox has one),
+49999 the code interpreter where the template has one. Any other port is that TCP port inside
+the sandbox, reached over the bridge at the sandbox's address (or, without a network, through
+the agent); private by default (the traffic token, see :func:`private_port_refusal`).
 
 This is a raw ASGI handler rather than a Starlette endpoint because streaming is the whole job:
 every request body chunk is forwarded as it arrives (``StreamInput`` sends one envelope per
@@ -162,8 +163,7 @@ class DataPlane:
             if upstream is None:
                 return await _json(send, 502, {
                     "sandboxId": sandbox_id, "code": 502, "port": port,
-                    "message": "The sandbox is running but port is not open (a sandbox in "
-                               "network mode 'none' has no ports to forward)",
+                    "message": "The sandbox is running but port is not open",
                 })
         refusal = private_port_refusal(live, port, scope["headers"])
         if refusal is not None:

@@ -137,15 +137,20 @@ class ControlPlane:
         if allow is not None and not isinstance(allow, bool):
             raise InvalidArgumentError("allow_internet_access must be a boolean")
         if allow is None and body.get("network") is None:
-            mode, egress = None, None          # the server's default network
+            # The server's default network, and its default for the ports.
+            mode, egress = None, egress_rules.default(self.manager.config.public_ports)
         else:
-            mode, egress = egress_rules.parse(body.get("network"), allow)
+            mode, egress = egress_rules.parse(body.get("network"), allow,
+                                              self.manager.config.public_ports)
         # A token is issued unless the caller explicitly asks for none (old SDKs' `secure`;
         # E2B's v2 clients never send it and always get one).
         secure = body.get("secure", True) is not False
         if not secure and not egress_rules.public_of(egress):
-            raise InvalidArgumentError("private ports (allowPublicTraffic: false) need a "
-                                       "sandbox with tokens (secure: true)")
+            if self.manager.config.public_ports or egress_rules.explicitly_private(
+                    body.get("network")):
+                raise InvalidArgumentError("private ports (allowPublicTraffic: false) need a "
+                                           "sandbox with tokens (secure: true)")
+            egress = egress_rules.stored(egress_rules.policy_of(egress), True)
         key = request.headers.get("idempotency-key")
         if key is not None and not 1 <= len(key) <= 255:
             raise InvalidArgumentError("Idempotency-Key must be 1-255 characters")

@@ -137,7 +137,7 @@ class Upstream:
         self._idle: list[_Conn] = []
         self._closed = False
 
-    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def open_connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         raise NotImplementedError
 
     async def aclose(self) -> None:
@@ -159,7 +159,7 @@ class Upstream:
                 return conn, True
             conn.close()
         try:
-            reader, writer = await self._open()
+            reader, writer = await self.open_connection()
         except OSError as exc:
             raise UpstreamError(f"cannot connect: {exc}") from exc
         return _Conn(reader, writer), False
@@ -260,7 +260,7 @@ class PortLink(Upstream):
         super().__init__()
         self.address, self.port = address, port
 
-    async def _open(self):
+    async def open_connection(self):
         return await asyncio.open_connection(self.address, self.port, limit=_MAX_HEAD)
 
 
@@ -271,7 +271,7 @@ class SocketLink(Upstream):
         super().__init__()
         self.socket = socket
 
-    async def _open(self):
+    async def open_connection(self):
         # Root inside the sandbox can replace a socket in the run dir with a symlink to any
         # host socket: connect to the inode that is there, never through a link.
         try:
@@ -279,6 +279,32 @@ class SocketLink(Upstream):
                 return await asyncio.open_unix_connection(target, limit=_MAX_HEAD)
         except SandboxError as exc:
             raise UpstreamError(f"cannot connect: {exc}") from None
+
+
+class TunnelLink(SocketLink):
+    """A TCP port of a sandbox without a network (mode 'none'), reached through its agent: a
+    ``CONNECT 127.0.0.1:<port>`` over the agent's socket, after which the connection is the
+    app's. The token is the sandbox's access token (the agent checks it)."""
+
+    def __init__(self, socket: Path, port: int, token: str | None) -> None:
+        super().__init__(socket)
+        self.port, self.token = port, token
+
+    async def open_connection(self):
+        reader, writer = await super().open_connection()
+        try:
+            head = f"CONNECT 127.0.0.1:{self.port} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
+            if self.token:
+                head += f"X-Access-Token: {self.token}\r\n"
+            writer.write((head + "\r\n").encode())
+            answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            status, _ = _parse_head(answer)
+            if status != 200:
+                raise UpstreamError(f"the agent refused the tunnel ({status})")
+        except BaseException:
+            writer.close()
+            raise
+        return reader, writer
 
 
 class AgentLink(SocketLink):

@@ -34,6 +34,7 @@ from websockets.http11 import Response
 from websockets.uri import parse_uri
 
 from hutch.server.manager import SandboxManager
+from hutch.server.upstream import UpstreamError
 from hutch.server.proxy import (
     AGENT_PORT, CODE_INTERPRETER_PORT, forwarded_headers, not_found, private_port_refusal,
 )
@@ -143,11 +144,10 @@ class WebSocketPlane:
         if link is None:
             raise _json(502, {
                 "sandboxId": sandbox_id, "code": 502, "port": port,
-                "message": "The sandbox is running but port is not open (a sandbox in "
-                           "network mode 'none' has no ports to forward)"})
+                "message": "The sandbox is running but port is not open"})
         try:
-            reader, writer = await asyncio.open_connection(link.address, link.port)
-        except OSError as exc:
+            reader, writer = await link.open_connection()
+        except (OSError, UpstreamError) as exc:
             raise _json(502, {"sandboxId": sandbox_id, "code": 502, "port": port,
                               "message": f"The sandbox is running but port is not open: "
                                          f"{exc}"}) from None

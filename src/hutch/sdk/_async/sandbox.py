@@ -86,6 +86,7 @@ class AsyncSandbox(_backend.Deferred):
         # The server's own routing domain names the ports; the client's setting otherwise.
         self._domain = data.get("domain") or transport.config.domain
         self._agent = AsyncAgent(transport, self._sandbox_id, data.get("envdAccessToken"))
+        self._traffic_token = data.get("trafficAccessToken")
         self._commands = AsyncCommands(self._agent)
         self._files = AsyncFilesystem(self._agent)
         self._pty = AsyncPty(self._agent, self._commands)
@@ -242,12 +243,17 @@ class AsyncSandbox(_backend.Deferred):
         return _control.url(self._config.url, port, self._created(), self._domain, path)
 
     def get_headers(self, port: int) -> Dict[str, str]:
-        """Headers that route a request sent to the server's own URL to ``port`` inside.
+        """Headers that route a request sent to the server's own URL to ``port`` inside
+        (with the sandbox's traffic token, which its ports need unless they are public).
 
         Works without any DNS set-up: ``httpx.get(sbx.connection_config.url + "/",
         headers=sbx.get_headers(8000))``.
         """
-        return _control.routing_headers(port, self._created())
+        headers = _control.routing_headers(port, self._created())
+        if self._traffic_token:
+            # Ports are private unless the sandbox was made with public traffic allowed.
+            headers[_control.TRAFFIC_TOKEN_HEADER] = self._traffic_token
+        return headers
 
     # -- lifecycle ----------------------------------------------------------------------------
 

@@ -87,6 +87,7 @@ class Sandbox(_backend.Deferred):
         # The server's own routing domain names the ports; the client's setting otherwise.
         self._domain = data.get("domain") or transport.config.domain
         self._agent = Agent(transport, self._sandbox_id, data.get("envdAccessToken"))
+        self._traffic_token = data.get("trafficAccessToken")
         self._commands = Commands(self._agent)
         self._files = Filesystem(self._agent)
         self._pty = Pty(self._agent, self._commands)
@@ -243,12 +244,17 @@ class Sandbox(_backend.Deferred):
         return _control.url(self._config.url, port, self._created(), self._domain, path)
 
     def get_headers(self, port: int) -> Dict[str, str]:
-        """Headers that route a request sent to the server's own URL to ``port`` inside.
+        """Headers that route a request sent to the server's own URL to ``port`` inside
+        (with the sandbox's traffic token, which its ports need unless they are public).
 
         Works without any DNS set-up: ``httpx.get(sbx.connection_config.url + "/",
         headers=sbx.get_headers(8000))``.
         """
-        return _control.routing_headers(port, self._created())
+        headers = _control.routing_headers(port, self._created())
+        if self._traffic_token:
+            # Ports are private unless the sandbox was made with public traffic allowed.
+            headers[_control.TRAFFIC_TOKEN_HEADER] = self._traffic_token
+        return headers
 
     # -- lifecycle ----------------------------------------------------------------------------
 
