@@ -77,8 +77,19 @@ async def fake_upstream():
         finally:
             writer.close()
 
-    port = transport.get_extra_info("sockname")[1]
-    server = await asyncio.start_server(tcp, "127.0.0.1", port)
+    # DNS over UDP and TCP share a port number: the UDP port is the kernel's pick, and that
+    # number may be taken for TCP (say, by a client connection's local end): pick again.
+    for _ in range(50):
+        port = transport.get_extra_info("sockname")[1]
+        try:
+            server = await asyncio.start_server(tcp, "127.0.0.1", port)
+            break
+        except OSError:
+            transport.close()
+            transport, _ = await loop.create_datagram_endpoint(
+                _FakeDns, local_addr=("127.0.0.1", 0))
+    else:
+        raise RuntimeError("no port free for both UDP and TCP")
     yield ("127.0.0.1", port)
     server.close()
     transport.close()
