@@ -274,8 +274,23 @@ def test_concurrent_creates(api, sandboxes):
         assert api.get(f"/sandboxes/{body['sandboxID']}").json()["state"] == "running"
 
 
-def test_other_ports_are_forwarded_into_the_sandbox(server, api, sandboxes):
+def _serve_file(server, sbx: dict, headers: dict, text: str) -> httpx.Response:
+    """Serve ``text`` as /hello.txt on port 8000 inside, and fetch it through the server
+    (retrying while the web server starts)."""
     from e2b import Sandbox
+    inside = Sandbox.connect(sbx["sandboxID"], api_key=server.key, api_url=server.url,
+                             sandbox_url=server.url)
+    inside.files.write("/home/user/www/hello.txt", text)
+    inside.commands.run("cd /home/user/www && python3 -m http.server 8000", background=True)
+    deadline = time.monotonic() + 30
+    while True:
+        r = httpx.get(server.url + "/hello.txt", headers=headers)
+        if r.status_code == 200 or time.monotonic() > deadline:
+            return r
+        time.sleep(0.1)
+
+
+def test_other_ports_are_forwarded_into_the_sandbox(server, api, sandboxes):
     sbx = _create(api, sandboxes)
     headers = {"E2b-Sandbox-Id": sbx["sandboxID"], "E2b-Sandbox-Port": "8000",
                "E2B-Traffic-Access-Token": sbx["trafficAccessToken"]}
@@ -287,16 +302,7 @@ def test_other_ports_are_forwarded_into_the_sandbox(server, api, sandboxes):
     r = httpx.get(server.url + "/", headers=bare)
     assert r.status_code == 401 and "trafficAccessToken" in r.json()["message"]
 
-    e2b = Sandbox.connect(sbx["sandboxID"], api_key=server.key, api_url=server.url,
-                          sandbox_url=server.url)
-    e2b.files.write("/home/user/www/hello.txt", "served from inside")
-    e2b.commands.run("cd /home/user/www && python3 -m http.server 8000", background=True)
-    deadline = time.monotonic() + 30
-    while True:
-        r = httpx.get(server.url + "/hello.txt", headers=headers)
-        if r.status_code == 200 or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+    r = _serve_file(server, sbx, headers, "served from inside")
     assert r.status_code == 200 and r.text == "served from inside"
     # The agent's access token is not what guards an exposed port (and is not passed on).
     r = httpx.get(f"{server.url}/hello.txt", headers={**headers, "X-Access-Token": "wrong"})
@@ -315,16 +321,7 @@ def test_other_ports_are_forwarded_into_the_sandbox(server, api, sandboxes):
                     "E2B-Traffic-Access-Token": none["trafficAccessToken"]}
     r = httpx.get(server.url + "/", headers=none_headers)
     assert r.status_code == 502 and "port is not open" in r.json()["message"]
-    inside = Sandbox.connect(none["sandboxID"], api_key=server.key, api_url=server.url,
-                             sandbox_url=server.url)
-    inside.files.write("/home/user/www/hello.txt", "no network, still served")
-    inside.commands.run("cd /home/user/www && python3 -m http.server 8000", background=True)
-    deadline = time.monotonic() + 30
-    while True:
-        r = httpx.get(server.url + "/hello.txt", headers=none_headers)
-        if r.status_code == 200 or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+    r = _serve_file(server, none, none_headers, "no network, still served")
     assert r.status_code == 200 and r.text == "no network, still served"
     r = httpx.get(server.url + "/", headers={**none_headers, "E2b-Sandbox-Port": "99999"})
     assert r.status_code == 400
