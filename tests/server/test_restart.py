@@ -7,6 +7,7 @@ import os
 import sqlite3
 import time
 
+import httpx
 import pytest
 from e2b import Sandbox
 
@@ -90,3 +91,28 @@ def test_restart_keeps_sandboxes_and_reaps_orphans(server, e2b_env):
     assert halfway_state == "error"
     assert gone_state == ("killed", "not found at server start")
     assert keep.kill() is True
+
+
+def test_restart_keeps_kernels_and_egress_policies(server, e2b_env):
+    """A code-interpreter sandbox keeps its kernel's state, and a sandbox its egress policy
+    (in the store and in the host's firewall), across a server restart."""
+    import subprocess
+
+    from e2b_code_interpreter import Sandbox as CodeSandbox
+
+    from hutch.templates import TemplateStore, TerminalProgress
+    asyncio.run(TemplateStore(TEMPLATES_DIR).ensure("code-interpreter", TerminalProgress()))
+    ci = CodeSandbox.create(timeout=300, network={"deny_out": ["198.51.100.0/24"]})
+    try:
+        assert ci.run_code("kept = 41").error is None
+        assert server.stop() == 0
+        server.start()
+        assert ci.run_code("kept + 1").text == "42"
+        info = httpx.get(f"{server.url}/sandboxes/{ci.sandbox_id}",
+                         headers={"X-API-KEY": server.key}).json()
+        assert info["network"]["denyOut"] == ["198.51.100.0/24"]
+        table = subprocess.run(["nft", "list", "table", "inet", INSTANCE],
+                               capture_output=True, text=True).stdout
+        assert f"egress_{ci.sandbox_id}" in table
+    finally:
+        ci.kill()
