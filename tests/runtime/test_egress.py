@@ -197,3 +197,43 @@ async def test_connection_and_bandwidth_caps(capped, rootfs, public):
         await capped.destroy(f"eg6{RUN}")
         server.close()
         remove_fake_host("hutchrx-big", "hrxbig")
+
+
+@pytest.fixture
+async def logged(runtime):
+    """The module's runtime with its egress log on, collecting the events in a list."""
+    events: list[dict] = []
+    runtime.on_egress = events.append
+    await runtime.start()
+    yield events
+    runtime.on_egress = None
+    if runtime._nflog is not None:
+        runtime._nflog.close()
+        runtime._nflog = None
+    await runtime.start()
+
+
+async def test_every_decision_is_logged(runtime, rootfs, public, logged):
+    import asyncio
+
+    policy = EgressPolicy.parse(False, ["fake.test"])
+    sid = f"eg7{RUN}"
+    box = await make_box(runtime, box_spec(sid, rootfs, network="internet", egress=policy))
+    try:
+        await box.run("nslookup fake.test >/dev/null 2>&1; nslookup other.test >/dev/null 2>&1")
+        assert await reaches(box, FAKE_ADDRESS)
+        assert not await reaches(box, ONE)
+        assert not await reaches(box, METADATA)
+        await asyncio.sleep(0.5)           # netlink delivers asynchronously
+        mine = [e for e in logged if e["sandbox_id"] == sid]
+        dns = {(e["name"], e["allowed"]) for e in mine if e["kind"] == "dns"}
+        assert ("fake.test", True) in dns and ("other.test", False) in dns
+        conns = [e for e in mine if e["kind"] == "connection"]
+        assert any(e["address"] == FAKE_ADDRESS and e["allowed"] and e["name"] == "fake.test"
+                   and e["port"] == PORT and e["protocol"] == "tcp" for e in conns), conns
+        assert any(e["address"] == ONE and not e["allowed"] and e["reason"] == "egress policy"
+                   for e in conns), conns
+        assert any(e["address"] == METADATA and not e["allowed"]
+                   and e["reason"].startswith("always denied") for e in conns), conns
+    finally:
+        await runtime.destroy(sid)

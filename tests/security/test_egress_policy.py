@@ -3,6 +3,7 @@ from inside real sandboxes against the fake "internet" of this directory's conft
 
 from __future__ import annotations
 
+import os
 import time
 
 import httpx
@@ -105,3 +106,38 @@ def test_no_internet_but_an_allow_list(server_env, fake_network):
             assert status(sbx, f"http://{private}/") != "200"     # always denied
         finally:
             sbx.kill()
+
+
+def test_the_egress_log_through_the_api_and_the_cli(server_env, fake_network):
+    import subprocess
+    import sys
+
+    public, metadata = fake_network["public"], fake_network["metadata"]
+    with Sandbox.create(network={"deny_out": [public]}) as sbx:
+        try:
+            assert status(sbx, f"http://{public}/") != "200"
+            assert status(sbx, f"http://{metadata}/") != "200"
+            sbx.update_network({})
+            assert status(sbx, f"http://{public}/") == "200"
+            deadline = time.monotonic() + 10
+            while True:
+                events = sbx.get_egress_log(limit=1000)
+                conns = [e for e in events if e["kind"] == "connection"]
+                if len(conns) >= 3 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            assert any(e["address"] == public and not e["allowed"]
+                       and e["reason"] == "egress policy" for e in conns), conns
+            assert any(e["address"] == metadata and not e["allowed"]
+                       and e["reason"].startswith("always denied") for e in conns), conns
+            assert any(e["address"] == public and e["allowed"] and e["port"] == 80
+                       for e in conns), conns
+            out = subprocess.run([sys.executable, "-m", "hutch", "logs", sbx.sandbox_id],
+                                 capture_output=True, text=True, env={**os.environ},
+                                 timeout=60).stdout
+            assert f"denied   tcp {public}:80  [egress policy]" in out, out
+            assert f"allowed  tcp {public}:80  [default policy]" in out, out
+        finally:
+            sbx.kill()
+    # A killed sandbox's log stays readable.
+    assert Sandbox.get_egress_log(sbx.sandbox_id)

@@ -116,13 +116,17 @@ class DnsForwarder:
 
     def __init__(self, listen: tuple[str, int], upstreams: list[tuple[str, int]], *,
                  policy: Callable[[str], tuple[str, EgressPolicy] | None] | None = None,
-                 learn: Callable[[str, list[str], int], Awaitable[bool]] | None = None) -> None:
+                 learn: Callable[[str, list[str], int], Awaitable[bool]] | None = None,
+                 record: Callable[[str, str, bool, str, list[str]], None] | None = None,
+                 ) -> None:
         self.listen = listen
         self.upstreams = upstreams
         # source address -> (sandbox id, its policy), for sandboxes that have one
         self.policy = policy
         # (sandbox id, addresses, seconds) -> False if an address may not be reached at all
         self.learn = learn
+        # (source address, name, allowed, reason, addresses): every answer, for the log
+        self.record = record
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -162,32 +166,43 @@ class DnsForwarder:
             t.cancel()
 
     async def answer(self, payload: bytes, *, tcp: bool, client: str) -> bytes | None:
-        """The answer for a sandbox at ``client``: its domain rules first, then upstream."""
+        """The answer for a sandbox at ``client``: its domain rules first, then upstream;
+        every decision goes to ``record`` (the egress log)."""
         entry = self.policy(client) if self.policy is not None else None
-        if entry is None:
-            return await self.resolve(payload, tcp=tcp)
-        sandbox_id, policy = entry
         try:
             name, _, _ = dnsmsg.question(payload)
         except ValueError:
-            return None                     # not a query we can judge: dropped
-        verdict = policy.name_verdict(name)
+            if entry is not None:
+                return None                 # not a query we can judge: dropped
+            name = ""
+        verdict = entry[1].name_verdict(name) if entry is not None else "forward"
         if verdict == "refuse":
+            self._record(client, name, False, "name not allowed", [])
             return dnsmsg.error(payload, dnsmsg.NXDOMAIN)
         answer = await self.resolve(payload, tcp=tcp)
-        if answer is None or verdict != "learn" or self.learn is None:
-            return answer
+        if answer is None:
+            return None
         try:
-            found = dnsmsg.addresses(answer)
+            found = dnsmsg.addresses(answer) if name else []
         except ValueError:
-            return dnsmsg.error(payload, dnsmsg.SERVFAIL)
-        if found:
-            seconds = max([ttl for _, ttl in found] + [egress.LEARNED_FOR])
-            if not await self.learn(sandbox_id, sorted({a for a, _ in found}), seconds):
-                log.info("refused %s for %s: it resolves to an always-denied address",
-                         name, sandbox_id)
+            if verdict == "learn":
                 return dnsmsg.error(payload, dnsmsg.SERVFAIL)
+            found = []
+        addresses = sorted({a for a, _ in found})
+        if verdict == "learn" and found and self.learn is not None:
+            seconds = max([ttl for _, ttl in found] + [egress.LEARNED_FOR])
+            if not await self.learn(entry[0], addresses, seconds):
+                self._record(client, name, False, "resolves to an always-denied address",
+                             addresses)
+                return dnsmsg.error(payload, dnsmsg.SERVFAIL)
+        self._record(client, name, True, "allowed name" if verdict == "learn" else "resolved",
+                     addresses)
         return answer
+
+    def _record(self, client: str, name: str, allowed: bool, reason: str,
+                addresses: list[str]) -> None:
+        if self.record is not None and name:
+            self.record(client, name, allowed, reason, addresses)
 
     async def resolve(self, payload: bytes, *, tcp: bool) -> bytes | None:
         """Ask each upstream in turn; None if none answered (the client retries)."""

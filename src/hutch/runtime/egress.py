@@ -165,15 +165,20 @@ def learned_set(sandbox_id: str) -> str:
 LEARNED_FOR = 3600
 
 
+#: Chains of the instance table (firewall.py) a policy jumps to: they log the decision (when
+#: the egress log is on) and then accept, or refuse (TCP with a reset, else ICMP).
+ALLOWED, DENIED = "allowed", "denied"
+
+
 def chain_rules(sandbox_id: str, policy: EgressPolicy) -> list[str]:
     rules = []
     if policy.allow_names:
-        rules.append(f"ip daddr @{learned_set(sandbox_id)} accept")
+        rules.append(f"ip daddr @{learned_set(sandbox_id)} jump {ALLOWED}")
     if policy.allow:
-        rules.append(f"ip daddr {{ {', '.join(policy.allow)} }} accept")
+        rules.append(f"ip daddr {{ {', '.join(policy.allow)} }} jump {ALLOWED}")
     if policy.deny:
-        rules += [f"ip daddr {{ {', '.join(policy.deny)} }} {verdict}" for verdict in REJECT]
-    rules += ["accept"] if policy.internet else list(REJECT)
+        rules.append(f"ip daddr {{ {', '.join(policy.deny)} }} jump {DENIED}")
+    rules.append(f"jump {ALLOWED}" if policy.internet else f"jump {DENIED}")
     return rules
 
 

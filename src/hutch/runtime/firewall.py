@@ -59,6 +59,8 @@ class FirewallFacts:
     # connections it opens, and bytes per second each way through the bridge.
     max_connections: int = 0
     rate_bytes: int = 0
+    # NFLOG group the decisions are logged to (the egress log; 0: not logged).
+    log_group: int = 0
 
 
 def denied_set(facts: FirewallFacts) -> list[str]:
@@ -80,14 +82,26 @@ def ruleset(facts: FirewallFacts, policies: Iterable[tuple[str, str, EgressPolic
     denied = ", ".join(denied_set(facts))
     masquerade = (f'        ip saddr {facts.subnet} oifname "{facts.uplink}" masquerade\n'
                   if facts.uplink else "")
+    def note(reason: str, new_only: bool = False) -> str:
+        """The rule that logs a decision to the egress log (refusals rate limited)."""
+        if not facts.log_group:
+            return ""
+        when = "ct state new " if new_only else "limit rate 100/second burst 100 packets "
+        return (f"        {when}log group {facts.log_group} snaplen 64 "
+                f'prefix "{reason}"\n')
+
+    refuse = ("        meta l4proto tcp reject with tcp reset\n"
+              "        reject with icmpx admin-prohibited\n")
+    sets = (f"    chain {egress.ALLOWED} {{\n{note('a:policy', True)}        accept\n    }}\n"
+            f"    chain {egress.DENIED} {{\n{note('d:policy')}{refuse}    }}\n"
+            f"    chain private {{\n{note('d:private')}"
+            "        reject with icmpx admin-prohibited\n    }\n")
     limits = ""
-    sets = ""
     if facts.max_connections:
         # One rule counts (two would count each connection twice), then the refusal.
         sets += ("    set conns {\n        type ipv4_addr\n        size 65535\n"
                  "        flags dynamic\n    }\n"
-                 "    chain refuse {\n        meta l4proto tcp reject with tcp reset\n"
-                 "        reject with icmpx admin-prohibited\n    }\n")
+                 f"    chain refuse {{\n{note('d:connections')}{refuse}    }}\n")
         limits += (f'        iifname "{br}" ct state new add @conns {{ ip saddr ct count over '
                    f'{facts.max_connections} }} jump refuse\n')
     if facts.rate_bytes:
@@ -97,6 +111,8 @@ def ruleset(facts: FirewallFacts, policies: Iterable[tuple[str, str, EgressPolic
         rate = f"limit rate over {facts.rate_bytes} bytes/second burst {facts.rate_bytes} bytes"
         limits += (f'        iifname "{br}" update @rate_out {{ ip saddr {rate} }} drop\n'
                    f'        oifname "{br}" update @rate_in {{ ip daddr {rate} }} drop\n')
+    opened = (f'        iifname "{br}" ct state new log group {facts.log_group} snaplen 64 '
+              'prefix "a:open"\n') if facts.log_group else ""
     return f"""table inet {t} {{}}
 delete table inet {t}
 table bridge {t} {{}}
@@ -110,9 +126,9 @@ table inet {t} {{
 {egress.declarations(policies)}{sets}    chain forward {{
         type filter hook forward priority filter - 10; policy accept;
         iifname "{br}" meta nfproto ipv6 drop
-        iifname "{br}" ip daddr @denied reject with icmpx admin-prohibited
+        iifname "{br}" ip daddr @denied jump private
 {limits}        iifname "{br}" ip saddr vmap @{egress.MAP}
-        iifname "{br}" oifname "{br}" drop
+{opened}        iifname "{br}" oifname "{br}" drop
         oifname "{br}" ct state established,related accept
         oifname "{br}" drop
     }}

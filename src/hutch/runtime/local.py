@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import glob
+import hashlib
 import ipaddress
 import logging
 import os
@@ -20,10 +21,13 @@ import shutil
 import stat
 import time
 from pathlib import Path
+from typing import Callable
 
 from hutch.errors import AlreadyExistsError, InvalidArgumentError, RuntimeError_
 from hutch.errors import SandboxNotFoundError
-from hutch.runtime import bundle, cgroup, disk, egress, firewall, kernel_limits, network, oci
+from hutch.runtime import (
+    bundle, cgroup, disk, egress, firewall, kernel_limits, network, nflog, oci,
+)
 from hutch.runtime.dns import DnsForwarder, host_resolvers
 from hutch.runtime.spec import SandboxHandle, SandboxSpec
 
@@ -55,6 +59,11 @@ class LocalRuntime:
         self.instance = instance
         # per-sandbox caps in the firewall (0: none): open connections, bytes/s each way
         self.max_connections, self.rate_bytes = max_connections, rate_bytes
+        # The egress log: every decision (resolver answers, connections opened or refused)
+        # goes to this callable as a dict, when one is set before start().
+        self.on_egress: Callable[[dict], None] | None = None
+        self._nflog: nflog.NflogListener | None = None
+        self._names: dict[tuple[str, str], str] = {}    # (sandbox, address) -> name answered
         # address -> (sandbox id, policy) of sandboxes with an egress policy (the resolver's
         # view), and the always-denied networks (what no learned address may be)
         self._policies: dict[str, tuple[str, egress.EgressPolicy]] = {}
@@ -133,7 +142,8 @@ class LocalRuntime:
         facts = firewall.FirewallFacts(self.instance, self.subnet,
                                        network.default_route_interface(), addrs, subnets,
                                        max_connections=self.max_connections,
-                                       rate_bytes=self.rate_bytes)
+                                       rate_bytes=self.rate_bytes,
+                                       log_group=self.log_group if self.on_egress else 0)
         stored = self._stored_policies()
         await firewall.nft(firewall.ruleset(facts, stored))
         self._policies = {address: (sid, policy) for sid, address, policy in stored}
@@ -143,8 +153,11 @@ class LocalRuntime:
                 else host_resolvers()
             self._dns = DnsForwarder((self.gateway, self._dns_port), upstreams,
                                      policy=lambda address: self._policies.get(address),
-                                     learn=self._learn)
+                                     learn=self._learn, record=self._dns_decision)
             await self._dns.start()
+        if self.on_egress is not None and self._nflog is None:
+            self._nflog = nflog.NflogListener(self.log_group, self._packet_decision)
+            self._nflog.start()
         await self._reconcile()
 
     def _raise_nofile(self) -> None:
@@ -214,7 +227,53 @@ class LocalRuntime:
             if owner not in present:
                 (self.addresses.dir / addr).unlink(missing_ok=True)
 
+    @property
+    def log_group(self) -> int:
+        """The NFLOG group of this instance's decisions (one per instance on a host)."""
+        return 1000 + int(hashlib.sha256(self.instance.encode()).hexdigest()[:6], 16) % 60000
+
+    _REASONS = {"a:open": (True, "default policy"), "a:policy": (True, "egress policy"),
+                "d:policy": (False, "egress policy"),
+                "d:private": (False, "always denied (private, link-local, loopback or host)"),
+                "d:connections": (False, "too many open connections")}
+    _PROTOCOLS = {6: "tcp", 17: "udp", 1: "icmp"}
+
+    def _owner(self, address: str) -> str | None:
+        return self.addresses.owners().get(address)
+
+    def _emit(self, event: dict) -> None:
+        if self.on_egress is not None:
+            self.on_egress(event)
+
+    def _dns_decision(self, client: str, name: str, allowed: bool, reason: str,
+                      addresses: list[str]) -> None:
+        sandbox_id = self._owner(client)
+        if sandbox_id is None:
+            return
+        for address in addresses:
+            if len(self._names) > 100_000:
+                self._names.clear()
+            self._names[(sandbox_id, address)] = name
+        self._emit({"time": time.time(), "sandbox_id": sandbox_id, "kind": "dns",
+                    "name": name, "addresses": addresses, "allowed": allowed,
+                    "reason": reason})
+
+    def _packet_decision(self, event: nflog.Event) -> None:
+        prefix, src, dst, proto, port = event
+        sandbox_id = self._owner(src)
+        allowed_reason = self._REASONS.get(prefix)
+        if sandbox_id is None or allowed_reason is None:
+            return
+        allowed, reason = allowed_reason
+        self._emit({"time": time.time(), "sandbox_id": sandbox_id, "kind": "connection",
+                    "name": self._names.get((sandbox_id, dst)), "address": dst,
+                    "port": port, "protocol": self._PROTOCOLS.get(proto, str(proto)),
+                    "allowed": allowed, "reason": reason})
+
     async def close(self) -> None:
+        if self._nflog is not None:
+            self._nflog.close()
+            self._nflog = None
         if self._dns is not None:
             await self._dns.close()
             self._dns = None

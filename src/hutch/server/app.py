@@ -136,6 +136,8 @@ class Server:
         # Every sandbox runs the agent from this package, read-only: compile it once here so
         # no sandbox pays for compiling it at start.
         await asyncio.to_thread(_compile_package)
+        if hasattr(self.runtime, "on_egress"):
+            self.runtime.on_egress = self.store.add_egress     # the egress log
         await self.runtime.start()
         self.manager = SandboxManager(cfg, self.store, self.runtime, self.templates)
         await self.manager.start()

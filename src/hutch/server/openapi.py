@@ -131,6 +131,21 @@ SCHEMAS: dict[str, dict] = {
         "denyOut": {"type": "array", "items": {"type": "string"}},
         "allow_internet_access": {"type": "boolean", "default": True},
     }, description="Replaces the egress configuration; fields left out are cleared."),
+    "EgressEvent": _obj({
+        "time": {"type": "number", "description": "Unix time, seconds."},
+        "sandbox_id": _ID,
+        "kind": {"type": "string", "enum": ["dns", "connection"]},
+        "name": {"type": ["string", "null"], "description": (
+            "The name queried, or for a connection the name the sandbox's resolver last "
+            "answered with its address.")},
+        "addresses": {"type": "array", "items": {"type": "string"},
+                      "description": "dns: the IPv4 addresses answered."},
+        "address": {"type": "string", "description": "connection: the destination."},
+        "port": {"type": ["integer", "null"]},
+        "protocol": {"type": "string"},
+        "allowed": {"type": "boolean"},
+        "reason": {"type": "string"},
+    }, ["time", "sandbox_id", "kind", "allowed", "reason"]),
     "Timeout": _obj({"timeout": {"type": "number", "minimum": 0,
                                  "description": "Seconds from now."}}, ["timeout"]),
     "Connect": _obj({"timeout": {"type": "number", "minimum": 0, "description": (
@@ -284,6 +299,19 @@ def _operations() -> dict[str, dict[str, dict]]:
             "requestBody": _body("NetworkUpdate"),
             "responses": {**_ok(204, "In force for the sandbox's next packet."), **_BAD,
                           **_NOT_FOUND}}},
+        "/sandboxes/{id}/egress": {"get": {
+            "operationId": "getSandboxEgressLog",
+            "summary": "hutch extra: what the sandbox tried to reach, and what was decided",
+            "tags": ["sandboxes"],
+            "parameters": [_SANDBOX_ID, {"name": "limit", "in": "query", "schema": {
+                "type": "integer", "minimum": 1, "maximum": 10000, "default": 100}}],
+            "responses": {**_ok(200, "The latest decisions, oldest first: every answer of "
+                                     "its resolver, every connection it opened (refusals "
+                                     "rate limited to 100/s).",
+                                _obj({"events": {"type": "array",
+                                                 "items": _ref("EgressEvent")}},
+                                     ["events"])),
+                          **_BAD, **_NOT_FOUND}}},
         "/sandboxes/{id}/metrics": {"get": {
             "operationId": "getSandboxMetrics", "summary": "A sandbox's resource use now",
             "tags": ["sandboxes"], "parameters": [_SANDBOX_ID],

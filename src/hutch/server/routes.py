@@ -200,6 +200,13 @@ class ControlPlane:
         await self.manager.update_network(self._mine(request), body)
         return Response(status_code=204)
 
+    async def egress_log(self, request: Request) -> Response:
+        sandbox_id = self._mine(request)
+        limit = request.query_params.get("limit", "100")
+        if not limit.isdigit() or not 1 <= int(limit) <= 10_000:
+            raise InvalidArgumentError("limit must be 1..10000")
+        return JSONResponse({"events": self.store.egress_log(sandbox_id, int(limit))})
+
     async def metrics(self, request: Request) -> Response:
         rec = self.manager.running(self._mine(request)).record
         stats = await self.manager.metrics(rec.id)
@@ -266,6 +273,7 @@ class ControlPlane:
             Route("/sandboxes/{id}/timeout", self.timeout, methods=["POST"]),
             Route("/sandboxes/{id}/metrics", self.metrics, methods=["GET"]),
             Route("/sandboxes/{id}/network", self.update_network, methods=["PUT"]),
+            Route("/sandboxes/{id}/egress", self.egress_log, methods=["GET"]),
             *(Route(p, self.unsupported, methods=m) for p, m in _UNSUPPORTED),
             *KeyAdmin(self.store, self.manager, rfc3339, _json_object).routes(),
         ]

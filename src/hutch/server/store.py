@@ -15,6 +15,7 @@ they never appear in logs or in ``repr`` of a record.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -66,7 +67,19 @@ CREATE TABLE IF NOT EXISTS api_keys (
     revoked_at  REAL,
     is_admin    INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS egress_log (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    sandbox_id  TEXT NOT NULL,
+    at          REAL NOT NULL,
+    event       TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS egress_log_sandbox ON egress_log(sandbox_id, seq);
 """
+
+#: Egress-log rows kept per sandbox (the oldest go first), and how often pending rows are
+#: written (decisions arrive per connection: one transaction each would cost more than them).
+EGRESS_KEEP = 10_000
+EGRESS_FLUSH_SECONDS = 0.2
 
 
 @dataclass(frozen=True)
@@ -170,9 +183,49 @@ class Store:
         path.chmod(0o600)
         row = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM sandboxes").fetchone()
         self._seq = row[0]
+        self._egress_pending: list[dict] = []
 
     def close(self) -> None:
+        self.flush_egress()
         self._db.close()
+
+    # -- egress log ----------------------------------------------------------------------------
+
+    def add_egress(self, event: dict) -> None:
+        """Queue one decision of the egress log (written within EGRESS_FLUSH_SECONDS)."""
+        self._egress_pending.append(event)
+        if len(self._egress_pending) == 1:
+            try:
+                asyncio.get_running_loop().call_later(EGRESS_FLUSH_SECONDS, self.flush_egress)
+            except RuntimeError:          # no event loop: write at once
+                self.flush_egress()
+
+    def flush_egress(self) -> None:
+        pending, self._egress_pending = self._egress_pending, []
+        if not pending:
+            return
+        rows = [(e["sandbox_id"], e["time"], json.dumps(e)) for e in pending]
+        self._db.execute("BEGIN")
+        try:
+            self._db.executemany("INSERT INTO egress_log (sandbox_id, at, event) "
+                                 "VALUES (?, ?, ?)", rows)
+            for sandbox_id in {r[0] for r in rows}:
+                self._db.execute(
+                    "DELETE FROM egress_log WHERE sandbox_id=? AND seq <= "
+                    "(SELECT seq FROM egress_log WHERE sandbox_id=? ORDER BY seq DESC "
+                    "LIMIT 1 OFFSET ?)", (sandbox_id, sandbox_id, EGRESS_KEEP))
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def egress_log(self, sandbox_id: str, limit: int = 100) -> list[dict]:
+        """The sandbox's latest decisions, oldest first."""
+        self.flush_egress()
+        rows = self._db.execute(
+            "SELECT event FROM egress_log WHERE sandbox_id=? ORDER BY seq DESC LIMIT ?",
+            (sandbox_id, limit)).fetchall()
+        return [json.loads(r[0]) for r in reversed(rows)]
 
     def _migrate(self) -> None:
         """Add columns that newer versions introduced to a store made by an older one."""

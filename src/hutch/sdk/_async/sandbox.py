@@ -352,6 +352,21 @@ class AsyncSandbox(_backend.Deferred):
                    request_timeout=request_timeout)
 
     @hybridmethod
+    async def get_egress_log(self_or_cls: Any, sandbox_id: Optional[str] = None,
+                             limit: int = 100, api_key: Optional[str] = None,
+                             url: Optional[str] = None,
+                             request_timeout: Optional[float] = None) -> List[Dict[str, Any]]:
+        """What the sandbox tried to reach and what was decided, oldest first: every answer
+        of its resolver (``kind: "dns"``) and every connection it opened or was refused
+        (``kind: "connection"``), each with ``allowed`` and ``reason``."""
+        if isinstance(self_or_cls, type) and sandbox_id is None:
+            raise errors.InvalidArgumentError("get_egress_log() on the class needs a sandbox_id")
+        response = await _api(self_or_cls, sandbox_id, "GET", "/sandboxes/{id}/egress",
+                              params={"limit": int(limit)}, api_key=api_key, url=url,
+                              request_timeout=request_timeout)
+        return list(response.json()["events"])
+
+    @hybridmethod
     async def get_info(self_or_cls: Any, sandbox_id: Optional[str] = None,
                        api_key: Optional[str] = None, url: Optional[str] = None,
                        request_timeout: Optional[float] = None) -> SandboxInfo:
