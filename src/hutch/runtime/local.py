@@ -156,8 +156,14 @@ class LocalRuntime:
                                      learn=self._learn, record=self._dns_decision)
             await self._dns.start()
         if self.on_egress is not None and self._nflog is None:
-            self._nflog = nflog.NflogListener(self.log_group, self._packet_decision)
-            self._nflog.start()
+            listener = nflog.NflogListener(self.log_group, self._packet_decision)
+            try:
+                listener.start()
+                self._nflog = listener
+            except OSError as exc:
+                # The sandboxes are no less safe; only the log of their connections is lost.
+                log.warning("egress log: cannot read NFLOG group %d (%s); connections will "
+                            "not be logged", self.log_group, exc)
         await self._reconcile()
 
     def _raise_nofile(self) -> None:
