@@ -5,6 +5,12 @@ def _hutch_setup():
     import json
     import os
 
+    import sys
+
+    # The launcher held debugpy off during start-up (kernelspecs.LAUNCH); user code may
+    # import it like any module.
+    if sys.modules.get("debugpy", False) is None:
+        del sys.modules["debugpy"]
     ip = get_ipython()  # noqa: F821 - defined in the kernel's namespace
     formatters = ip.display_formatter.formatters
     from IPython.core.formatters import BaseFormatter

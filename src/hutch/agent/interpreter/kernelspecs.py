@@ -22,6 +22,9 @@ DEFAULT_CWD = "/home/user"
 #: The kernel of the default Python context, launched as the interpreter starts.
 DEFAULT_PYTHON = "hutch-python"
 
+LAUNCH = ("import sys; sys.modules['debugpy'] = None; "
+          "from ipykernel.kernelapp import launch_new_instance; launch_new_instance()")
+
 #: Language names the API accepts -> the canonical language.
 LANGUAGES = {
     "python": "python", "python3": "python", "py": "python",
@@ -49,7 +52,10 @@ def specs(python: str = sys.executable) -> Dict[str, dict]:
         "hutch-python": {
             # History in memory: a sandbox is thrown away, and the SQLite write per cell is a
             # third of a small cell's round trip.
-            "argv": [python, "-m", "ipykernel_launcher", "-f", "{connection_file}",
+            # ipykernel imports the debugger's bundle (debugpy, ~4 MiB and tens of ms) at
+            # start for a feature no client of the interpreter uses: it is held off while the
+            # kernel starts (the start-up file lets user code import it again).
+            "argv": [python, "-c", LAUNCH, "-f", "{connection_file}",
                      f"--IPKernelApp.exec_files={STARTUP}",
                      "--HistoryManager.hist_file=:memory:"],
             "display_name": "Python 3", "language": "python",
