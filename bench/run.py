@@ -214,7 +214,7 @@ def process_kind(pid: int) -> str:
     argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     if b"hutch.agent.interpreter" in argv:
         return "interpreter"
-    if b"ipykernel_launcher" in argv:
+    if any(b"ipykernel" in arg for arg in argv):     # the launcher, or its -c start-up line
         return "kernel"
     if b"hutch.agent" in argv:
         return "init + agent"
