@@ -310,15 +310,15 @@ class LocalRuntime:
             fs_job = asyncio.get_running_loop().run_in_executor(
                 None, self._make_rootfs, spec, sdir, files, timings)
             net_job = self._make_network(spec.id, address, timings)
-            results = await asyncio.gather(fs_job, net_job, return_exceptions=True)
+            jobs = [fs_job, net_job]
+            if address is not None and spec.egress is not None and not spec.egress.is_open:
+                # In force before the sandbox's first process exists; made meanwhile, as it
+                # needs only the address.
+                jobs.append(self._apply_egress(spec.id, address, spec.egress))
+            results = await asyncio.gather(*jobs, return_exceptions=True)
             for r in results:
                 if isinstance(r, BaseException):
                     raise r
-            if address is not None and spec.egress is not None and not spec.egress.is_open:
-                # In force before the sandbox's first process exists.
-                t = time.perf_counter()
-                await self._apply_egress(spec.id, address, spec.egress)
-                timings["egress"] = time.perf_counter() - t
             t = time.perf_counter()
             run_dir = sdir / "run"
             where = bundle.Placement(
