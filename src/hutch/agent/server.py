@@ -12,6 +12,15 @@ from .app import AgentApp
 from .http import READ_LIMIT, serve_connection
 
 
+async def until_stopped() -> None:
+    """Return once the process is asked to stop (SIGTERM or SIGINT)."""
+    loop = asyncio.get_running_loop()
+    stop = loop.create_future()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, lambda: stop.done() or stop.set_result(None))
+    await stop
+
+
 def bind_unix(path: str) -> socket.socket:
     """A listening unix socket at ``path`` (0600). It is bound under a temporary name and
     renamed into place once it listens: whoever waits for the path to appear can connect at
@@ -60,11 +69,8 @@ async def run(unix_path: Optional[str], listen: Optional[str], ready_fd: Optiona
         os.write(ready_fd, b"ready\n")
         os.close(ready_fd)
 
-    stop = loop.create_future()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, lambda: stop.done() or stop.set_result(None))
     try:
-        await stop
+        await until_stopped()
     finally:
         for server in servers:
             server.close()

@@ -29,10 +29,10 @@ from typing import Iterable, Sequence
 from hutch.errors import InvalidArgumentError
 
 MAP = "egress"
-# TCP is refused with a reset, everything else with ICMP "administratively prohibited": a
-# connection a stricter policy cuts then ends at once on the sandbox's side too, instead of
-# its socket retransmitting into the firewall for minutes (holding the sandbox's network
-# namespace alive after it is gone).
+# How the instance table's refusing chains refuse (firewall.py): TCP with a reset, everything
+# else with ICMP "administratively prohibited". A connection a stricter policy cuts then ends
+# at once on the sandbox's side too, instead of its socket retransmitting into the firewall for
+# minutes (holding the sandbox's network namespace alive after it is gone).
 REJECT = ("meta l4proto tcp reject with tcp reset", "reject with icmpx admin-prohibited")
 
 

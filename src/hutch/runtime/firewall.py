@@ -90,8 +90,7 @@ def ruleset(facts: FirewallFacts, policies: Iterable[tuple[str, str, EgressPolic
         return (f"        {when}log group {facts.log_group} snaplen 64 "
                 f'prefix "{reason}"\n')
 
-    refuse = ("        meta l4proto tcp reject with tcp reset\n"
-              "        reject with icmpx admin-prohibited\n")
+    refuse = "".join(f"        {verdict}\n" for verdict in egress.REJECT)
     sets = (f"    chain {egress.ALLOWED} {{\n{note('a:policy', True)}        accept\n    }}\n"
             f"    chain {egress.DENIED} {{\n{note('d:policy')}{refuse}    }}\n"
             f"    chain private {{\n{note('d:private')}"

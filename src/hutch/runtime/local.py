@@ -244,8 +244,6 @@ class LocalRuntime:
                 "d:connections": (False, "too many open connections")}
     _PROTOCOLS = {6: "tcp", 17: "udp", 1: "icmp"}
 
-    def _owner(self, address: str) -> str | None:
-        return self.addresses.owners().get(address)
 
     def _emit(self, event: dict) -> None:
         if self.on_egress is not None:
@@ -253,7 +251,7 @@ class LocalRuntime:
 
     def _dns_decision(self, client: str, name: str, allowed: bool, reason: str,
                       addresses: list[str]) -> None:
-        sandbox_id = self._owner(client)
+        sandbox_id = self.addresses.owner_of(client)
         if sandbox_id is None:
             return
         for address in addresses:
@@ -266,7 +264,7 @@ class LocalRuntime:
 
     def _packet_decision(self, event: nflog.Event) -> None:
         prefix, src, dst, proto, port = event
-        sandbox_id = self._owner(src)
+        sandbox_id = self.addresses.owner_of(src)
         allowed_reason = self._REASONS.get(prefix)
         if sandbox_id is None or allowed_reason is None:
             return

@@ -350,6 +350,11 @@ class AddressPool:
         self.net = ipaddress.ip_network(subnet)
         self._gw = ipaddress.ip_address(gateway(subnet))
         self._cursor = 0
+        # owner_of's copy of the table, and the directory's mtime when it was read (None:
+        # read it again; this process's own changes say so at once, whatever the clock's
+        # granularity).
+        self._owners: dict[str, str] = {}
+        self._stamp: int | None = None
 
     def allocate(self, sandbox_id: str) -> str:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -366,14 +371,27 @@ class AddressPool:
             with os.fdopen(fd, "w") as f:
                 f.write(sandbox_id)
             self._cursor = n + 1
+            self._stamp = None
             return str(addr)
         raise RuntimeError_(f"no free address left in {self.net}")
 
     def release(self, sandbox_id: str) -> None:
         """Free every address this sandbox holds (normally one)."""
+        self._stamp = None
         for name, owner in self.owners().items():
             if owner == sandbox_id:
                 (self.dir / name).unlink(missing_ok=True)
+
+    def owner_of(self, address: str) -> str | None:
+        """The sandbox holding ``address``. Asked once per logged connection, so the table is
+        read again only when the directory changed (an address taken or given back)."""
+        try:
+            stamp = os.stat(self.dir).st_mtime_ns
+        except FileNotFoundError:
+            return None
+        if stamp != self._stamp:
+            self._owners, self._stamp = self.owners(), stamp
+        return self._owners.get(address)
 
     def owners(self) -> dict[str, str]:
         out = {}

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
+from hutch.errors import InvalidArgumentError
+
 CODE_INTERPRETER_PORT = 49999
 
 #: The formats a result may carry, in the order ``formats()`` lists them.
@@ -222,7 +224,6 @@ def execute_body(code: str, language: Optional[str], context: Optional[Any],
     if not isinstance(code, str):
         raise TypeError("code must be a string")
     if context is not None and language is not None:
-        from hutch.errors import InvalidArgumentError
         raise InvalidArgumentError("give language or context, not both")
     body: Dict[str, Any] = {"code": code}
     if context is not None:

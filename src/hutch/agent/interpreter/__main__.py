@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import socket
 import sys
 import tempfile
@@ -37,6 +36,7 @@ async def serve(fd: int) -> None:
 
     from ..http import READ_LIMIT, serve_connection
     from .context import Contexts
+    from ..server import until_stopped
     from .server import InterpreterApp
 
     contexts = Contexts(work, [str(kernel_dir)], env, prelaunched=first)
@@ -46,12 +46,8 @@ async def serve(fd: int) -> None:
     sock = socket.socket(fileno=fd)
     server = await asyncio.start_unix_server(lambda r, w: serve_connection(r, w, app),
                                              sock=sock, limit=READ_LIMIT)
-    loop = asyncio.get_running_loop()
-    stop = loop.create_future()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, lambda: stop.done() or stop.set_result(None))
     try:
-        await stop
+        await until_stopped()
     finally:
         server.close()
         await contexts.close()

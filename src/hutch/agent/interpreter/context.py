@@ -148,10 +148,7 @@ class Contexts:
 
     def create(self, language: Optional[str], cwd: Optional[str],
                context_id: Optional[str] = None) -> Context:
-        lang = canonical(language)
-        if lang is None:
-            raise InvalidArgumentError(f"unknown language {language!r}; supported: "
-                                       f"{', '.join(self.languages())}")
+        lang = self._language(language)
         cwd = cwd or DEFAULT_CWD
         if not isinstance(cwd, str) or not cwd.startswith("/"):
             raise InvalidArgumentError(f"cwd must be an absolute path, got {cwd!r}")
@@ -160,11 +157,15 @@ class Contexts:
         ctx.start_soon()
         return ctx
 
-    def default(self, language: Optional[str], context_id: Optional[str] = None) -> Context:
+    def _language(self, language: Optional[str]) -> str:
         lang = canonical(language)
         if lang is None:
             raise InvalidArgumentError(f"unknown language {language!r}; supported: "
                                        f"{', '.join(self.languages())}")
+        return lang
+
+    def default(self, language: Optional[str], context_id: Optional[str] = None) -> Context:
+        lang = self._language(language)
         ctx = self._all.get(self._defaults.get(lang, ""))
         if ctx is None:
             ctx = self.create(lang, DEFAULT_CWD, context_id)
