@@ -117,7 +117,11 @@ def test_shell_with_piped_input(hutch, sandbox_id):
 
 
 def test_shell_on_a_terminal(hutch_server, sandbox_id):
-    """`hutch shell` with a real TTY: raw mode, keystrokes forwarded, the exit status kept."""
+    """`hutch shell` with a real TTY: raw mode, keystrokes forwarded, the exit status kept.
+
+    The keys are typed at once, before the sandbox's prompt: typed-ahead input must reach
+    the shell however the start races with the switch to raw mode.
+    """
     import fcntl
     import pty
     import select
@@ -134,7 +138,7 @@ def test_shell_on_a_terminal(hutch_server, sandbox_id):
     output = bytearray()
     try:
         deadline = time.monotonic() + TIMEOUT
-        sent = False
+        os.write(controller, b"stty size; echo $((40+2)); exit 3\r")
         while proc.poll() is None or select.select([controller], [], [], 0)[0]:
             assert time.monotonic() < deadline, output.decode(errors="replace")
             if select.select([controller], [], [], 0.1)[0]:
@@ -142,9 +146,6 @@ def test_shell_on_a_terminal(hutch_server, sandbox_id):
                     output += os.read(controller, 65536)
                 except OSError:
                     break
-            if not sent and b"$ " in output:  # the sandbox shell's prompt
-                os.write(controller, b"stty size; echo $((40+2)); exit 3\r")
-                sent = True
         assert proc.wait(TIMEOUT) == 3
         assert b"42" in output
         assert b"33 101" in output  # our terminal's size became the sandbox terminal's

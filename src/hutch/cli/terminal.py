@@ -112,27 +112,29 @@ def _shell(ctx: Context, sandbox_id: str, user: Optional[str], cwd: Optional[str
         out.write(data)
         out.flush()
 
+    stdin = sys.stdin.fileno()
+    saved = termios.tcgetattr(stdin) if os.isatty(stdin) else None
     try:
+        # Raw mode before the shell exists, and without flushing: keys typed while the
+        # sandbox's prompt is on its way must reach the shell, not be discarded.
+        if saved is not None:
+            tty.setraw(stdin, termios.TCSANOW)
         handle = sbx.pty.create(_size(), on_data=on_data, user=user, cwd=cwd, timeout=0)
-        stdin = sys.stdin.fileno()
-        saved = termios.tcgetattr(stdin) if os.isatty(stdin) else None
         previous = signal.signal(signal.SIGWINCH,
                                  lambda *_: sbx.pty.resize(handle.pid, _size()))
         try:
-            if saved is not None:
-                tty.setraw(stdin)
             _pump(stdin, lambda data: sbx.pty.send_stdin(handle.pid, data), handle,
                   at_eof=lambda: sbx.pty.send_stdin(handle.pid, b"\x04"))
         finally:
             signal.signal(signal.SIGWINCH, previous)
-            if saved is not None:
-                termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
         try:
             handle.wait()
         except errors.CommandExitError as exc:
             return exc.exit_code
         return 0
     finally:
+        if saved is not None:
+            termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
         sbx.close()
 
 
