@@ -101,3 +101,19 @@ def test_extract_tree_refuses_what_could_escape(tmp_path):
     assert not (tmp_path / "escaped.txt").exists()
     assert sorted(skipped) == ["../escaped.txt", "./dev", "./link", "/abs.txt"]
     assert sorted(p.name for p in dest.rglob("*")) == ["file.txt", "ok"]
+
+
+def test_egress_log_lines():
+    from hutch.cli.logs import line
+
+    base = {"time": 0, "sandbox_id": "s", "protocol": "tcp", "port": 443, "allowed": True}
+    assert line({**base, "kind": "connection", "name": "pypi.org", "address": "198.51.100.9",
+                 "dialled": "198.51.100.7", "reason": "allowed name", "via": "proxy"}) == (
+        "1970-01-01T00:00:00Z  allowed  tcp 198.51.100.9:443 (pypi.org) -> 198.51.100.7  "
+        "[allowed name]")
+    assert line({**base, "kind": "closed", "name": None, "address": "198.51.100.9",
+                 "reason": "closed", "bytes_out": 517, "bytes_in": 90210}) == (
+        "1970-01-01T00:00:00Z  closed   tcp 198.51.100.9:443  517 B out, 90210 B in  [closed]")
+    assert line({**base, "kind": "dns", "name": "pypi.org", "addresses": [],
+                 "allowed": False, "reason": "name not allowed"}) == (
+        "1970-01-01T00:00:00Z  denied   dns pypi.org -> -  [name not allowed]")

@@ -134,3 +134,14 @@ async def make_box(runtime, spec: SandboxSpec) -> Box:
     box = Box(handle, runtime)
     await box.wait_ready()
     return box
+
+
+@pytest.fixture
+async def capped(runtime):
+    """The session's runtime with small per-sandbox caps for one test (the table is rebuilt
+    with them, and without them afterwards): 4 connections, 1 Mbit/s."""
+    runtime.max_connections, runtime.rate_bytes = 4, 125_000
+    await runtime.start()
+    yield runtime
+    runtime.max_connections, runtime.rate_bytes = 0, 0
+    await runtime.start()

@@ -63,11 +63,15 @@ def check(name: str, value) -> None:
     ("firewall_egress.nft", lambda: firewall.ruleset(FACTS, [
         ("abc", "10.11.0.7", EgressPolicy.parse(True, ["198.51.100.7"], ["198.51.100.0/24"])),
         ("def", "10.11.0.8", EgressPolicy.parse(False, ["203.0.113.0/25", "203.0.113.128/25"])),
-        ("open", "10.11.0.9", EgressPolicy())])),
+        ("open", "10.11.0.9", EgressPolicy()),
+        ("names", "10.11.0.10", EgressPolicy.parse(True, ["pypi.org", "198.51.100.0/24"],
+                                                   ["*.example.com"]))])),
     ("firewall_caps.nft", lambda: firewall.ruleset(
         dataclasses.replace(FACTS, max_connections=512, rate_bytes=125_000_000))),
     ("egress_update.nft", lambda: egress.apply_script(
-        "hutch", "abc", "10.11.0.7", EgressPolicy.parse(False, ["198.51.100.7"]))
+        "hutch", "abc", "10.11.0.7", EgressPolicy.parse(False, ["198.51.100.7"]), 15001)
+     + egress.apply_script("hutch", "abc", "10.11.0.7",
+                           EgressPolicy.parse(False, ["pypi.org", "198.51.100.7"]), 15001)
      + egress.remove_script("hutch", "abc", "10.11.0.7")),
     ("veth_request.hex", lambda: netlink.veth_request("v6e43abcdef0123", "eth0", 7, 42).hex()
      + "\n"),

@@ -159,17 +159,6 @@ async def test_domain_rules_through_hutchs_resolver(runtime, rootfs, public):
         await runtime.destroy(f"eg5{RUN}")
 
 
-@pytest.fixture
-async def capped(runtime):
-    """The module's runtime with small per-sandbox caps for one test (the table is rebuilt
-    with them, and without them afterwards)."""
-    runtime.max_connections, runtime.rate_bytes = 4, 125_000          # 4 connections, 1 Mbit/s
-    await runtime.start()
-    yield runtime
-    runtime.max_connections, runtime.rate_bytes = 0, 0
-    await runtime.start()
-
-
 BIG = "198.51.100.23"
 
 
@@ -207,9 +196,10 @@ async def logged(runtime):
     await runtime.start()
     yield events
     runtime.on_egress = None
-    if runtime._nflog is not None:
-        runtime._nflog.close()
-        runtime._nflog = None
+    for listener in ("_nflog", "_conntrack"):
+        if getattr(runtime, listener) is not None:
+            getattr(runtime, listener).close()
+            setattr(runtime, listener, None)
     await runtime.start()
 
 
@@ -235,5 +225,14 @@ async def test_every_decision_is_logged(runtime, rootfs, public, logged):
                    for e in conns), conns
         assert any(e["address"] == METADATA and not e["allowed"]
                    and e["reason"].startswith("always denied") for e in conns), conns
+        # When a connection ends, its size: the request out, the banner in.
+        for _ in range(50):
+            closed = [e for e in logged if e["sandbox_id"] == sid and e["kind"] == "closed"]
+            if closed:
+                break
+            await asyncio.sleep(0.1)
+        assert any(e["address"] == FAKE_ADDRESS and e["port"] == PORT
+                   and e["name"] == "fake.test" and e["bytes_out"] >= 18
+                   and e["bytes_in"] >= len(f"hello-{FAKE_ADDRESS}") for e in closed), closed
     finally:
         await runtime.destroy(sid)

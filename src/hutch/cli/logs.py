@@ -23,6 +23,11 @@ def line(event: dict[str, Any]) -> str:
         port = f":{event['port']}" if event.get("port") is not None else ""
         name = f" ({event['name']})" if event.get("name") else ""
         what = f"{event['protocol']} {event['address']}{port}{name}"
+        if event.get("dialled") and event["dialled"] != event["address"]:
+            what += f" -> {event['dialled']}"
+        if event["kind"] == "closed":
+            verdict = "closed "
+            what += f"  {event.get('bytes_out', 0)} B out, {event.get('bytes_in', 0)} B in"
     return f"{when}  {verdict}  {what}  [{event['reason']}]"
 
 

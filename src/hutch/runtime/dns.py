@@ -16,8 +16,10 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import secrets
 import socket
 import struct
+import time
 from pathlib import Path
 from typing import Awaitable, Callable
 
@@ -35,6 +37,7 @@ MAX_TCP_MESSAGE = 65535
 MAX_PENDING_PER_CLIENT = 64     # UDP queries in flight per source address (one per sandbox)
 MAX_PENDING = 4096              # UDP queries in flight overall
 MAX_TCP_PER_CLIENT = 16         # open TCP connections per source address
+MAX_RECENT = 10_000             # answers kept for the egress proxy
 
 
 def parse_resolv_conf(text: str) -> list[tuple[str, int]]:
@@ -130,6 +133,9 @@ class DnsForwarder:
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task] = set()
+        # name -> (until, IPv4 addresses): the answers given lately, for the egress proxy,
+        # which dials the names sandboxes asked for (and so rarely needs a lookup of its own)
+        self._recent: dict[str, tuple[float, list[str]]] = {}
         self._udp_clients: dict[str, int] = {}   # source address -> UDP queries in flight
         self._tcp_clients: dict[str, int] = {}   # source address -> open TCP connections
 
@@ -189,6 +195,8 @@ class DnsForwarder:
                 return dnsmsg.error(payload, dnsmsg.SERVFAIL)
             found = []
         addresses = sorted({a for a, _ in found})
+        if addresses:
+            self._remember(name, addresses, min(ttl for _, ttl in found))
         if verdict == "learn" and found and self.learn is not None:
             seconds = max([ttl for _, ttl in found] + [egress.LEARNED_FOR])
             if not await self.learn(entry[0], addresses, seconds):
@@ -198,6 +206,31 @@ class DnsForwarder:
         self._record(client, name, True, "allowed name" if verdict == "learn" else "resolved",
                      addresses)
         return answer
+
+    def _remember(self, name: str, addresses: list[str], ttl: int) -> None:
+        if len(self._recent) >= MAX_RECENT:
+            self._recent.clear()
+        self._recent[name] = (time.monotonic() + max(ttl, 1), addresses)
+
+    async def lookup(self, name: str) -> list[str] | None:
+        """The IPv4 addresses of ``name`` (canonical): a recent answer, else the upstreams'
+        (over TCP when the UDP answer was truncated); None when there is no answer."""
+        recent = self._recent.get(name)
+        if recent is not None and recent[0] > time.monotonic():
+            return recent[1]
+        query = dnsmsg.query(name, secrets.randbelow(65536))
+        answer = await self.resolve(query, tcp=False)
+        if answer is not None and len(answer) > 2 and answer[2] & 0x02:   # TC: truncated
+            answer = await self.resolve(query, tcp=True)
+        try:
+            found = dnsmsg.addresses(answer) if answer is not None else []
+        except ValueError:
+            found = []
+        if not found:
+            return None
+        addresses = sorted({a for a, _ in found})
+        self._remember(name, addresses, min(ttl for _, ttl in found))
+        return addresses
 
     def _record(self, client: str, name: str, allowed: bool, reason: str,
                 addresses: list[str]) -> None:

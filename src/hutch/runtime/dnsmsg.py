@@ -90,3 +90,11 @@ def error(query: bytes, rcode: int) -> bytes:
     qid, flags = struct.unpack("!HH", query[:4])
     flags = 0x8000 | (flags & 0x0100) | 0x0080 | rcode       # QR, RD as asked, RA, rcode
     return struct.pack("!HHHHHH", qid, flags, 1, 0, 0, 0) + query[12:end]
+
+
+def query(name: str, qid: int, qtype: int = TYPE_A) -> bytes:
+    """A recursive query for ``name`` (canonical, no trailing dot), as a stub resolver sends."""
+    labels = b"".join(bytes([len(label)]) + label.encode("ascii")
+                      for label in name.split("."))
+    return struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + labels + b"\0" + \
+        struct.pack("!HH", qtype, 1)

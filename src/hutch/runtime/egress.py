@@ -130,12 +130,25 @@ class EgressPolicy:
         return self.internet and not (self.allow or self.deny or self.allow_names
                                       or self.deny_names)
 
+    @property
+    def closed(self) -> bool:
+        """Nothing is reachable but what ``allow`` names: internet off, or E2B's way of
+        saying so (``deny_out: ["0.0.0.0/0"]``)."""
+        return not self.internet or "0.0.0.0/0" in self.deny
+
+    @property
+    def proxied(self) -> bool:
+        """Whether its web connections go through the egress proxy (it has name rules)."""
+        return bool(self.allow_names or self.deny_names)
+
     def name_verdict(self, name: str) -> str:
         """What the resolver does with a query for ``name``: ``learn`` (resolve, and let the
-        sandbox reach the addresses), ``refuse`` or ``forward`` (resolve, nothing more)."""
+        sandbox reach the addresses), ``refuse`` or ``forward`` (resolve, nothing more). With
+        nothing reachable but the allowed, other names do not resolve at all (no exfiltration
+        through the queries themselves)."""
         if matches(self.allow_names, name):
             return "learn"
-        if matches(self.deny_names, name) or not self.internet:
+        if matches(self.deny_names, name) or self.closed:
             return "refuse"
         return "forward"
 
@@ -182,32 +195,69 @@ def chain_rules(sandbox_id: str, policy: EgressPolicy) -> list[str]:
     return rules
 
 
-def declarations(entries: Iterable[tuple[str, str, EgressPolicy]]) -> str:
-    """The map, sets and chains of ``(sandbox id, address, policy)``, as the body of the
+#: The map (in the nat table's prerouting) from sandbox address to the chain that sends its
+#: web connections to the egress proxy (egress_proxy.py); only sandboxes with name rules.
+PROXIED = "proxied"
+
+
+def proxy_chain(sandbox_id: str) -> str:
+    return f"proxy_{sandbox_id}"
+
+
+def proxy_rules(policy: EgressPolicy, proxy_port: int) -> list[str]:
+    """Connections to addresses the policy allows outright go direct; the rest to the proxy
+    (always-denied destinations never get here: the firewall refuses them as before)."""
+    rules = [f"ip daddr {{ {', '.join(policy.allow)} }} return"] if policy.allow else []
+    return rules + [f"meta l4proto tcp redirect to :{proxy_port}"]
+
+
+def _map(name: str, elements: list[str]) -> str:
+    listed = f"        elements = {{ {', '.join(elements)} }}\n" if elements else ""
+    return f"    map {name} {{\n        type ipv4_addr : verdict\n{listed}    }}\n"
+
+
+def _chain(name: str, rules: list[str]) -> str:
+    body = "".join(f"        {rule}\n" for rule in rules)
+    return f"    chain {name} {{\n{body}    }}\n"
+
+
+def declarations(entries: Iterable[tuple[str, str, EgressPolicy]], proxy_port: int) -> str:
+    """The maps, sets and chains of ``(sandbox id, address, policy)``, as the body of the
     instance table (used when the table is (re)built; learned addresses start empty)."""
-    chains, elements = [], []
+    chains, elements, proxied = [], [], []
     for sandbox_id, address, policy in entries:
         if policy.is_open:
             continue
         if policy.allow_names:
             chains.append(f"    set {learned_set(sandbox_id)} {{\n        type ipv4_addr\n"
                           "        flags timeout\n    }\n")
-        body = "".join(f"        {rule}\n" for rule in chain_rules(sandbox_id, policy))
-        chains.append(f"    chain {chain(sandbox_id)} {{\n{body}    }}\n")
+        chains.append(_chain(chain(sandbox_id), chain_rules(sandbox_id, policy)))
         elements.append(f"{address} : jump {chain(sandbox_id)}")
-    listed = f"        elements = {{ {', '.join(elements)} }}\n" if elements else ""
-    return (f"    map {MAP} {{\n        type ipv4_addr : verdict\n{listed}    }}\n"
-            + "".join(chains))
+        if policy.proxied:
+            chains.append(_chain(proxy_chain(sandbox_id), proxy_rules(policy, proxy_port)))
+            proxied.append(f"{address} : jump {proxy_chain(sandbox_id)}")
+    return _map(MAP, elements) + _map(PROXIED, proxied) + "".join(chains)
 
 
-def apply_script(instance: str, sandbox_id: str, address: str, policy: EgressPolicy) -> str:
+def apply_script(instance: str, sandbox_id: str, address: str, policy: EgressPolicy,
+                 proxy_port: int) -> str:
     """One transaction that puts ``policy`` in force for the sandbox at ``address``
-    (removing its chain and set when the policy is the open default). Learned addresses are
-    forgotten: the names they came from may no longer be allowed."""
+    (removing its chains and set when the policy is the open default). Learned addresses are
+    forgotten: the names they came from may no longer be allowed.
+
+    Every object is first made to exist (add is idempotent) so that the deletes that follow
+    cannot fail, whatever the previous policy had."""
     t, c, n = f"inet {instance}", chain(sandbox_id), learned_set(sandbox_id)
+    p = proxy_chain(sandbox_id)
     make_set = f"add set {t} {n} {{ type ipv4_addr; flags timeout; }}"
     lines = [f"add chain {t} {c}", f"flush chain {t} {c}",
-             f"add element {t} {MAP} {{ {address} : jump {c} }}"]
+             f"add element {t} {MAP} {{ {address} : jump {c} }}",
+             f"add chain {t} {p}", f"flush chain {t} {p}",
+             f"add element {t} {PROXIED} {{ {address} : jump {p} }}"]
+    if not policy.proxied:
+        lines += [f"delete element {t} {PROXIED} {{ {address} }}", f"delete chain {t} {p}"]
+    else:
+        lines += [f"add rule {t} {p} {rule}" for rule in proxy_rules(policy, proxy_port)]
     if policy.is_open:
         lines += [f"delete element {t} {MAP} {{ {address} }}", f"delete chain {t} {c}",
                   make_set, f"delete set {t} {n}"]
@@ -231,5 +281,5 @@ def learn_script(instance: str, sandbox_id: str, addresses: Iterable[str],
 
 
 def remove_script(instance: str, sandbox_id: str, address: str) -> str:
-    """One transaction that removes the sandbox's chain, set and map element, if any."""
-    return apply_script(instance, sandbox_id, address, EgressPolicy())
+    """One transaction that removes the sandbox's chains, set and map elements, if any."""
+    return apply_script(instance, sandbox_id, address, EgressPolicy(), 0)

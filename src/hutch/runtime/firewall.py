@@ -6,7 +6,8 @@ moment with half the rules. Everything keys on the instance's bridge, so no per-
 is needed and creating a sandbox touches no firewall state.
 
 What it enforces, for traffic that enters from the bridge (i.e. from sandboxes):
-- forward: IPv6 dropped; the per-sandbox caps on concurrent connections and bandwidth; then
+- prerouting (filter): the per-sandbox cap on concurrent connections.
+- forward: IPv6 dropped; the per-sandbox bandwidth cap; then
   each sandbox's egress policy, if it has one (egress.py); destinations in the always-denied set (private, carrier-NAT,
   loopback, link-local/cloud metadata, "this network", benchmarking, multicast, reserved,
   the host's own addresses and every subnet the host is directly connected to, and the
@@ -16,6 +17,10 @@ What it enforces, for traffic that enters from the bridge (i.e. from sandboxes):
   connections the host opened; everything else dropped.
 - bridge: frames one sandbox sends through the bridge to another port are dropped (the
   ports are also isolated; frames to the gateway itself are not forwarded, so unaffected).
+- prerouting (nat): for sandboxes whose policy has name rules, TCP to the proxied ports
+  (80, 443) is redirected to the egress proxy on the gateway (see egress_proxy.py), unless the
+  destination is always denied (refused in forward) or allowed outright by address. Such
+  connections reach the host (input); the proxy holds them to the bandwidth cap itself.
 - postrouting: MASQUERADE of the sandbox subnet out of the default-route interface.
 """
 
@@ -61,6 +66,10 @@ class FirewallFacts:
     rate_bytes: int = 0
     # NFLOG group the decisions are logged to (the egress log; 0: not logged).
     log_group: int = 0
+    # Where the egress proxy listens on the gateway (egress_proxy.py), and the ports whose
+    # connections are sent to it for sandboxes with name rules.
+    proxy_port: int = 15001
+    proxy_ports: tuple[int, ...] = (80, 443)
 
 
 def denied_set(facts: FirewallFacts) -> list[str]:
@@ -91,18 +100,23 @@ def ruleset(facts: FirewallFacts, policies: Iterable[tuple[str, str, EgressPolic
                 f'prefix "{reason}"\n')
 
     refuse = "".join(f"        {verdict}\n" for verdict in egress.REJECT)
+    proxy_ports = ", ".join(str(p) for p in facts.proxy_ports)
     sets = (f"    chain {egress.ALLOWED} {{\n{note('a:policy', True)}        accept\n    }}\n"
             f"    chain {egress.DENIED} {{\n{note('d:policy')}{refuse}    }}\n"
             f"    chain private {{\n{note('d:private')}"
             "        reject with icmpx admin-prohibited\n    }\n")
-    limits = ""
+    limits = admit = ""
     if facts.max_connections:
-        # One rule counts (two would count each connection twice), then the refusal.
+        # Counted once per connection, where every one passes (prerouting, before the proxy's
+        # redirect: refused there, the reset comes from the address the sandbox dialled, as
+        # it must for the sandbox to take it). DNS to the gateway is not a connection.
         sets += ("    set conns {\n        type ipv4_addr\n        size 65535\n"
                  "        flags dynamic\n    }\n"
                  f"    chain refuse {{\n{note('d:connections')}{refuse}    }}\n")
-        limits += (f'        iifname "{br}" ct state new add @conns {{ ip saddr ct count over '
-                   f'{facts.max_connections} }} jump refuse\n')
+        admit = (f"    chain admit {{\n        type filter hook prerouting priority dstnat - 20; "
+                 f'policy accept;\n        iifname "{br}" ip daddr != {gw} ct state new '
+                 f"add @conns {{ ip saddr ct count over {facts.max_connections} }} "
+                 "jump refuse\n    }\n")
     if facts.rate_bytes:
         for name in ("rate_out", "rate_in"):
             sets += (f"    set {name} {{\n        type ipv4_addr\n        size 65535\n"
@@ -122,7 +136,7 @@ table inet {t} {{
         flags interval
         elements = {{ {denied} }}
     }}
-{egress.declarations(policies)}{sets}    chain forward {{
+{egress.declarations(policies, facts.proxy_port)}{sets}    chain forward {{
         type filter hook forward priority filter - 10; policy accept;
         iifname "{br}" meta nfproto ipv6 drop
         iifname "{br}" ip daddr @denied jump private
@@ -136,7 +150,13 @@ table inet {t} {{
         iifname "{br}" ct state established,related accept
         iifname "{br}" ip daddr {gw} udp dport 53 accept
         iifname "{br}" ip daddr {gw} tcp dport 53 accept
+        iifname "{br}" ip daddr {gw} tcp dport {facts.proxy_port} ct status dnat accept
         iifname "{br}" drop
+    }}
+{admit}    chain prerouting {{
+        type nat hook prerouting priority dstnat - 10; policy accept;
+        iifname "{br}" ip daddr @denied return
+        iifname "{br}" tcp dport {{ {proxy_ports} }} ip saddr vmap @{egress.PROXIED}
     }}
     chain postrouting {{
         type nat hook postrouting priority srcnat; policy accept;

@@ -26,9 +26,10 @@ from typing import Callable
 from hutch.errors import AlreadyExistsError, InvalidArgumentError, RuntimeError_
 from hutch.errors import SandboxNotFoundError
 from hutch.runtime import (
-    bundle, cgroup, disk, egress, firewall, kernel_limits, network, nflog, oci,
+    bundle, cgroup, conntrack, disk, egress, firewall, kernel_limits, network, nflog, oci,
 )
 from hutch.runtime.dns import DnsForwarder, host_resolvers
+from hutch.runtime.egress_proxy import EgressProxy
 from hutch.runtime.spec import SandboxHandle, SandboxSpec
 
 log = logging.getLogger(__name__)
@@ -47,12 +48,23 @@ def _find_init() -> Path:
     raise RuntimeError_("no init found: install tini (Debian: tini, for /usr/bin/tini-static)")
 
 
+def _listening(listener, source: str, what: str):
+    """``listener`` started, or None (with a warning) when the kernel will not let us."""
+    try:
+        listener.start()
+        return listener
+    except OSError as exc:
+        log.warning("egress log: cannot read %s (%s); %s will not be logged", source, exc, what)
+        return None
+
+
 class LocalRuntime:
     def __init__(self, state_dir: Path, *, instance: str = "hutch", subnet: str = "10.11.0.0/16",
                  oci_runtime: str | None = None, uid_base: int = 100000,
                  uid_count: int = 65536,
                  dns_upstreams: list[tuple[str, int]] | None = None,
-                 dns_port: int = 53, max_connections: int = 0, rate_bytes: int = 0) -> None:
+                 dns_port: int = 53, max_connections: int = 0, rate_bytes: int = 0,
+                 proxy_port: int = 15001) -> None:
         if not re.fullmatch(r"[a-z][a-z0-9]{0,9}", instance):
             raise InvalidArgumentError("instance must be [a-z][a-z0-9]{0,9}")
         self.state_dir = Path(state_dir)
@@ -63,11 +75,17 @@ class LocalRuntime:
         # goes to this callable as a dict, when one is set before start().
         self.on_egress: Callable[[dict], None] | None = None
         self._nflog: nflog.NflogListener | None = None
+        self._conntrack: conntrack.ConntrackListener | None = None
         self._names: dict[tuple[str, str], str] = {}    # (sandbox, address) -> name answered
         # address -> (sandbox id, policy) of sandboxes with an egress policy (the resolver's
         # view), and the always-denied networks (what no learned address may be)
         self._policies: dict[str, tuple[str, egress.EgressPolicy]] = {}
         self._denied: list = []
+        # sandbox id -> {address: until (monotonic)}: what its resolver answered for allowed
+        # names (the proxy's view of the learned nft set)
+        self._learned: dict[str, dict[str, float]] = {}
+        self.proxy_port = proxy_port
+        self._proxy: EgressProxy | None = None
         self.subnet = str(ipaddress.ip_network(subnet))
         self.gateway = network.gateway(self.subnet)
         self.prefix = ipaddress.ip_network(self.subnet).prefixlen
@@ -143,7 +161,8 @@ class LocalRuntime:
                                        network.default_route_interface(), addrs, subnets,
                                        max_connections=self.max_connections,
                                        rate_bytes=self.rate_bytes,
-                                       log_group=self.log_group if self.on_egress else 0)
+                                       log_group=self.log_group if self.on_egress else 0,
+                                       proxy_port=self.proxy_port)
         stored = self._stored_policies()
         await firewall.nft(firewall.ruleset(facts, stored))
         self._policies = {address: (sid, policy) for sid, address, policy in stored}
@@ -155,15 +174,24 @@ class LocalRuntime:
                                      policy=lambda address: self._policies.get(address),
                                      learn=self._learn, record=self._dns_decision)
             await self._dns.start()
-        if self.on_egress is not None and self._nflog is None:
-            listener = nflog.NflogListener(self.log_group, self._packet_decision)
-            try:
-                listener.start()
-                self._nflog = listener
-            except OSError as exc:
-                # The sandboxes are no less safe; only the log of their connections is lost.
-                log.warning("egress log: cannot read NFLOG group %d (%s); connections will "
-                            "not be logged", self.log_group, exc)
+        if self._proxy is None:
+            self._proxy = EgressProxy((self.gateway, self.proxy_port),
+                                      lookup=lambda address: self._policies.get(address),
+                                      learned=self._was_learned, resolve=self._resolve,
+                                      denied=self._always_denied, record=self._emit,
+                                      rate=self.rate_bytes)
+            await self._proxy.start()
+        self._proxy.rate = self.rate_bytes
+        if self.on_egress is not None:
+            # The sandboxes are no less safe without these; only part of their log is lost.
+            if self._nflog is None:
+                self._nflog = _listening(
+                    nflog.NflogListener(self.log_group, self._packet_decision),
+                    f"NFLOG group {self.log_group}", "connections")
+            if self._conntrack is None:
+                self._conntrack = _listening(
+                    conntrack.ConntrackListener(self.subnet, self._flow_closed),
+                    "conntrack events", "connections' sizes")
         await self._reconcile()
 
     def _raise_nofile(self) -> None:
@@ -200,10 +228,28 @@ class LocalRuntime:
     async def _learn(self, sandbox_id: str, addresses: list[str], seconds: int) -> bool:
         """Let the sandbox reach what its resolver answered for an allowed name; False (and
         nothing learned) when an address is one no sandbox may reach."""
-        if any(ipaddress.ip_address(a) in net for a in addresses for net in self._denied):
+        if any(self._always_denied(a) for a in addresses):
             return False
         await firewall.nft(egress.learn_script(self.instance, sandbox_id, addresses, seconds))
+        until = time.monotonic() + seconds
+        learned = self._learned.setdefault(sandbox_id, {})
+        if len(learned) > 10_000:           # bounded, like the nft set's answers' lifetime
+            now = time.monotonic()
+            for address in [a for a, t in learned.items() if t < now]:
+                del learned[address]
+        learned.update((a, until) for a in addresses)
         return True
+
+    def _was_learned(self, sandbox_id: str, address: str) -> bool:
+        return self._learned.get(sandbox_id, {}).get(address, 0.0) > time.monotonic()
+
+    def _always_denied(self, address: str) -> bool:
+        ip = ipaddress.ip_address(address)
+        return ip.version != 4 or any(ip in net for net in self._denied)
+
+    async def _resolve(self, name: str) -> list[str] | None:
+        """The proxy's lookups: hutch's resolver's recent answers, else its upstreams."""
+        return await self._dns.lookup(name) if self._dns is not None else None
 
     def _address_of(self, sandbox_id: str) -> str | None:
         return next((a for a, owner in self.addresses.owners().items()
@@ -212,8 +258,10 @@ class LocalRuntime:
     async def _apply_egress(self, sandbox_id: str, address: str,
                             policy: egress.EgressPolicy) -> None:
         path = self._dir(sandbox_id) / EGRESS_FILE
+        self._learned.pop(sandbox_id, None)
         if policy.is_open:
-            await firewall.nft(egress.apply_script(self.instance, sandbox_id, address, policy))
+            await firewall.nft(egress.apply_script(self.instance, sandbox_id, address, policy,
+                                                   self.proxy_port))
             self._policies.pop(address, None)
             path.unlink(missing_ok=True)
             return
@@ -221,7 +269,8 @@ class LocalRuntime:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(policy.to_json())
         os.replace(tmp, path)
-        await firewall.nft(egress.apply_script(self.instance, sandbox_id, address, policy))
+        await firewall.nft(egress.apply_script(self.instance, sandbox_id, address, policy,
+                                               self.proxy_port))
         self._policies[address] = (sandbox_id, policy)
 
     async def _reconcile(self) -> None:
@@ -274,13 +323,31 @@ class LocalRuntime:
                     "port": port, "protocol": self._PROTOCOLS.get(proto, str(proto)),
                     "allowed": allowed, "reason": reason})
 
+    def _flow_closed(self, flow: conntrack.Flow) -> None:
+        """A direct connection ended: its size (the proxy reports the ones it carried)."""
+        sandbox_id = self.addresses.owner_of(flow.src)
+        if sandbox_id is None or flow.redirected:
+            return
+        self._emit({"time": time.time(), "sandbox_id": sandbox_id, "kind": "closed",
+                    "name": self._names.get((sandbox_id, flow.dst)), "address": flow.dst,
+                    "port": flow.dport, "protocol": self._PROTOCOLS.get(flow.protocol,
+                                                                        str(flow.protocol)),
+                    "allowed": True, "reason": "closed", "bytes_out": flow.bytes_out,
+                    "bytes_in": flow.bytes_in})
+
     async def close(self) -> None:
         if self._nflog is not None:
             self._nflog.close()
             self._nflog = None
+        if self._conntrack is not None:
+            self._conntrack.close()
+            self._conntrack = None
         if self._dns is not None:
             await self._dns.close()
             self._dns = None
+        if self._proxy is not None:
+            await self._proxy.close()
+            self._proxy = None
 
     # -- sandboxes ----------------------------------------------------------------------
 
@@ -450,6 +517,9 @@ class LocalRuntime:
         except OSError as e:
             errors.append(f"netns: {e}")
         address = self._address_of(sandbox_id)
+        self._learned.pop(sandbox_id, None)
+        if self._proxy is not None:
+            self._proxy.forget(sandbox_id)
         if address is not None and (self._dir(sandbox_id) / EGRESS_FILE).exists():
             self._policies.pop(address, None)
             try:

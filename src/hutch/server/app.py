@@ -34,7 +34,8 @@ def build_runtime(config: Config):
     return LocalRuntime(config.state_dir, instance=config.instance, subnet=config.subnet,
                         oci_runtime=config.oci_runtime, uid_base=config.uid_base,
                         max_connections=config.egress_max_connections,
-                        rate_bytes=config.egress_rate_mbit * 125_000)
+                        rate_bytes=config.egress_rate_mbit * 125_000,
+                        proxy_port=config.egress_proxy_port)
 
 
 def build_templates(config: Config):

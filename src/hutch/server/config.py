@@ -150,6 +150,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Bandwidth cap per sandbox and direction through the host, in Mbit/s; packets "
             "past it are dropped (TCP slows down), so one sandbox cannot starve the others "
             "(0: no cap)."),
+    Setting("egress_proxy_port", "HUTCH_EGRESS_PROXY_PORT", "15001", _port,
+            "Port of the egress proxy on the sandbox gateway (the bridge's address): for a "
+            "sandbox whose policy names domains, its TCP to ports 80 and 443 is redirected "
+            "there and judged by the HTTP Host or TLS server name it asks for."),
     Setting("public_ports", "HUTCH_PUBLIC_PORTS", "false", _bool,
             "Whether a sandbox's ports (its web apps) answer anyone who knows its id when the "
             "create does not say (E2B's allowPublicTraffic); by default they answer only "
@@ -195,6 +199,7 @@ class Config:
     default_network: str
     egress_max_connections: int
     egress_rate_mbit: int
+    egress_proxy_port: int
     public_ports: bool
     max_sandboxes: int
     pool_size: int

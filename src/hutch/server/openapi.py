@@ -134,7 +134,9 @@ SCHEMAS: dict[str, dict] = {
     "EgressEvent": _obj({
         "time": {"type": "number", "description": "Unix time, seconds."},
         "sandbox_id": _ID,
-        "kind": {"type": "string", "enum": ["dns", "connection"]},
+        "kind": {"type": "string", "enum": ["dns", "connection", "closed"], "description": (
+            "dns: a resolver answer; connection: a connection opened or refused; closed: "
+            "a connection ended, with its size.")},
         "name": {"type": ["string", "null"], "description": (
             "The name queried, or for a connection the name the sandbox's resolver last "
             "answered with its address.")},
@@ -145,6 +147,14 @@ SCHEMAS: dict[str, dict] = {
         "protocol": {"type": "string"},
         "allowed": {"type": "boolean"},
         "reason": {"type": "string"},
+        "via": {"type": "string", "const": "proxy", "description": (
+            "Judged by the egress proxy by the name it asked for (HTTP Host, TLS server "
+            "name), for sandboxes whose policy has domain rules.")},
+        "dialled": {"type": ["string", "null"], "description": (
+            "proxy: the address the proxy connected to (the name's, whatever the sandbox "
+            "dialled).")},
+        "bytes_out": {"type": "integer", "description": "closed: bytes the sandbox sent."},
+        "bytes_in": {"type": "integer", "description": "closed: bytes it received."},
     }, ["time", "sandbox_id", "kind", "allowed", "reason"]),
     "Timeout": _obj({"timeout": {"type": "number", "minimum": 0,
                                  "description": "Seconds from now."}}, ["timeout"]),
