@@ -15,15 +15,19 @@ HTTP Host or the TLS server name (hostname.py), and then:
   silent): judged by the address like any other connection: reachable if hutch's resolver
   answered it for an allowed name, else by the policy's address rules.
 
-It is plain asyncio protocols: bytes are relayed as they arrive with flow control both ways,
-counted for the egress log, and held to the sandbox's bandwidth cap. If the proxy is down the
-redirected connections find nothing listening and are reset: the policy fails closed.
+Once a connection is judged, its bytes never enter Python: each direction is spliced from one
+socket into a pipe and from the pipe into the other socket (splice(2), zero copy), driven by
+the event loop's readiness callbacks, counted for the egress log and held to the sandbox's
+bandwidth cap. If the proxy is down the redirected connections find nothing listening and are
+reset: the policy fails closed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import ipaddress
+import os
 import logging
 import socket
 import struct
@@ -40,7 +44,7 @@ SO_ORIGINAL_DST = 80         # linux/netfilter_ipv4.h: the destination before th
 FIRST_BYTES_WAIT = 1.0       # a client silent this long is judged by address
 HEAD_WAIT = 10.0             # the whole request head or ClientHello must arrive by then
 DIAL_TIMEOUT = 10.0
-HIGH_WATER = 256 * 1024      # buffered in one direction before the other side is paused
+PIPE_SIZE = 1 << 20          # per direction: what one splice moves at most
 
 ALLOWED_NAME = "allowed name"
 NAME_REFUSED = "name not allowed"
@@ -77,192 +81,180 @@ def judge(policy: EgressPolicy, asked: hostname.Requested, address: str,
     return Verdict("address", POLICY)
 
 
+NAMELESS = hostname.Requested("", hostname.NONE)
+
+
 class Bucket:
     """A token bucket (bytes per second, a second's worth of burst) shared by one sandbox's
     proxied connections in one direction."""
+
+    STEP = 16 * 1024       # the least worth waking up for
 
     def __init__(self, rate: int) -> None:
         self.rate = rate
         self.tokens = float(rate)
         self.at = time.monotonic()
 
-    def take(self, n: int) -> float:
-        """Spend ``n`` bytes; the seconds to wait before reading more (0: none)."""
+    def available(self) -> int:
         now = time.monotonic()
-        self.tokens = min(float(self.rate), self.tokens + (now - self.at) * self.rate) - n
+        self.tokens = min(float(self.rate), self.tokens + (now - self.at) * self.rate)
         self.at = now
-        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+        return int(self.tokens)
+
+    def spend(self, n: int) -> None:
+        self.tokens -= n
+
+    def wait(self) -> float:
+        """Seconds until a step's worth is available."""
+        return max(0.0, (min(self.STEP, self.rate) - self.tokens) / self.rate)
 
 
-class _Side(asyncio.Protocol):
-    """One end of a relayed connection; ``peer`` is the other end's transport."""
+class _Pump:
+    """One direction of a relayed connection: ``src`` to ``dst`` through a pipe with
+    splice(2), driven by readiness callbacks (a callback per wakeup costs a few
+    microseconds; a coroutine step per chunk would cost the proxy half its throughput).
+    Ends by passing the end on (half-close); ``done`` gets None, or the error that broke it."""
 
-    def __init__(self, relay: "_Relay", outbound: bool) -> None:
-        self.relay, self.outbound = relay, outbound
-        self.transport: Optional[asyncio.Transport] = None
+    ROUNDS = 16        # chunks moved per wakeup at most, so one connection cannot hog the loop
 
-    def connection_made(self, transport) -> None:
-        self.transport = transport
+    def __init__(self, src: socket.socket, dst: socket.socket, bucket: Optional[Bucket],
+                 count: list[int], index: int) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.src, self.dst, self.bucket = src.fileno(), dst.fileno(), bucket
+        self.dst_sock = dst
+        self.count, self.index = count, index
+        self.done: asyncio.Future = self.loop.create_future()
+        self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            fcntl.fcntl(self.w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:
+            pass                            # the default size still works, in smaller steps
+        self.pending, self.ended = 0, False
+        self.waiting: Optional[str] = None  # "read", "write" or "time"
 
-    def data_received(self, data: bytes) -> None:
-        self.relay.forward(self, data)
+    def start(self) -> None:
+        self._wait("read")
+        self._move()
 
-    def eof_received(self) -> bool:
-        self.relay.half_close(self)
-        return True                         # keep the other direction open
-
-    def connection_lost(self, exc) -> None:
-        self.relay.lost(self)
-
-    def pause_writing(self) -> None:
-        self.relay.pause(self)
-
-    def resume_writing(self) -> None:
-        self.relay.resume(self)
-
-
-class _Relay:
-    """Bytes both ways between the sandbox (``inside``) and the dialled server
-    (``outside``), counted and held to the buckets."""
-
-    def __init__(self, inside: _Side, buckets: tuple[Optional[Bucket], Optional[Bucket]],
-                 done: Callable[[int, int], None]) -> None:
-        self.inside = inside
-        self.outside: Optional[_Side] = None
-        self.buckets = buckets               # (sandbox -> world, world -> sandbox)
-        self.done = done
-        self.sent = [0, 0]                   # bytes out, bytes in
-        self.closed = 0
-        self.eofs = 0
-        self.finished = False
-        self._paused: set[int] = set()       # which sides' reading is paused, and why (bits)
-
-    def _other(self, side: _Side) -> Optional[_Side]:
-        return self.outside if side is self.inside else self.inside
-
-    def forward(self, side: _Side, data: bytes) -> None:
-        other = self._other(side)
-        if other is None or other.transport is None or other.transport.is_closing():
+    def _wait(self, what: Optional[str]) -> None:
+        if self.waiting == what:
             return
-        other.transport.write(data)
-        direction = 1 if side.outbound else 0
-        self.sent[direction] += len(data)
-        bucket = self.buckets[direction]
-        if bucket is not None:
-            wait = bucket.take(len(data))
-            if wait > 0:
-                side.transport.pause_reading()
-                asyncio.get_running_loop().call_later(wait, self._unthrottle, side)
+        if self.waiting == "read":
+            self.loop.remove_reader(self.src)
+        elif self.waiting == "write":
+            self.loop.remove_writer(self.dst)
+        self.waiting = what
+        if what == "read":
+            self.loop.add_reader(self.src, self._move)
+        elif what == "write":
+            self.loop.add_writer(self.dst, self._move)
 
-    def _unthrottle(self, side: _Side) -> None:
-        if side.transport is not None and not side.transport.is_closing() \
-                and id(side) not in self._paused:
-            side.transport.resume_reading()
+    def _move(self) -> None:
+        flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+        try:
+            for _ in range(self.ROUNDS):
+                if self.pending:
+                    try:
+                        self.pending -= os.splice(self.r, self.dst, self.pending, flags=flags)
+                    except BlockingIOError:
+                        self._wait("write")             # the other side reads slowly
+                        return
+                    if self.pending:
+                        continue
+                if self.ended:
+                    self._finish(None)
+                    return
+                if self.waiting == "time":
+                    return
+                size = PIPE_SIZE
+                if self.bucket is not None:
+                    size = min(size, self.bucket.available())
+                    if size < min(Bucket.STEP, self.bucket.rate):
+                        self._wait("time")
+                        self.loop.call_later(self.bucket.wait(), self._resume)
+                        return
+                try:
+                    n = os.splice(self.src, self.w, size, flags=flags)
+                except BlockingIOError:
+                    self._wait("read")
+                    return
+                if n == 0:
+                    self.ended = True
+                    continue
+                self.pending += n
+                self.count[self.index] += n
+                if self.bucket is not None:
+                    self.bucket.spend(n)
+            self._wait("read" if not self.pending else "write")
+        except OSError as exc:              # reset, broken pipe: the connection is over
+            self._finish(exc)
 
-    def pause(self, writer: _Side) -> None:
-        """``writer``'s buffer is full: stop reading what fills it."""
-        reader = self._other(writer)
-        if reader is not None and reader.transport is not None:
-            self._paused.add(id(reader))
-            reader.transport.pause_reading()
+    def _resume(self) -> None:
+        if not self.done.done():
+            self.waiting = None
+            self._wait("read")
+            self._move()
 
-    def resume(self, writer: _Side) -> None:
-        reader = self._other(writer)
-        if reader is not None and reader.transport is not None:
-            self._paused.discard(id(reader))
-            if not reader.transport.is_closing():
-                reader.transport.resume_reading()
-
-    def half_close(self, side: _Side) -> None:
-        other = self._other(side)
-        self.eofs += 1
-        if other is not None and other.transport is not None and not other.transport.is_closing():
-            if other.transport.can_write_eof():
-                other.transport.write_eof()
-        if self.eofs >= 2:
-            self.close()
-
-    def lost(self, side: _Side) -> None:
-        other = self._other(side)
-        if other is not None and other.transport is not None:
-            other.transport.close()
+    def _finish(self, exc: Optional[OSError]) -> None:
+        if self.done.done():
+            return
+        if exc is None:
+            try:
+                self.dst_sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
         self.close()
+        self.done.set_result(exc)
 
     def close(self) -> None:
-        for side in (self.inside, self.outside):
-            if side is not None and side.transport is not None:
-                side.transport.close()
-        if not self.finished:
-            self.finished = True
-            self.done(*self.sent)
+        self._wait(None)
+        for fd in (self.r, self.w):
+            if fd >= 0:
+                os.close(fd)
+        self.r = self.w = -1
 
 
-class _Inside(_Side):
-    """The sandbox's end: reads the first bytes, has the connection judged, then relays."""
+async def _relay(inside: socket.socket, outside: socket.socket,
+                 buckets: tuple[Optional[Bucket], Optional[Bucket]], count: list[int]) -> None:
+    """Both directions until both have ended; an error in one ends the other."""
+    pumps = [_Pump(inside, outside, buckets[0], count, 0),
+             _Pump(outside, inside, buckets[1], count, 1)]
+    try:
+        for pump in pumps:
+            pump.start()
+        pending = {pump.done for pump in pumps}
+        while pending:
+            finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if any(f.result() is not None for f in finished):
+                return
+    finally:
+        for pump in pumps:
+            if not pump.done.done():
+                pump.close()
+                pump.done.cancel()
 
-    def __init__(self, proxy: "EgressProxy") -> None:
-        super().__init__(None, outbound=False)  # type: ignore[arg-type]
-        self.proxy = proxy
-        self.head = bytearray()
-        self.ready = asyncio.Event()
-        self.ended = False                  # the sandbox shut its sending side already
-        self.client = self.address = ""
-        self.port = 0
 
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-        sock = transport.get_extra_info("socket")
-        peer = transport.get_extra_info("peername")
+async def _read_head(conn: socket.socket) -> tuple[bytes, hostname.Requested]:
+    """The connection's first bytes, until they say what they ask for (or the time is up:
+    silence is no name, a head that never completes is malformed)."""
+    loop = asyncio.get_running_loop()
+    head = b""
+    deadline = loop.time() + HEAD_WAIT
+    while True:
+        wait = FIRST_BYTES_WAIT if not head else deadline - loop.time()
         try:
-            raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
-            self.port = struct.unpack_from("!H", raw, 2)[0]
-            self.address = socket.inet_ntoa(raw[4:8])
-            self.client = peer[0]
-        except (OSError, TypeError):
-            transport.abort()               # not a redirected connection
-            return
-        self.proxy._spawn(self._handle())
-
-    def data_received(self, data: bytes) -> None:
-        if self.relay is not None:
-            self.relay.forward(self, data)
-            return
-        self.head += data
-        asked = hostname.requested(bytes(self.head))
-        if asked.outcome != hostname.MORE:
-            self.transport.pause_reading()
-            self.ready.set()
-
-    def eof_received(self) -> bool:
-        if self.relay is not None:
-            self.relay.half_close(self)
-            return True
-        self.ended = True
-        self.ready.set()
-        return True
-
-    def connection_lost(self, exc) -> None:
-        if self.relay is not None:
-            self.relay.lost(self)
-        self.ready.set()
-
-    async def _handle(self) -> None:
-        try:
-            await asyncio.wait_for(self.ready.wait(), FIRST_BYTES_WAIT)
-        except asyncio.TimeoutError:
-            if self.head:                   # it began: the head must come whole
-                try:
-                    await asyncio.wait_for(self.ready.wait(), HEAD_WAIT - FIRST_BYTES_WAIT)
-                except asyncio.TimeoutError:
-                    pass
-        if self.transport.is_closing():
-            return
-        self.transport.pause_reading()
-        asked = hostname.requested(bytes(self.head))
-        if asked.outcome == hostname.MORE:
-            asked = hostname.Requested(asked.protocol,
-                                       hostname.NONE if not self.head else hostname.BAD)
-        await self.proxy._serve(self, asked)
+            chunk = await asyncio.wait_for(loop.sock_recv(conn, hostname.MAX_HEAD), wait)
+        except (asyncio.TimeoutError, OSError):
+            chunk = None
+        if chunk:
+            head += chunk
+            asked = hostname.requested(head)
+            if asked.outcome != hostname.MORE:
+                return head, asked
+            continue
+        asked = hostname.requested(head)
+        return head, hostname.Requested(asked.protocol,
+                                        hostname.NONE if not head else hostname.BAD)
 
 
 class EgressProxy:
@@ -285,47 +277,94 @@ class EgressProxy:
         self.listen = listen
         self.lookup, self.learned, self.resolve = lookup, learned, resolve
         self.denied, self.record, self.rate = denied, record, rate
-        self._server: Optional[asyncio.base_events.Server] = None
+        self._sock: Optional[socket.socket] = None
         self._tasks: set[asyncio.Task] = set()
         self._buckets: dict[str, tuple[Bucket, Bucket]] = {}
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Inside(self), *self.listen,
-                                                reuse_address=True, backlog=1024)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(self.listen)
+            sock.listen(1024)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        self._sock = sock
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._accept)
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+        if self._sock is not None:
+            asyncio.get_running_loop().remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
         for task in list(self._tasks):
             task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def forget(self, sandbox_id: str) -> None:
         """A sandbox is gone (its buckets with it)."""
         self._buckets.pop(sandbox_id, None)
 
-    def _spawn(self, coro) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _accept(self) -> None:
+        while self._sock is not None:
+            try:
+                conn, peer = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:          # EMFILE and the like: the client retries
+                log.warning("egress proxy: accept failed: %s", exc)
+                return
+            conn.setblocking(False)
+            task = asyncio.ensure_future(self._handle(conn, peer[0]))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
-    def _event(self, inside: _Inside, sandbox_id: str, name: Optional[str], allowed: bool,
-               reason: str, **extra) -> None:
-        self.record({"time": time.time(), "sandbox_id": sandbox_id, "kind": "connection",
-                     "name": name, "address": inside.address, "port": inside.port,
-                     "protocol": "tcp", "allowed": allowed, "reason": reason,
-                     "via": "proxy", **extra})
+    async def _handle(self, conn: socket.socket, client: str) -> None:
+        upstream: Optional[socket.socket] = None
+        early: Optional[asyncio.Future] = None
+        try:
+            try:
+                raw = conn.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+            except OSError:
+                return                      # not a redirected connection
+            address, port = socket.inet_ntoa(raw[4:8]), struct.unpack_from("!H", raw, 2)[0]
+            entry = self.lookup(client)
+            if entry is None:               # its policy went while it connected
+                return
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sandbox_id, policy = entry
+            if judge(policy, NAMELESS, address,
+                     self.learned(sandbox_id, address)).action == "address":
+                # Reaching this address is allowed whatever the connection turns out to ask
+                # for (as a connection with no name, it is), so dialling it while the first
+                # bytes arrive reveals nothing new, and takes the dial off the critical path.
+                early = asyncio.ensure_future(_dial([address], port))
+            head, asked = await _read_head(conn)
+            upstream = await self._serve(conn, entry, address, port, head, asked, early)
+        except OSError as exc:
+            log.debug("egress proxy: %s", exc)
+        finally:
+            if early is not None and upstream is None:
+                _discard(early)
+            for sock in (conn, upstream):
+                if sock is not None:
+                    sock.close()
 
-    async def _serve(self, inside: _Inside, asked: hostname.Requested) -> None:
-        entry = self.lookup(inside.client)
-        if entry is None:                   # its policy went while it connected
-            inside.transport.abort()
-            return
+    async def _serve(self, conn: socket.socket, entry: tuple[str, EgressPolicy], address: str,
+                     port: int, head: bytes, asked: hostname.Requested,
+                     early: Optional[asyncio.Future]) -> Optional[socket.socket]:
         sandbox_id, policy = entry
-        verdict = judge(policy, asked, inside.address,
-                        self.learned(sandbox_id, inside.address))
-        targets = [inside.address]
+
+        def event(allowed: bool, reason: str, **extra) -> None:
+            self.record({"time": time.time(), "sandbox_id": sandbox_id, "kind": "connection",
+                         "name": asked.name, "address": address, "port": port,
+                         "protocol": "tcp", "allowed": allowed, "reason": reason,
+                         "via": "proxy", **extra})
+
+        verdict = judge(policy, asked, address, self.learned(sandbox_id, address))
+        targets = [address]
         if verdict.action == "name":
             found = await self.resolve(asked.name)
             if not found:
@@ -333,45 +372,36 @@ class EgressProxy:
             elif any(self.denied(a) for a in found):
                 verdict = Verdict("refuse", INWARD)
             else:
-                targets = ([inside.address] if inside.address in found else []) + \
-                    [a for a in found if a != inside.address]
+                targets = ([address] if address in found else []) + \
+                    [a for a in found if a != address]
         if verdict.action == "refuse":
-            self._event(inside, sandbox_id, asked.name, False, verdict.reason)
-            self._refuse(inside, asked, verdict.reason)
-            return
-        outside, dialled = None, None
-        relay = _Relay(inside, self._buckets_of(sandbox_id), lambda out, back: self._event(
-            inside, sandbox_id, asked.name, True, "closed", kind="closed",
-            dialled=dialled, bytes_out=out, bytes_in=back))
-        loop = asyncio.get_running_loop()
-        for target in targets[:4]:
-            try:
-                _, outside = await asyncio.wait_for(loop.create_connection(
-                    lambda: _Side(relay, outbound=True), target, inside.port), DIAL_TIMEOUT)
-                dialled = target
-                break
-            except (OSError, asyncio.TimeoutError):
-                continue
-        if outside is None or inside.transport.is_closing():
-            if outside is not None:
-                outside.transport.close()
-            self._event(inside, sandbox_id, asked.name, True, verdict.reason,
-                        dialled=None, error="no answer from the destination")
-            self._refuse(inside, asked, "the destination did not answer", status=502)
-            return
-        self._event(inside, sandbox_id, asked.name, True, verdict.reason, dialled=dialled)
-        relay.outside = outside
-        inside.relay = relay
-        for side in (inside, outside):
-            side.transport.set_write_buffer_limits(HIGH_WATER)
-        if inside.head:
-            outside.transport.write(bytes(inside.head))
-            relay.sent[0] += len(inside.head)
-            inside.head = bytearray()
-        if inside.ended:
-            relay.half_close(inside)
-        elif not inside.transport.is_closing():
-            inside.transport.resume_reading()
+            event(False, verdict.reason)
+            await _refuse(conn, asked, address, port, verdict.reason)
+            return None
+        upstream = None
+        if early is not None and targets[0] == address:
+            upstream = await early
+            targets = targets[1:]
+        elif early is not None:
+            _discard(early)
+        if upstream is None:
+            upstream = await _dial(targets[:4], port)
+        if upstream is None:
+            event(True, verdict.reason, dialled=None, error="no answer from the destination")
+            await _refuse(conn, asked, address, port, "the destination did not answer", 502)
+            return None
+        dialled = upstream.getpeername()[0]
+        event(True, verdict.reason, dialled=dialled)
+        count = [0, 0]
+        try:
+            if head:
+                await asyncio.get_running_loop().sock_sendall(upstream, head)
+                count[0] += len(head)
+            await _relay(conn, upstream, self._buckets_of(sandbox_id), count)
+        finally:
+            event(True, "closed", kind="closed", dialled=dialled, bytes_out=count[0],
+                  bytes_in=count[1])
+        return upstream
 
     def _buckets_of(self, sandbox_id: str) -> tuple[Optional[Bucket], Optional[Bucket]]:
         if not self.rate:
@@ -380,25 +410,50 @@ class EgressProxy:
             self._buckets[sandbox_id] = (Bucket(self.rate), Bucket(self.rate))
         return self._buckets[sandbox_id]
 
-    @staticmethod
-    def _refuse(inside: _Inside, asked: hostname.Requested, reason: str,
-                status: int = 403) -> None:
-        """Say why to an HTTP client; reset anything else (a TLS client cannot be told)."""
-        transport = inside.transport
-        if asked.protocol == "http":
-            what = f"{asked.name}" if asked.name else f"{inside.address}:{inside.port}"
-            body = (f"hutch: egress to {what} refused by this sandbox's egress policy "
-                    f"({reason})\n").encode() if status == 403 else \
-                f"hutch: {what}: {reason}\n".encode()
-            title = "Forbidden" if status == 403 else "Bad Gateway"
-            transport.write(f"HTTP/1.1 {status} {title}\r\nContent-Type: text/plain\r\n"
-                            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-                            .encode() + body)
-            transport.close()
-            return
-        sock = transport.get_extra_info("socket")
+
+async def _dial(targets: list[str], port: int) -> Optional[socket.socket]:
+    """A connected socket to the first of ``targets`` that answers, or None."""
+    loop = asyncio.get_running_loop()
+    for target in targets:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
+            await asyncio.wait_for(loop.sock_connect(sock, (target, port)), DIAL_TIMEOUT)
+            return sock
+        except (OSError, asyncio.TimeoutError):
+            sock.close()
+        except BaseException:               # cancelled: nothing may leak
+            sock.close()
+            raise
+    return None
+
+
+def _discard(dial: asyncio.Future) -> None:
+    """An early dial not used: cancelled, or its connection closed."""
+    if not dial.done():
+        dial.cancel()
+    elif not dial.cancelled() and dial.exception() is None and dial.result() is not None:
+        dial.result().close()
+
+
+async def _refuse(conn: socket.socket, asked: hostname.Requested, address: str, port: int,
+                  reason: str, status: int = 403) -> None:
+    """Say why to an HTTP client; reset anything else (a TLS client cannot be told)."""
+    if asked.protocol == "http":
+        what = asked.name or f"{address}:{port}"
+        if status == 403:
+            body = (f"hutch: egress to {what} refused by this sandbox's egress policy "
+                    f"({reason})\n").encode()
+        else:
+            body = f"hutch: {what}: {reason}\n".encode()
+        title = "Forbidden" if status == 403 else "Bad Gateway"
+        answer = (f"HTTP/1.1 {status} {title}\r\nContent-Type: text/plain\r\n"
+                  f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+        try:
+            await asyncio.wait_for(asyncio.get_running_loop().sock_sendall(conn, answer), 5)
+            conn.shutdown(socket.SHUT_WR)
+        except (OSError, asyncio.TimeoutError):
             pass
-        transport.abort()
+        return
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
