@@ -141,3 +141,35 @@ def test_the_egress_log_through_the_api_and_the_cli(server_env, fake_network):
             sbx.kill()
     # A killed sandbox's log stays readable.
     assert Sandbox.get_egress_log(sbx.sandbox_id)
+
+
+def test_web_traffic_of_a_policy_with_names_is_judged_by_name(server_env, fake_network):
+    public = fake_network["public"]
+    with Sandbox.create(network={"deny_out": ["0.0.0.0/0"],
+                                 "allow_out": ["packages.example"]}) as sbx:
+        try:
+            # A name the policy does not allow: refused by the proxy, saying why.
+            r = sbx.commands.run(f"curl -sS -m 5 -H 'Host: other.example' http://{public}/")
+            assert "not allowed" in r.stdout and "other.example" in r.stdout, r.stdout
+            # An address allowed outright: straight through, whatever the name.
+            sbx.update_network({"deny_out": ["0.0.0.0/0"],
+                                "allow_out": ["packages.example", public]})
+            r = sbx.commands.run(f"curl -sS -m 5 -o /dev/null -w '%{{http_code}}' "
+                                 f"-H 'Host: other.example' http://{public}/ || true")
+            assert r.stdout.strip() == "200", r.stdout
+            sbx.update_network({"deny_out": ["other.example"]})     # internet on, one name out
+            r = sbx.commands.run(f"curl -sS -m 5 -o /dev/null -w '%{{http_code}}' "
+                                 f"-H 'Host: other.example' http://{public}/ || true")
+            assert r.stdout.strip() == "403", r.stdout
+            assert status(sbx, f"http://{public}/") == "200"      # no name: as dialled
+            deadline = time.monotonic() + 10
+            while True:
+                events = sbx.get_egress_log(limit=1000)
+                proxied = [e for e in events if e.get("via") == "proxy"]
+                if any(e["kind"] == "closed" for e in proxied) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            assert any(not e["allowed"] and e["name"] == "other.example" for e in proxied)
+            assert any(e["kind"] == "closed" and e["bytes_in"] > 0 for e in proxied), proxied
+        finally:
+            sbx.kill()
