@@ -36,6 +36,7 @@ from hutch.server.tenants import (
     authenticate,
     caller,
     check_owner,
+    quotas_of,
     scoped_idempotency_key,
 )
 
@@ -79,10 +80,12 @@ def error(status: int, message: str, headers: dict | None = None) -> JSONRespons
 
 
 class ControlPlane:
-    def __init__(self, manager: SandboxManager, store: Store, client_id: str) -> None:
+    def __init__(self, manager: SandboxManager, store: Store, client_id: str,
+                 degraded: tuple[str, ...] = ()) -> None:
         self.manager = manager
         self.store = store
         self.client_id = client_id
+        self.degraded = degraded    # failed isolation self-test checks (serving anyway)
 
     # -- shapes ------------------------------------------------------------------------------
 
@@ -126,6 +129,8 @@ class ControlPlane:
         pool = self.manager.pool
         if pool is not None:
             body["pool"] = {"template": pool.template, "size": pool.size, "ready": pool.ready}
+        if self.degraded:
+            body["degraded"] = list(self.degraded)
         return JSONResponse(body)
 
     async def create(self, request: Request) -> Response:
@@ -157,7 +162,7 @@ class ControlPlane:
         owner = caller(request)
         rec, timing = await self.manager.create(
             template,
-            owner=owner.id,
+            owner=owner.id, quotas=quotas_of(owner, self.manager.config),
             idempotency_key=scoped_idempotency_key(owner, key),
             timeout=body.get("timeout"),
             metadata=_str_map(body.get("metadata"), "metadata"),
@@ -266,6 +271,8 @@ class ControlPlane:
             Route("/v2/sandboxes", self.create, methods=["POST"]),
             Route("/sandboxes", self.list, methods=["GET"]),
             Route("/v2/sandboxes", self.list, methods=["GET"]),
+            # Before /sandboxes/{id}: /sandboxes/metrics is a path, not a sandbox named so.
+            *(Route(p, self.unsupported, methods=m) for p, m in _UNSUPPORTED),
             Route("/sandboxes/{id}", self.get, methods=["GET"]),
             Route("/sandboxes/{id}", self.kill, methods=["DELETE"]),
             Route("/sandboxes/{id}/connect", self.connect, methods=["POST"]),
@@ -274,7 +281,6 @@ class ControlPlane:
             Route("/sandboxes/{id}/metrics", self.metrics, methods=["GET"]),
             Route("/sandboxes/{id}/network", self.update_network, methods=["PUT"]),
             Route("/sandboxes/{id}/egress", self.egress_log, methods=["GET"]),
-            *(Route(p, self.unsupported, methods=m) for p, m in _UNSUPPORTED),
             *KeyAdmin(self.store, self.manager, rfc3339, _json_object).routes(),
         ]
         app = Starlette(routes=routes, exception_handlers={
