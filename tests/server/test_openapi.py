@@ -196,6 +196,15 @@ def test_key_answers_fit_the_schemas(api):
         with httpx.Client(base_url=str(api.base_url), timeout=30,
                           headers={"X-API-KEY": key["key"]}) as tenant:
             _answer(doc, "/keys", "get", tenant.get("/keys"))   # 403: not the admin
+            _answer(doc, "/keys/{id}", "patch",
+                    tenant.patch(f"/keys/{key['id']}", json={"quotas": {}}))
+        _answer(doc, "/keys/{id}", "patch",
+                api.patch(f"/keys/{key['id']}", json={"quotas": {"max_sandboxes": 3,
+                                                                 "max_cpu": None}}))
+        _answer(doc, "/keys/{id}", "patch",
+                api.patch(f"/keys/{key['id']}", json={"quotas": {"max_cpu": -1}}))
+        _answer(doc, "/keys/{id}", "patch", api.patch("/keys/admin", json={"quotas": {}}))
+        _answer(doc, "/keys/{id}", "patch", api.patch("/keys/nosuchkey", json={"quotas": {}}))
     finally:
         _answer(doc, "/keys/{id}", "delete", api.delete(f"/keys/{key['id']}"))
     _answer(doc, "/keys/{id}", "delete", api.delete("/keys/nosuchkey"))

@@ -135,7 +135,7 @@ def test_idempotency_keys_are_per_tenant(tenants):
 
 def test_key_management(tenants, admin):
     key, client = tenants("ci runner")
-    assert set(key) == {"id", "name", "key", "createdAt", "revokedAt", "admin"}
+    assert set(key) == {"id", "name", "key", "createdAt", "revokedAt", "admin", "quotas"}
     assert key["name"] == "ci runner" and key["admin"] is False
     assert key["key"].startswith("e2b_") and len(key["key"]) == 44
     assert key["id"] not in key["key"]
@@ -145,7 +145,7 @@ def test_key_management(tenants, admin):
     entries = {k["id"]: k for k in listed.json()}
     assert entries[key["id"]] == {"id": key["id"], "name": "ci runner",
                                   "createdAt": key["createdAt"], "revokedAt": None,
-                                  "admin": False}
+                                  "admin": False, "quotas": key["quotas"]}
     assert entries["admin"]["admin"] is True
     assert key["key"] not in listed.text and hash_key(key["key"]) not in listed.text
 

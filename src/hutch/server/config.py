@@ -58,6 +58,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < float("inf"):
+        raise ValueError("expected 0 or a positive number")
+    return value
+
+
 def _instance(text: str) -> str:
     # The instance names host objects (nft table, bridge "<instance>0", cgroup parent), and
     # interface names are limited to 15 bytes.
@@ -163,6 +170,20 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_sandboxes", "HUTCH_MAX_SANDBOXES", "200", _positive_int,
             "Most sandboxes alive at once; a create beyond it is refused with 429 (the SDKs "
             "retry) so a runaway client cannot exhaust the host."),
+    Setting("tenant_max_sandboxes", "HUTCH_TENANT_MAX_SANDBOXES", "50", _non_negative_int,
+            "Most sandboxes one API key may have alive at once, unless the key has its own "
+            "limit (POST/PATCH /keys); a create beyond it is refused with 429. The admin key "
+            "is exempt from all tenant quotas (0: no limit)."),
+    Setting("tenant_max_cpu", "HUTCH_TENANT_MAX_CPU", "50", _non_negative_float,
+            "Most CPU cores (cpuCount summed over its live sandboxes) one API key may hold, "
+            "unless the key has its own limit (0: no limit)."),
+    Setting("tenant_max_memory_mb", "HUTCH_TENANT_MAX_MEMORY_MB", "51200", _non_negative_int,
+            "Most memory in MiB (memoryMB summed over its live sandboxes) one API key may "
+            "hold, unless the key has its own limit (0: no limit)."),
+    Setting("tenant_creates_per_minute", "HUTCH_TENANT_CREATES_PER_MINUTE", "60",
+            _non_negative_int,
+            "Most creates one API key may start in any 60 seconds, unless the key has its own "
+            "limit (0: no limit)."),
     Setting("pool_size", "HUTCH_POOL_SIZE", "0", _non_negative_int,
             "Sandboxes of the base template kept started and ready, so that a create asking "
             "for the defaults takes milliseconds (0: no warm pool)."),
@@ -202,6 +223,10 @@ class Config:
     egress_proxy_port: int
     public_ports: bool
     max_sandboxes: int
+    tenant_max_sandboxes: int
+    tenant_max_cpu: float
+    tenant_max_memory_mb: int
+    tenant_creates_per_minute: int
     pool_size: int
     domain: str
     agent_timeout: float

@@ -23,7 +23,6 @@ from hutch.errors import (
     ConflictError,
     HutchError,
     InvalidArgumentError,
-    RateLimitError,
     SandboxError,
     SandboxNotFoundError,
 )
@@ -33,6 +32,7 @@ from hutch.server.config import Config
 from hutch.server.expiry import expire
 from hutch.server.keys import new_sandbox_id, new_token
 from hutch.server.pool import WarmPool
+from hutch.server.quotas import Ledger, Quotas
 from hutch.server.reconcile import destroy_quietly, is_alive, maybe_await, reconcile
 from hutch.server.store import SandboxRecord, Store
 from hutch.server import egress as egress_rules
@@ -102,6 +102,7 @@ class SandboxManager:
         self._agent_lib: Path | None = None   # staged at start: see hutch.server.agent_lib
         self.pool: WarmPool | None = None
         self._pending_keys: dict[str, asyncio.Future] = {}   # idempotency keys in flight
+        self.ledger = Ledger()     # creates in flight and recent creates, for admission
 
     # -- start and stop ----------------------------------------------------------------------
 
@@ -215,7 +216,9 @@ class SandboxManager:
         disk_mb: int | None = None,
         owner: str | None = None,
         egress: dict | None = None,
+        quotas: Quotas | None = None,
     ) -> tuple[SandboxRecord, dict[str, float]]:
+        """``quotas``: the owner's tenant quotas (None: exempt, as the admin key is)."""
         cfg = self.config
         cpu = self._check_size("cpuCount", cpu, cfg.default_cpu, cfg.max_cpu, float)
         memory_mb = self._check_size("memoryMB", memory_mb, cfg.default_memory_mb,
@@ -227,44 +230,52 @@ class SandboxManager:
         t0 = time.perf_counter()
         timing: dict[str, float] = {}
         timeout = self._check_timeout(cfg.default_timeout if timeout is None else timeout)
-        alive = sum(1 for live in self._live.values() if live.record.state != "pooled")
-        if alive >= cfg.max_sandboxes:
-            raise RateLimitError(f"this server runs its maximum of {cfg.max_sandboxes} "
-                                 f"sandboxes (HUTCH_MAX_SANDBOXES); kill one or retry later")
         name = self._resolve(template)
-        tmpl = await self.template(name)
-        timing["template"] = time.perf_counter() - t0
+        # Admitted against the server-wide limit and the tenant's quotas with no await in
+        # between, counting the creates still in flight: see hutch.server.quotas.
+        reservation = self.ledger.admit((live.record for live in self._live.values()), owner,
+                                        quotas, cpu, memory_mb, cfg.max_sandboxes)
+        try:
+            tmpl = await self.template(name)
+            timing["template"] = time.perf_counter() - t0
 
-        net = network or cfg.default_network
-        # A pooled sandbox has no egress chain: only open policies can use one (whether its
-        # ports are public is the proxy's business, set in the record at claim).
-        if self.pool is not None and defaults and egress_rules.policy_of(egress).is_open \
-                and self.pool.serves(name, net, secure):
-            live = self.pool.take()
-            if live is not None:
-                claimed = await self.pool.claim(live, template, timeout, metadata, env_vars,
-                                                idempotency_key, owner, egress)
-                if claimed is not None:
-                    timing["pool"] = time.perf_counter() - t0 - timing["template"]
-                    timing["total"] = time.perf_counter() - t0
-                    return claimed, timing
+            net = network or cfg.default_network
+            # A pooled sandbox has no egress chain: only open policies can use one (whether
+            # its ports are public is the proxy's business, set in the record at claim).
+            if self.pool is not None and defaults and egress_rules.policy_of(egress).is_open \
+                    and self.pool.serves(name, net, secure):
+                live = self.pool.take()
+                if live is not None:
+                    reservation.sandbox_id = live.record.id
+                    claimed = await self.pool.claim(live, template, timeout, metadata,
+                                                    env_vars, idempotency_key, owner, egress)
+                    if claimed is not None:
+                        timing["pool"] = time.perf_counter() - t0 - timing["template"]
+                        timing["total"] = time.perf_counter() - t0
+                        return claimed, timing
 
-        now = time.time()
-        rec = SandboxRecord(
-            id=new_sandbox_id(), template=name,
-            alias=template if template != name else None, digest=getattr(tmpl, "digest", None),
-            state="creating", created_at=now, end_at=now + timeout,
-            cpu=cpu, memory_mb=memory_mb, disk_mb=disk_mb, pids=cfg.default_pids, network=net,
-            metadata=dict(metadata or {}), env_vars=dict(env_vars or {}),
-            access_token=new_token() if secure else None, idempotency_key=idempotency_key,
-            owner=owner, egress=egress,
-        )
-        live = await self.boot(rec, tmpl, timing, "running")
-        timing["total"] = time.perf_counter() - t0
-        self.deadline_changed()
-        log.debug("created %s (%s) in %.1f ms: %s", rec.id, name, timing["total"] * 1e3,
-                  {k: round(v * 1e3, 2) for k, v in timing.items()})
-        return live.record, timing
+            now = time.time()
+            rec = SandboxRecord(
+                id=new_sandbox_id(), template=name,
+                alias=template if template != name else None,
+                digest=getattr(tmpl, "digest", None),
+                state="creating", created_at=now, end_at=now + timeout,
+                cpu=cpu, memory_mb=memory_mb, disk_mb=disk_mb, pids=cfg.default_pids,
+                network=net,
+                metadata=dict(metadata or {}), env_vars=dict(env_vars or {}),
+                access_token=new_token() if secure else None, idempotency_key=idempotency_key,
+                owner=owner, egress=egress,
+            )
+            reservation.sandbox_id = rec.id
+            live = await self.boot(rec, tmpl, timing, "running")
+            timing["total"] = time.perf_counter() - t0
+            self.deadline_changed()
+            log.debug("created %s (%s) in %.1f ms: %s", rec.id, name, timing["total"] * 1e3,
+                      {k: round(v * 1e3, 2) for k, v in timing.items()})
+            return live.record, timing
+        finally:
+            # The sandbox is live now (and counted as such) or it failed and holds nothing.
+            self.ledger.release(reservation)
 
     async def boot(self, rec: SandboxRecord, tmpl, timing: dict[str, float],
                    state: str) -> Live:

@@ -166,14 +166,37 @@ SCHEMAS: dict[str, dict] = {
                       "ready": {"type": "integer"}},
                      description="The warm pool, when one is configured."),
     }, ["status"]),
-    "NewKey": _obj({"name": {"type": "string", "maxLength": 100}}),
+    "Quotas": _obj({
+        "max_sandboxes": {"type": "integer", "minimum": 0,
+                          "description": "Sandboxes alive at once."},
+        "max_cpu": {"type": "number", "minimum": 0,
+                    "description": "CPU cores summed over the key's live sandboxes."},
+        "max_memory_mb": {"type": "integer", "minimum": 0,
+                          "description": "Memory (MiB) summed over the key's live sandboxes."},
+        "creates_per_minute": {"type": "integer", "minimum": 0,
+                               "description": "Creates admitted in any 60 seconds."},
+    }, ["max_sandboxes", "max_cpu", "max_memory_mb", "creates_per_minute"],
+        type=["object", "null"],
+        description="The tenant quotas in force for a key (0: no limit); null for the admin "
+                    "key, which is exempt."),
+    "QuotaOverrides": _obj({
+        "max_sandboxes": {"type": ["integer", "null"], "minimum": 0},
+        "max_cpu": {"type": ["number", "null"], "minimum": 0},
+        "max_memory_mb": {"type": ["integer", "null"], "minimum": 0},
+        "creates_per_minute": {"type": ["integer", "null"], "minimum": 0},
+    }, description="The key's own limits (0: no limit); a field left out keeps its value, "
+                   "null returns it to the server's HUTCH_TENANT_* default."),
+    "NewKey": _obj({"name": {"type": "string", "maxLength": 100},
+                    "quotas": _ref("QuotaOverrides")}),
+    "KeyChange": _obj({"quotas": _ref("QuotaOverrides")}),
     "Key": _obj({
         "id": {"type": "string"},
         "name": {"type": "string"},
         "createdAt": _TIME,
         "revokedAt": {"type": ["string", "null"], "format": "date-time"},
         "admin": {"type": "boolean"},
-    }, ["id", "name", "createdAt", "revokedAt", "admin"]),
+        "quotas": _ref("Quotas"),
+    }, ["id", "name", "createdAt", "revokedAt", "admin", "quotas"]),
     "CreatedKey": {"allOf": [_ref("Key"), _obj({"key": {
         "type": "string", "pattern": "^e2b_[0-9a-f]{40}$",
         "description": "The key itself: in this answer only (the server keeps its hash)."}},
@@ -246,6 +269,9 @@ def _create(op_id: str) -> dict:
                 "schema": {"type": "string"}}}),
             **_BAD, "404": _error("No such template."),
             "409": _error("The Idempotency-Key names a sandbox that has ended."),
+            "429": _error("A limit is reached: the server's HUTCH_MAX_SANDBOXES, or one of "
+                          "the key's tenant quotas (the message names the limit, its value "
+                          "and the key's use now). Nothing was created."),
         },
     }
 
@@ -337,13 +363,23 @@ def _operations() -> dict[str, dict[str, dict]]:
                     "responses": {**_ok(200, "Every key, revoked ones included.",
                                         {"type": "array", "items": _ref("Key")}), **_ADMIN}},
         },
-        "/keys/{id}": {"delete": {
-            "operationId": "revokeKey", "tags": ["keys"],
-            "summary": "Revoke an API key and kill its running sandboxes",
-            "parameters": [_KEY_ID],
-            "responses": {**_ok(204, "Revoked (again, if it was)."), **_ADMIN,
-                          "404": _error("No such key."),
-                          "409": _error("The admin key cannot be revoked.")}}},
+        "/keys/{id}": {
+            "patch": {
+                "operationId": "changeKey", "tags": ["keys"],
+                "summary": "Change an API key's tenant quotas (in force for its next create)",
+                "parameters": [_KEY_ID], "requestBody": _body("KeyChange"),
+                "responses": {**_ok(200, "The key as it is now.", _ref("Key")), **_BAD,
+                              **_ADMIN, "404": _error("No such key."),
+                              "409": _error("The admin key (exempt from quotas) or a "
+                                            "revoked key.")}},
+            "delete": {
+                "operationId": "revokeKey", "tags": ["keys"],
+                "summary": "Revoke an API key and kill its running sandboxes",
+                "parameters": [_KEY_ID],
+                "responses": {**_ok(204, "Revoked (again, if it was)."), **_ADMIN,
+                              "404": _error("No such key."),
+                              "409": _error("The admin key cannot be revoked.")}},
+        },
     }
     for path, methods in _UNSUPPORTED:
         params = [_SANDBOX_ID] if "{id}" in path else []

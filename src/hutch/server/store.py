@@ -65,7 +65,11 @@ CREATE TABLE IF NOT EXISTS api_keys (
     hash        TEXT NOT NULL UNIQUE,
     created_at  REAL NOT NULL,
     revoked_at  REAL,
-    is_admin    INTEGER NOT NULL DEFAULT 0
+    is_admin    INTEGER NOT NULL DEFAULT 0,
+    quota_max_sandboxes      INTEGER,
+    quota_max_cpu            REAL,
+    quota_max_memory_mb      INTEGER,
+    quota_creates_per_minute INTEGER
 );
 CREATE TABLE IF NOT EXISTS egress_log (
     seq         INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -129,6 +133,9 @@ class KeyRecord:
     created_at: float
     revoked_at: float | None
     admin: bool
+    # Per-key tenant quota overrides (hutch.server.quotas.FIELDS); a missing one follows the
+    # server's HUTCH_TENANT_* default.
+    quotas: dict = field(default_factory=dict)
 
 
 def hash_key(key: str) -> str:
@@ -147,9 +154,22 @@ def _row_to_record(row: sqlite3.Row) -> SandboxRecord:
     return SandboxRecord(**values)
 
 
+# Quota override columns of api_keys (NULL: the server's default), by API field name.
+QUOTA_COLUMNS = {
+    "max_sandboxes": ("quota_max_sandboxes", "INTEGER"),
+    "max_cpu": ("quota_max_cpu", "REAL"),
+    "max_memory_mb": ("quota_max_memory_mb", "INTEGER"),
+    "creates_per_minute": ("quota_creates_per_minute", "INTEGER"),
+}
+_KEY_COLUMNS = "id, name, created_at, revoked_at, is_admin, " + ", ".join(
+    column for column, _ in QUOTA_COLUMNS.values())
+
+
 def _row_to_key(row: sqlite3.Row) -> KeyRecord:
+    quotas = {name: row[column] for name, (column, _) in QUOTA_COLUMNS.items()
+              if row[column] is not None}
     return KeyRecord(id=row["id"], name=row["name"], created_at=row["created_at"],
-                     revoked_at=row["revoked_at"], admin=bool(row["is_admin"]))
+                     revoked_at=row["revoked_at"], admin=bool(row["is_admin"]), quotas=quotas)
 
 
 def _encode_cursor(seq: int) -> str:
@@ -243,6 +263,9 @@ class Store:
             self._db.execute("ALTER TABLE api_keys ADD COLUMN is_admin INTEGER NOT NULL "
                              "DEFAULT 0")
             self._db.execute("UPDATE api_keys SET is_admin=1 WHERE id=?", (ADMIN_KEY_ID,))
+        for column, kind in QUOTA_COLUMNS.values():
+            if column not in have:
+                self._db.execute(f"ALTER TABLE api_keys ADD COLUMN {column} {kind}")
 
     def by_idempotency_key(self, key: str) -> SandboxRecord | None:
         row = self._db.execute(
@@ -351,35 +374,47 @@ class Store:
 
     # -- API keys ----------------------------------------------------------------------------
 
-    def add_key(self, key_id: str, name: str, key: str, *, admin: bool = False) -> KeyRecord:
+    def add_key(self, key_id: str, name: str, key: str, *, admin: bool = False,
+                quotas: dict | None = None) -> KeyRecord:
         now = time.time()
+        quotas = {k: v for k, v in (quotas or {}).items() if v is not None}
+        columns = [QUOTA_COLUMNS[k][0] for k in quotas]
         self._db.execute(
-            "INSERT INTO api_keys (id, name, hash, created_at, is_admin) VALUES (?,?,?,?,?)",
-            (key_id, name, hash_key(key), now, int(admin)),
+            f"INSERT INTO api_keys (id, name, hash, created_at, is_admin"
+            f"{''.join(', ' + c for c in columns)}) VALUES (?,?,?,?,?{',?' * len(columns)})",
+            (key_id, name, hash_key(key), now, int(admin), *quotas.values()),
         )
-        return KeyRecord(id=key_id, name=name, created_at=now, revoked_at=None, admin=admin)
+        return KeyRecord(id=key_id, name=name, created_at=now, revoked_at=None, admin=admin,
+                         quotas=quotas)
+
+    def set_key_quotas(self, key_id: str, quotas: dict) -> KeyRecord | None:
+        """Change a key's quota overrides (None: back to the server's default); the other
+        overrides stay. Takes effect from the next request: keys are never cached."""
+        if quotas:
+            sets = ", ".join(f"{QUOTA_COLUMNS[k][0]}=?" for k in quotas)
+            self._db.execute(f"UPDATE api_keys SET {sets} WHERE id=?",
+                             (*quotas.values(), key_id))
+        return self.get_key(key_id)
 
     def key_for(self, key: str) -> KeyRecord | None:
         """The active key whose plaintext is ``key``, or None (unknown or revoked).
 
         Read on every request, never cached: a revocation holds from the next request on."""
         row = self._db.execute(
-            "SELECT id, name, created_at, revoked_at, is_admin FROM api_keys "
-            "WHERE hash=? AND revoked_at IS NULL", (hash_key(key),)
+            f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE hash=? AND revoked_at IS NULL",
+            (hash_key(key),)
         ).fetchone()
         return _row_to_key(row) if row else None
 
     def get_key(self, key_id: str) -> KeyRecord | None:
         row = self._db.execute(
-            "SELECT id, name, created_at, revoked_at, is_admin FROM api_keys WHERE id=?",
-            (key_id,)
+            f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id=?", (key_id,)
         ).fetchone()
         return _row_to_key(row) if row else None
 
     def keys(self) -> list[KeyRecord]:
         rows = self._db.execute(
-            "SELECT id, name, created_at, revoked_at, is_admin FROM api_keys "
-            "ORDER BY created_at, id"
+            f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY created_at, id"
         ).fetchall()
         return [_row_to_key(r) for r in rows]
 

@@ -9,9 +9,12 @@ ids cannot be probed across tenants.
 Keys are managed over hutch's own endpoints (E2B has no such API for self-hosting), with the
 admin key only:
 
-- ``POST /keys`` ``{"name": ...}`` → 201 ``{id, name, key, createdAt, admin}``; the plaintext
-  ``key`` is in this answer only, the server keeps its hash.
-- ``GET /keys`` → ``[{id, name, createdAt, revokedAt, admin}]``.
+- ``POST /keys`` ``{"name": ..., "quotas": {...}}`` → 201 ``{id, name, key, createdAt, admin,
+  quotas}``; the plaintext ``key`` is in this answer only, the server keeps its hash.
+- ``GET /keys`` → ``[{id, name, createdAt, revokedAt, admin, quotas}]``.
+- ``PATCH /keys/{id}`` ``{"quotas": {...}}`` → 200 with the key: changes its tenant quotas
+  (:mod:`hutch.server.quotas`), in force from the next create since keys are read on every
+  request.
 - ``DELETE /keys/{id}`` → 204: the key stops working at once and its running sandboxes are
   killed (a revoked tenant could no longer see or stop them, yet their access tokens would
   keep their data plane open until they expire).
@@ -39,6 +42,7 @@ from hutch.errors import (
     PermissionDeniedError,
     SandboxNotFoundError,
 )
+from hutch.server import quotas as tenant_quotas
 from hutch.server.keys import new_key, new_key_id
 from hutch.server.store import KeyRecord, SandboxRecord, Store
 
@@ -99,13 +103,20 @@ def scoped_idempotency_key(key: KeyRecord, value: str | None) -> str | None:
     return None if value is None else f"{key.id}/{value}"
 
 
-def key_json(rec: KeyRecord, rfc3339) -> dict[str, Any]:
+def quotas_of(key: KeyRecord, config: Any) -> tenant_quotas.Quotas | None:
+    """The tenant quotas in force for a key; None for the admin key, which is exempt."""
+    return None if key.admin else tenant_quotas.effective(key.quotas, config)
+
+
+def key_json(rec: KeyRecord, rfc3339, config: Any) -> dict[str, Any]:
+    quotas = quotas_of(rec, config)
     return {"id": rec.id, "name": rec.name, "createdAt": rfc3339(rec.created_at),
-            "revokedAt": rfc3339(rec.revoked_at), "admin": rec.admin}
+            "revokedAt": rfc3339(rec.revoked_at), "admin": rec.admin,
+            "quotas": None if quotas is None else quotas.json()}
 
 
 class KeyAdmin:
-    """``/keys``: create, list and revoke API keys (the admin key only)."""
+    """``/keys``: create, list, change and revoke API keys (the admin key only)."""
 
     def __init__(self, store: Store, manager: Any, rfc3339, read_body) -> None:
         self.store = store
@@ -127,14 +138,39 @@ class KeyAdmin:
         if not isinstance(name, str) or len(name) > MAX_NAME or not name.isprintable():
             raise InvalidArgumentError(f"name must be printable text of at most {MAX_NAME} "
                                        f"characters")
+        quotas = body.get("quotas")
+        quotas = {} if quotas is None else tenant_quotas.parse_overrides(quotas)
         plaintext = new_key()
-        rec = self.store.add_key(new_key_id(), name, plaintext)
+        rec = self.store.add_key(new_key_id(), name, plaintext, quotas=quotas)
         log.info("API key %s (%r) created", rec.id, rec.name)
-        return JSONResponse({**key_json(rec, self._rfc3339), "key": plaintext}, status_code=201)
+        return JSONResponse({**self._json(rec), "key": plaintext}, status_code=201)
 
     async def list(self, request: Request) -> Response:
         self._admin(request)
-        return JSONResponse([key_json(k, self._rfc3339) for k in self.store.keys()])
+        return JSONResponse([self._json(k) for k in self.store.keys()])
+
+    async def change(self, request: Request) -> Response:
+        """Change a key's quotas; the fields not named keep their value."""
+        self._admin(request)
+        key_id = request.path_params["id"]
+        body = await self._read_body(request)
+        unknown = sorted(set(body) - {"quotas"})
+        if unknown:
+            raise InvalidArgumentError(f"unknown field {unknown[0]!r}; only quotas can change")
+        quotas = tenant_quotas.parse_overrides(body.get("quotas", {}))
+        rec = self.store.get_key(key_id)
+        if rec is None:
+            raise NotFoundError(f"API key {key_id!r} not found")
+        if rec.admin:
+            raise ConflictError("the admin key is exempt from tenant quotas")
+        if rec.revoked_at is not None:
+            raise ConflictError(f"API key {key_id!r} is revoked")
+        rec = self.store.set_key_quotas(key_id, quotas)
+        log.info("API key %s quotas changed: %s", key_id, quotas)
+        return JSONResponse(self._json(rec))
+
+    def _json(self, rec: KeyRecord) -> dict[str, Any]:
+        return key_json(rec, self._rfc3339, self.manager.config)
 
     async def revoke(self, request: Request) -> Response:
         self._admin(request)
@@ -164,5 +200,6 @@ class KeyAdmin:
         return [
             Route("/keys", self.create, methods=["POST"]),
             Route("/keys", self.list, methods=["GET"]),
+            Route("/keys/{id}", self.change, methods=["PATCH"]),
             Route("/keys/{id}", self.revoke, methods=["DELETE"]),
         ]
