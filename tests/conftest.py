@@ -62,14 +62,15 @@ def _request(url: str, *, method: str = "GET", key: str | None = None, timeout: 
         return resp.status, (json.loads(body) if body else None)
 
 
-def _server_env(data_dir: Path, port: int) -> dict[str, str]:
+def _server_env(data_dir: Path, port: int, instance: str | None = None,
+                subnet: str | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         HUTCH_DATA_DIR=str(data_dir),
         HUTCH_HOST="127.0.0.1",
         HUTCH_PORT=str(port),
-        HUTCH_INSTANCE=TEST_INSTANCE,
-        HUTCH_SUBNET=TEST_SUBNET,
+        HUTCH_INSTANCE=instance or TEST_INSTANCE,
+        HUTCH_SUBNET=subnet or TEST_SUBNET,
         HUTCH_TEMPLATES_DIR=str(TEST_TEMPLATES_DIR),
         # Host routing (<port>-<id>.<domain>) is tested through this name; no DNS is needed
         # because the tests send the Host header themselves.
@@ -78,19 +79,24 @@ def _server_env(data_dir: Path, port: int) -> dict[str, str]:
     return env
 
 
-def start_server(data_dir: Path = TEST_DATA_DIR, log_name: str = "server.log") -> Server:
-    """Start `python -m hutch serve` and wait until it answers /health."""
+def start_server(data_dir: Path = TEST_DATA_DIR, log_name: str = "server.log", *,
+                 extra_env: dict[str, str] | None = None, instance: str | None = None,
+                 subnet: str | None = None) -> Server:
+    """Start `python -m hutch serve` and wait until it answers /health.
+
+    ``instance`` and ``subnet`` give a server its own host objects, for one that must not
+    meet the session's server; ``extra_env`` adds settings."""
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = data_dir / log_name
-    env = _server_env(data_dir, port)
+    env = {**_server_env(data_dir, port, instance, subnet), **(extra_env or {})}
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "hutch", "serve"],
             env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
     url = f"http://127.0.0.1:{port}"
-    server = Server(url=url, api_key="", data_dir=data_dir, instance=TEST_INSTANCE,
+    server = Server(url=url, api_key="", data_dir=data_dir, instance=instance or TEST_INSTANCE,
                     process=proc, log=log)
     deadline = time.monotonic() + STARTUP_TIMEOUT
     while True:
@@ -141,14 +147,15 @@ def stop_server(server: Server) -> None:
             server.process.wait()
 
 
-def teardown_instance(data_dir: Path = TEST_DATA_DIR) -> None:
+def teardown_instance(data_dir: Path = TEST_DATA_DIR, instance: str | None = None,
+                      subnet: str | None = None) -> None:
     """Remove every host object of the test instance: sandboxes, bridge, nft table."""
     code = (
         "import asyncio, sys; from pathlib import Path; from hutch.server.config import Config; "
         "from hutch.server.app import build_runtime; "
         "asyncio.run(build_runtime(Config.from_env()).teardown())"
     )
-    env = _server_env(data_dir, 0)
+    env = _server_env(data_dir, 0, instance, subnet)
     subprocess.run([sys.executable, "-c", code], env=env, check=False, timeout=120)
 
 

@@ -3,7 +3,9 @@
 The ASGI entry sends each request either to the data plane (it names a sandbox, by headers or
 by host) or to the control plane. Start-up order matters: the runtime starts and the store is
 reconciled with what runs *before* the port opens, so no request sees a half-known world; the
-``base`` template is ensured before listening so the first create is fast.
+``base`` template is ensured before listening so the first create is fast. Then the isolation
+self-test (:mod:`hutch.server.selftest`) runs one probe sandbox; a failed check stops the start
+unless ``HUTCH_ALLOW_DEGRADED`` says to serve anyway, marked degraded.
 
 Stopping the server leaves every sandbox running: the next start adopts them.
 """
@@ -18,6 +20,8 @@ from typing import Any
 
 import uvicorn
 
+from hutch.errors import HutchError
+from hutch.server import selftest
 from hutch.server.config import Config
 from hutch.server.keys import ensure_admin_key
 from hutch.server.manager import SandboxManager
@@ -47,13 +51,18 @@ def build_templates(config: Config):
 class HutchApp:
     """The ASGI application: data plane first (cheap header check), else the control plane."""
 
-    def __init__(self, config: Config, manager: SandboxManager, store: Store) -> None:
+    def __init__(self, config: Config, manager: SandboxManager, store: Store,
+                 degraded: tuple[str, ...] = ()) -> None:
         self.domain = config.domain
         self.data = DataPlane(manager)
         self.sockets = WebSocketPlane(manager)
-        self.control = ControlPlane(manager, store, client_id=config.instance).app()
+        self.control = ControlPlane(manager, store, client_id=config.instance,
+                                    degraded=degraded).app()
+        self._degraded = ",".join(degraded).encode()
 
     async def __call__(self, scope, receive, send) -> None:
+        if self._degraded:
+            send = self._marking(send)
         if scope["type"] == "websocket":
             target = route(scope, self.domain)
             if target is not None:
@@ -66,6 +75,16 @@ class HutchApp:
         if target is not None:
             return await self.data(scope, receive, send, *target)
         await self.control(scope, receive, send)
+
+    def _marking(self, send):
+        """``send`` that adds the failed self-test checks to every response's head."""
+        header = (b"hutch-degraded", self._degraded)
+
+        async def marked(message) -> None:
+            if message["type"] in ("http.response.start", "websocket.accept"):
+                message = {**message, "headers": [*message.get("headers", ()), header]}
+            await send(message)
+        return marked
 
 
 def _compile_package() -> None:
@@ -125,6 +144,8 @@ class Server:
         self.store: Store | None = None
         self.manager: SandboxManager | None = None
         self.admin_key_created = False
+        self.selftest: list[selftest.Check] = []
+        self.degraded: tuple[str, ...] = ()   # failed self-test checks, when serving anyway
 
     async def start(self, progress: Any = None) -> None:
         cfg = self.config
@@ -143,7 +164,32 @@ class Server:
         self.manager = SandboxManager(cfg, self.store, self.runtime, self.templates)
         await self.manager.start()
         await self.templates.ensure("base", progress=progress)
+        await self._self_test()
         self.manager.start_pool()
+
+    async def _self_test(self) -> None:
+        """Prove the containment on this host with one probe sandbox before serving."""
+        from hutch.runtime.local import LocalRuntime
+        if not isinstance(self.runtime, LocalRuntime):
+            return   # an injected runtime (tests) has no host side to look at
+        checks, timing = await selftest.self_test(self.config, self.manager, self.runtime,
+                                                  self.templates)
+        self.selftest = checks
+        failed = selftest.failed(checks)
+        log.info("isolation self-test: %s in %.0f ms (%s)",
+                 "failed " + ", ".join(failed) if failed else "passed",
+                 timing.get("total", 0) * 1e3,
+                 ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in timing.items()
+                           if k != "total"))
+        if not failed:
+            return
+        report = "\n".join(f"  {c.name}: {c.detail}" for c in checks if not c.ok)
+        if not self.config.allow_degraded:
+            raise HutchError(f"the isolation self-test failed, refusing to serve "
+                             f"(HUTCH_ALLOW_DEGRADED=true serves anyway):\n{report}")
+        self.degraded = tuple(failed)
+        log.warning("serving DEGRADED (HUTCH_ALLOW_DEGRADED): failed self-test checks:\n%s",
+                    report)
 
     async def close(self) -> None:
         if self.manager:
@@ -155,7 +201,7 @@ class Server:
 
     def asgi(self) -> HutchApp:
         assert self.manager is not None and self.store is not None
-        return HutchApp(self.config, self.manager, self.store)
+        return HutchApp(self.config, self.manager, self.store, self.degraded)
 
     async def serve(self, on_ready=None) -> None:
         """Listen until a stop signal; the caller has called :meth:`start`."""

@@ -194,6 +194,13 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds to wait for a new sandbox's agent to answer before the create fails."),
     Setting("log_level", "HUTCH_LOG_LEVEL", "info", _log_level,
             "Server log level (debug, info, warning, error)."),
+    Setting("allow_degraded", "HUTCH_ALLOW_DEGRADED", "false", _bool,
+            "Serve even when the start-up isolation self-test (see \"Isolation self-test\" "
+            "in docs/operations.md) fails a check; every response then carries "
+            "`Hutch-Degraded: <failed checks>` and GET /health lists them under `degraded`. "
+            "Off: the server refuses to start."),
+    Setting("selftest_fail", "HUTCH_SELFTEST_FAIL", "", _text,
+            "For testing only: comma-separated self-test check names to report as failed."),
 )
 
 
@@ -231,6 +238,8 @@ class Config:
     domain: str
     agent_timeout: float
     log_level: str
+    allow_degraded: bool
+    selftest_fail: str
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Config":
@@ -279,6 +288,7 @@ def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
     if values["templates_dir"] is None:
         values["templates_dir"] = Path(values["data_dir"]) / "templates"
     values["domain"] = values["domain"] or ""
+    values["selftest_fail"] = values["selftest_fail"] or ""
     if values["max_cpu"] is None:
         values["max_cpu"] = float(os.cpu_count() or 1)
     for default, limit, env in (("default_cpu", "max_cpu", "HUTCH_MAX_CPU"),

@@ -3,7 +3,8 @@
 The checks look at what the runtime and template builder will need (root, an OCI runtime
 that really starts a user-namespaced container with limits here, cgroups, user namespaces,
 nftables, overlayfs, loop devices, a static init, mmdebstrap) and at the templates built so
-far. They only read and probe; they change nothing on the host.
+far. They only read and probe; they change nothing on the host, except that the isolation
+self-test (:mod:`hutch.server.selftest`) starts one probe sandbox and removes it.
 """
 
 from __future__ import annotations
@@ -60,6 +61,56 @@ def _runtime_checks(config: Config) -> list[Check]:
                          "not among the runtimes hutch knows: " + ", ".join(r.name for r in results),
                          fix="HUTCH_OCI_RUNTIME=runc"))
     return out
+
+
+_SELFTEST_FIXES = {
+    "probe_sandbox": "see the detail; `hutch serve` with HUTCH_LOG_LEVEL=debug shows the runtime's log",
+    "firewall_table": "start `hutch serve` (it creates the table), or restart it if it runs",
+}
+
+
+def isolation_checks(config: Config) -> list[Check]:
+    """The self-test `hutch serve` runs at start: one probe sandbox, looked at inside and out."""
+    import asyncio
+
+    from hutch.server import selftest
+
+    async def run():
+        from hutch.server.app import build_runtime, build_templates
+        from hutch.server.manager import SandboxManager
+        runtime = build_runtime(config)
+        templates = build_templates(config)
+        if templates.get("base") is None:
+            return None
+        runtime.sandboxes_dir.mkdir(parents=True, exist_ok=True)
+        runtime._raise_nofile()   # noqa: SLF001 - as the runtime's start does
+        manager = SandboxManager(config, None, runtime, templates)
+        try:
+            return await selftest.self_test(config, manager, runtime, templates)
+        finally:
+            await runtime.close()
+
+    if os.geteuid() != 0:
+        return [Check("isolation self-test", False, "needs root", optional=True)]
+    try:
+        result = asyncio.run(run())
+    except Exception as exc:  # a doctor reports, it does not crash
+        return [Check("isolation self-test", False, str(exc), fix=_SELFTEST_FIXES["probe_sandbox"])]
+    if result is None:
+        return [Check("isolation self-test", False,
+                      "skipped: the base template is not built yet", optional=True)]
+    checks, timing = result
+    from hutch.runtime import network
+    # Without a server of this instance ever started here there is no table to look at yet;
+    # with its bridge present, a missing table is a real failure.
+    set_up = network.link_exists(network.bridge_name(config.instance))
+    return [Check(f"isolation: {c.name}", c.ok, c.detail + (
+                      "" if c.ok or c.name != "firewall_table" or set_up
+                      else " (no server of this instance has started yet)"),
+                  fix=_SELFTEST_FIXES.get(c.name, "a containment layer is not in force on "
+                                          "this host: see the detail"),
+                  optional=c.name == "firewall_table" and not set_up)
+            for c in checks]
 
 
 def run_checks(config: Config) -> list[Check]:

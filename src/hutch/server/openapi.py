@@ -165,6 +165,9 @@ SCHEMAS: dict[str, dict] = {
         "pool": _obj({"template": {"type": "string"}, "size": {"type": "integer"},
                       "ready": {"type": "integer"}},
                      description="The warm pool, when one is configured."),
+        "degraded": {"type": "array", "items": {"type": "string"}, "description": (
+            "The isolation self-test checks that failed, when the server serves anyway "
+            "(HUTCH_ALLOW_DEGRADED); absent when every check passed.")},
     }, ["status"]),
     "Quotas": _obj({
         "max_sandboxes": {"type": "integer", "minimum": 0,
