@@ -7,7 +7,9 @@ revoked at the end, which also kills whatever sandboxes it still runs.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
+import time
 import uuid
 from types import SimpleNamespace
 
@@ -19,6 +21,7 @@ from e2b.exceptions import RateLimitException
 from hutch.errors import InvalidArgumentError, RateLimitError
 from hutch.server.config import load
 from hutch.server.quotas import Ledger, Quotas, effective, parse_overrides
+from hutch.server.store import Store
 
 TIMEOUT = 120
 SMALL = {"cpuCount": 1, "memoryMB": 256}
@@ -115,6 +118,34 @@ def test_override_validation():
                 {"max_memory_mb": "1"}, {"max_cpu": True}, {"max_cpu": float("inf")}):
         with pytest.raises(InvalidArgumentError):
             parse_overrides(bad)
+
+
+def test_overrides_are_stored_and_an_older_store_gains_them(tmp_path):
+    path = tmp_path / "hutch.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE api_keys (id TEXT PRIMARY KEY, name TEXT NOT NULL, "
+               "hash TEXT NOT NULL UNIQUE, created_at REAL NOT NULL, revoked_at REAL, "
+               "is_admin INTEGER NOT NULL DEFAULT 0)")
+    db.execute("INSERT INTO api_keys (id, name, hash, created_at) VALUES ('old', 'o', 'h', 1)")
+    db.commit()
+    db.close()
+    store = Store(path)
+    try:
+        assert store.get_key("old").quotas == {}
+        store.add_key("new", "n", "e2b_plain", quotas={"max_sandboxes": 3, "max_cpu": None})
+        assert store.key_for("e2b_plain").quotas == {"max_sandboxes": 3}
+        store.set_key_quotas("new", {"max_cpu": 2.5, "max_sandboxes": None})
+        assert store.get_key("new").quotas == {"max_cpu": 2.5}
+        store.set_key_quotas("old", {"creates_per_minute": 0})
+        assert store.get_key("old").quotas == {"creates_per_minute": 0}   # 0 is a value
+    finally:
+        store.close()
+    store = Store(path)      # kept, and a migrated store opens again unchanged
+    try:
+        assert {k.id: k.quotas for k in store.keys()} == {
+            "old": {"creates_per_minute": 0}, "new": {"max_cpu": 2.5}}
+    finally:
+        store.close()
 
 
 # -- through the API ---------------------------------------------------------------------------
@@ -331,3 +362,67 @@ def test_the_e2b_sdk_sees_a_rate_limit(tenant, hutch_server, monkeypatch):
                                                  r"sandboxes per key \(1 running\)"):
         Sandbox.create("base", timeout=60)
     _kill(client, held)
+
+
+def _wait_pool(srv, size: int) -> None:
+    deadline = time.monotonic() + 120
+    while httpx.get(srv.url + "/health").json()["pool"]["ready"] < size:
+        assert time.monotonic() < deadline, "the warm pool did not fill"
+        time.sleep(0.1)
+
+
+def test_settings_give_the_defaults_and_a_pool_race_is_admitted_once(server):
+    """A server whose defaults come from HUTCH_TENANT_*, with a warm pool: a create served
+    from the pool is only counted as a tenant's sandbox once its claim has finished (an
+    await), so without reservations both racers would pass the check."""
+    server.stop()
+    server.extra_env = {"HUTCH_POOL_SIZE": "2", "HUTCH_DEFAULT_MEMORY_MB": "256",
+                        "HUTCH_TENANT_MAX_SANDBOXES": "2", "HUTCH_TENANT_MAX_CPU": "8",
+                        "HUTCH_TENANT_MAX_MEMORY_MB": "4096",
+                        "HUTCH_TENANT_CREATES_PER_MINUTE": "30"}
+    server.start()
+    made: list[tuple[httpx.Client, str]] = []
+    try:
+        with server.client() as admin:
+            r = admin.post("/keys", json={"name": "pool-race"})
+            assert r.status_code == 201, r.text
+            key = r.json()
+            assert key["quotas"] == {"max_sandboxes": 2, "max_cpu": 8.0, "max_memory_mb": 4096,
+                                     "creates_per_minute": 30}
+            client = httpx.Client(base_url=server.url, timeout=TIMEOUT,
+                                  headers={"X-API-KEY": key["key"]})
+            try:
+                made.append((client, _created(client, allow_internet_access=False)))
+                _wait_pool(server, 2)
+                barrier = threading.Barrier(2)
+                answers: list[httpx.Response] = []
+
+                def race() -> None:
+                    barrier.wait()
+                    answers.append(client.post("/v2/sandboxes", json={
+                        "templateID": "base", "timeout": 300}))
+
+                threads = [threading.Thread(target=race) for _ in range(2)]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                made += [(client, r.json()["sandboxID"]) for r in answers
+                         if r.status_code == 201]
+                assert sorted(r.status_code for r in answers) == [201, 429], \
+                    [r.text for r in answers]
+                assert "pool;dur=" in next(r for r in answers
+                                           if r.status_code == 201).headers["server-timing"]
+                assert _running(client) == 2
+                # The admin key is exempt from the defaults too (three at once here).
+                for _ in range(3):
+                    made.append((admin, _created(admin, allow_internet_access=False)))
+                assert admin.delete(f"/keys/{key['id']}").status_code == 204
+            finally:
+                for owner, sid in made:
+                    owner.delete(f"/sandboxes/{sid}")
+                client.close()
+    finally:
+        server.stop()
+        server.extra_env = {}
+        server.start()
