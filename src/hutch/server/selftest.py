@@ -176,15 +176,15 @@ def judge_uid_map(inside: str, host: str) -> Check:
         except ValueError:
             return Check("uid_map", False, f"unreadable uid_map ({where}): {text!r}")
         if not rows:
-            return Check("uid_map", False, f"empty uid_map ({where}): the sandbox shares the "
-                                           "host's user namespace")
+            return Check("uid_map", False, f"empty or unreadable uid_map ({where}): the "
+                                           "sandbox may share the host's user namespace")
         root = [r for r in rows if r[0] == 0]
         if not root or root[0][1] == 0:
             return Check("uid_map", False, f"root inside is host root ({where}: {text.strip()!r})")
         if any(r[1] == 0 for r in rows):
             return Check("uid_map", False, f"a uid inside maps to host root ({where})")
-    return Check("uid_map", True, f"0 -> {parse_id_map(host)[0][1]} (range of "
-                                  f"{parse_id_map(host)[0][2]})")
+    _, outside, count = next(r for r in parse_id_map(host) if r[0] == 0)
+    return Check("uid_map", True, f"0 -> {outside} (range of {count})")
 
 
 def judge_host_uid(status: dict[str, str]) -> Check:
@@ -343,12 +343,15 @@ def judge(inside: dict[str, Any], host: dict[str, Any], *, expected_caps: Iterab
           no_new_privs: bool, memory_bytes: int, pids: int, disk_mb: int) -> list[Check]:
     """Every sandbox check from the facts gathered inside (the script's JSON) and on the
     host (``status``, ``uid_map``, ``user_ns``, ``host_ns``, ``memory.max``, ``pids.max``)."""
-    in_status = parse_status(inside.get("status") or "") \
-        if isinstance(inside.get("status"), str) else {}
+    def text(key: str) -> str:
+        # a file the script could not read comes back as {"errno": n}: judged as empty
+        value = inside.get(key)
+        return value if isinstance(value, str) else ""
+
+    in_status = parse_status(text("status"))
     init_status = parse_status(host.get("status", ""))
     return [
-        judge_uid_map(inside.get("uid_map") or "" if isinstance(inside.get("uid_map"), str)
-                      else "", host.get("uid_map", "")),
+        judge_uid_map(text("uid_map"), host.get("uid_map", "")),
         judge_host_uid(init_status),
         judge_user_namespace(host.get("user_ns", ""), host.get("host_ns", "")),
         judge_capabilities(in_status, init_status, expected_caps),
@@ -359,9 +362,7 @@ def judge(inside: dict[str, Any], host: dict[str, Any], *, expected_caps: Iterab
         judge_readonly_proc_sys(inside.get("proc_sys_rdonly"), inside.get("proc_sys_write")),
         judge_limit("memory_limit", host.get("memory.max"), memory_bytes, " bytes"),
         judge_limit("pids_limit", host.get("pids.max"), pids),
-        judge_disk(root_fstype(inside.get("mounts") or "")
-                   if isinstance(inside.get("mounts"), str) else None,
-                   int(inside.get("root_bytes") or 0), disk_mb),
+        judge_disk(root_fstype(text("mounts")), int(inside.get("root_bytes") or 0), disk_mb),
     ]
 
 
