@@ -470,9 +470,10 @@ async def probe(runtime, spec, *, no_new_privs: bool, expected_caps: Iterable[st
         timing["agent"] = time.perf_counter() - t
         t = time.perf_counter()
         pid = int((runtime.sandboxes_dir / spec.id / "init.pid").read_text())
-        host = await asyncio.to_thread(host_view, pid)
         keyctl = KEYCTL_NR.get(platform.machine(), 0)
-        text = await run_inside(link, INSIDE_SCRIPT, [str(keyctl), json.dumps(MASKED_PROBES)])
+        host, text = await asyncio.gather(
+            asyncio.to_thread(host_view, pid),
+            run_inside(link, INSIDE_SCRIPT, [str(keyctl), json.dumps(MASKED_PROBES)]))
         inside = json.loads(text)
         timing["checks"] = time.perf_counter() - t
         checks = [Check("probe_sandbox", True, f"{spec.id} started and answered")]
