@@ -68,8 +68,8 @@ def _non_negative_float(text: str) -> float:
 def _instance(text: str) -> str:
     # The instance names host objects (nft table, bridge "<instance>0", cgroup parent), and
     # interface names are limited to 15 bytes.
-    if not re.fullmatch(r"[a-z][a-z0-9]{0,11}", text):
-        raise ValueError("expected 1-12 lowercase letters/digits starting with a letter")
+    if not re.fullmatch(r"[a-z][a-z0-9]{0,9}", text):
+        raise ValueError("expected 1-10 lowercase letters/digits starting with a letter")
     return text
 
 
