@@ -24,6 +24,7 @@ _LAZY = {
     "Context": "hutch.sdk",
     "OutputMessage": "hutch.sdk",
     "ExecutionError": "hutch.sdk",
+    "Template": "hutch.sdk",
 }
 _ERRORS = (
     "HutchError",

@@ -52,6 +52,7 @@ from hutch.sdk._sync.files import Filesystem, WatchHandle
 from hutch.sdk._sync.process import Process, StreamReader, StreamWriter
 from hutch.sdk._sync.pty import Pty
 from hutch.sdk._sync.sandbox import Sandbox, SandboxPaginator
+from hutch.sdk._template import Template
 
 __all__ = [
     "AsyncCodeInterpreter",
@@ -90,6 +91,7 @@ __all__ = [
     "SandboxInfo",
     "SandboxMetrics",
     "SandboxPaginator",
+    "Template",
     "SandboxQuery",
     "SandboxState",
     "StreamReader",
