@@ -10,6 +10,13 @@ So each sandbox's user namespace gets limits of its own (set from inside it, whe
 CAP_SYS_RESOURCE over it applies; the sandbox itself lacks that capability and sees /proc/sys
 read-only, so it cannot raise them), and the host-wide count is raised to make room for
 many sandboxes at their limits next to the host's own use.
+
+Two host-wide counts are raised for the same reason. `fs.file-max` (open files, about 100
+per MiB of RAM by default) is checked for everyone but host root, and one sandbox's processes
+may each hold RLIMIT_NOFILE files: a few hundred of them reach it, and then every other
+sandbox gets ENFILE. Open files are charged to the opener's memory cgroup, so with the
+host-wide count out of the way each sandbox's memory limit bounds them (as systemd sets it).
+`kernel.pid_max` (32768 by default) is smaller than a few dozen sandboxes at their pids limit.
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ SANDBOX_LIMITS = {
 HOST_LIMITS = {
     "fs/inotify/max_user_instances": 1 << 16,
     "fs/inotify/max_user_watches": 1 << 23,
+    "fs/file-max": (1 << 63) - 1,
+    "kernel/pid_max": 1 << 22,
 }
 
 
