@@ -554,6 +554,12 @@ class LocalRuntime:
         ids.update(_listdir(self.state_dir / "oci"))  # the OCI runtime's state, per container
         return sorted(i for i in ids if ID_RE.match(i))
 
+    def writable_layer(self, sandbox_id: str) -> Path:
+        """The sandbox's writable (upper) layer on the host: what it changed, overlayfs
+        whiteouts included. Valid until it is destroyed; template builds copy it out as a new
+        read-only layer once the sandbox's process has ended."""
+        return self._dir(sandbox_id) / "disk" / "upper"
+
     async def is_running(self, sandbox_id: str) -> bool:
         """Is the sandbox's init alive? (list() also reports what is only left over, e.g.
         the directories of sandboxes that did not survive a host reboot.)"""

@@ -95,7 +95,8 @@ def script(step: Step, state: State, context_dir: str = "/run/hutch/context") ->
     elif step.kind == "npm":
         body = "npm install -g " + " ".join(map(q, a)) + "\nrm -rf /root/.npm\n"
     elif step.kind == "run":
-        body = _as_user(state, a[0]) + "\n"
+        # WORKDIR makes its directory when missing (as Docker's does), owned by root.
+        body = f"mkdir -p {q(state.workdir)}\n" + _as_user(state, a[0]) + "\n"
     else:
         body = _copy_script(step, context_dir)
     return "set -eu\n" + exports + body
