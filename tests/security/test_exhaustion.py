@@ -116,8 +116,10 @@ def test_a_fork_bomb_is_held_by_pids_and_ends_with_its_command(host, hutch_serve
             bomb.wait()
         # The command's timeout killed its process group, forks included: the sandbox answers.
         assert answers(sbx)
-        left = sbx.commands.run("ps -e -o comm= | grep -c bash || true").stdout.strip()
-        assert int(left) <= 2, left
+        # Its processes are gone (the dead ones are reaped by the sandbox's init meanwhile).
+        def bashes() -> int:
+            return int(sbx.commands.run("ps -e -o comm= | grep -c bash || true").stdout)
+        assert wait_until(lambda: bashes() <= 2, 60), bashes()
         sbx.kill()
         assert wait_until(lambda: not host_pids_of(sbx.sandbox_id), 60)
 
@@ -230,6 +232,19 @@ def test_background_children_outlive_their_command_and_die_with_the_sandbox(host
         sbx.kill()
         assert wait_until(lambda: not host_pids_of(sbx.sandbox_id), 60), \
             host_pids_of(sbx.sandbox_id)
+
+
+def test_a_timeout_kills_the_whole_process_tree_setsid_children_included(host):
+    with sandbox() as sbx:
+        with pytest.raises(TimeoutError_):
+            sbx.commands.run("setsid sleep 1004 & nohup sleep 1005 >/dev/null 2>&1 & "
+                             "bash -c 'setsid sleep 1006 & sleep 1007' & sleep 1008", timeout=5)
+        assert wait_until(lambda: not _sleepers(sbx), 30), _sleepers(sbx)
+        # An explicit kill of a background command does the same.
+        handle = sbx.commands.run("setsid sleep 1009 & sleep 1010", background=True, timeout=0)
+        assert wait_until(lambda: len(_sleepers(sbx)) == 2, 30)
+        assert handle.kill()
+        assert wait_until(lambda: not _sleepers(sbx), 30), _sleepers(sbx)
 
 
 # -- 6. file descriptors ----------------------------------------------------------------------

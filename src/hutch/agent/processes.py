@@ -1,7 +1,9 @@
 """Processes started through the agent: spawning, output fan-out, input, signals, reaping.
 
 Each process runs in its own session (so its pid is its process group, and a signal to the
-group reaches everything it spawned). The agent watches the child through a pidfd and its
+group reaches everything it spawned). A kill (SIGKILL: an explicit one, or the deadline's)
+reaches further, to every descendant still linked to it by parent, including those that left
+the group with setsid: see :func:`kill_tree`. The agent watches the child through a pidfd and its
 output through non-blocking pipes (or a PTY master) registered with the event loop: no thread
 per process and no polling. Output goes to every subscribed stream; a slow stream pauses reading
 so that the process blocks on write instead of the agent buffering without bound.
@@ -210,7 +212,11 @@ class Process:
         self.finished.set_result(self.end)
 
     def signal(self, signum: int) -> None:
-        """Send ``signum`` to the whole process group (the child is its session leader)."""
+        """Send ``signum`` to the whole process group (the child is its session leader);
+        SIGKILL to every descendant as well."""
+        if signum == signal.SIGKILL and self.end is None:
+            kill_tree(self.pid)
+            return
         try:
             os.killpg(self.pid, signum)
         except ProcessLookupError:
@@ -258,6 +264,74 @@ class Process:
     def info(self) -> Dict[str, Any]:
         c = self.config
         return envd.process_info(self.pid, c["cmd"], c["args"], c["envs"], c.get("cwd"), self.tag)
+
+
+def _children_by_parent(proc: str = "/proc") -> Dict[int, List[int]]:
+    """Every process's children, from one scan of /proc (a sandbox holds at most its pids
+    limit of them, about a thousand)."""
+    children: Dict[int, List[int]] = {}
+    for entry in os.listdir(proc):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"{proc}/{entry}/stat", "rb") as f:
+                # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+        children.setdefault(ppid, []).append(int(entry))
+    return children
+
+
+def descendants(root: int, proc: str = "/proc") -> List[int]:
+    """The pids below ``root`` in the parent tree, as /proc shows it now."""
+    children = _children_by_parent(proc)
+    out: List[int] = []
+    todo = [root]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+#: Scans of the tree before giving up on stopping it (each stops what the previous missed).
+_STOP_ROUNDS = 50
+
+
+def kill_tree(root: int) -> None:
+    """SIGKILL ``root``'s process group and every descendant of ``root``.
+
+    A process group misses children that called setsid (``setsid cmd &``, daemons), and
+    killing parents first would hand their children to init, out of reach. So the tree is
+    frozen first: SIGSTOP to every process found under ``root``, scanning again until a scan
+    finds nothing new (a stopped process cannot fork or exit), then SIGKILL to all of it.
+    ``root`` is still our unreaped child, so its pid cannot be reused meanwhile; nor can a
+    stopped descendant's. A process that already left the tree (a double fork, reparented to
+    init) is not found: it lives on until the sandbox ends, as a background job would.
+    """
+    stopped: List[int] = []
+    seen: Set[int] = set()
+    for _ in range(_STOP_ROUNDS):
+        new = [p for p in (root, *descendants(root)) if p not in seen]
+        if not new:
+            break
+        for pid in new:
+            seen.add(pid)
+            try:
+                os.kill(pid, signal.SIGSTOP)
+                stopped.append(pid)
+            except ProcessLookupError:
+                pass
+    try:
+        os.killpg(root, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    for pid in stopped:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def _set_winsize(fd: int, cols: int, rows: int) -> None:
