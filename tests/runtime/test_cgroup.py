@@ -17,6 +17,7 @@ def _v2(root: Path) -> Path:
     (d / "memory.current").write_text("4096\n")
     (d / "memory.max").write_text("67108864\n")
     (d / "pids.current").write_text("3\n")
+    (d / "memory.events").write_text("low 0\nhigh 0\nmax 7\noom 2\noom_kill 2\n")
     return d
 
 
@@ -29,6 +30,8 @@ def _v1(root: Path) -> None:
     (root / "memory/hutchr/box1/memory.limit_in_bytes").write_text("1048576\n")
     (root / "cpuacct/hutchr/box1/cpuacct.usage").write_text("123456\n")
     (root / "pids/hutchr/box1/pids.current").write_text("2\n")
+    (root / "memory/hutchr/box1/memory.oom_control").write_text(
+        "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n")
 
 
 def test_v2_stats_and_ids(tmp_path):
@@ -36,7 +39,8 @@ def test_v2_stats_and_ids(tmp_path):
     assert cgroup.is_v2(tmp_path)
     assert cgroup.hierarchies(tmp_path) == [tmp_path]
     assert cgroup.stats("hutchr", "box1", tmp_path) == {
-        "cpu_ns": 1_500_000, "memory_bytes": 4096, "memory_limit": 64 << 20, "pids": 3}
+        "cpu_ns": 1_500_000, "memory_bytes": 4096, "memory_limit": 64 << 20, "pids": 3,
+        "oom_kills": 2}
     assert cgroup.stats("hutchr", "nope", tmp_path) is None
     assert cgroup.list_ids("hutchr", tmp_path) == {"box1"}
 
@@ -53,7 +57,8 @@ def test_v1_stats_and_ids(tmp_path):
     assert {p.name for p in cgroup.hierarchies(tmp_path)} == {"memory", "cpuacct", "pids",
                                                                "cpu", "unified"}
     assert cgroup.stats("hutchr", "box1", tmp_path) == {
-        "cpu_ns": 123456, "memory_bytes": 8192, "memory_limit": 1 << 20, "pids": 2}
+        "cpu_ns": 123456, "memory_bytes": 8192, "memory_limit": 1 << 20, "pids": 2,
+        "oom_kills": 1}
     assert cgroup.list_ids("hutchr", tmp_path) == {"box1"}
 
 

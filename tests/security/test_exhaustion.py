@@ -144,6 +144,23 @@ def test_a_thread_explosion_stops_at_the_pids_limit(host):
 
 # -- 2. memory --------------------------------------------------------------------------------
 
+def test_a_memory_balloon_is_oom_killed_inside_and_reported(host):
+    balloon = ("python3 -c \"chunks = []\n"
+               "while True: chunks.append(bytearray(b'x' * (32 << 20)))\"")
+    with sandbox() as sbx:
+        assert Sandbox.get_metrics(sbx.sandbox_id)[0].oom_kills == 0
+        with pytest.raises(CommandExitError) as err:
+            sbx.commands.run(balloon, timeout=300)
+        # killed by SIGKILL: exit code -1 and "signal: killed" as envd says it; 137 through a shell
+        assert (err.value.exit_code, err.value.error) == (-1, "signal: killed") \
+            or err.value.exit_code == 137, (err.value.exit_code, err.value.error)
+        assert answers(sbx)
+        metrics = sbx.get_metrics()[0]
+        assert metrics.oom_kills >= 1
+        assert metrics.mem_used < metrics.mem_total
+    assert host.get_metrics()[0].oom_kills == 0
+
+
 # -- 3. disk ----------------------------------------------------------------------------------
 
 def _df(sbx, flag: str) -> int:

@@ -204,7 +204,9 @@ class Process:
         self._owned = []
         if code < 0:
             status = "signal: " + (signal.strsignal(-code) or str(-code)).lower()
-            self.end = envd.end_event(-1, exited=False, status=status)
+            # As envd words it (Go's exec error): the SDKs show it as the result's error, so
+            # a command the OOM killer took says so.
+            self.end = envd.end_event(-1, exited=False, status=status, error=status)
         else:
             self.end = envd.end_event(code, exited=True, status=f"exit status {code}")
         for sub in tuple(self.subscribers):

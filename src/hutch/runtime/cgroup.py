@@ -62,7 +62,9 @@ def _stat_field(path: Path, key: str) -> int | None:
 
 
 def stats(instance: str, sandbox_id: str, root: Path = ROOT) -> dict | None:
-    """cpu_ns, memory_bytes, memory_limit, pids of the sandbox; None if it has no cgroup."""
+    """cpu_ns, memory_bytes, memory_limit, pids and oom_kills (processes the OOM killer took
+    because the sandbox hit its memory limit, since it started) of the sandbox; None if it
+    has no cgroup."""
     rel = cgroups_path(instance, sandbox_id).lstrip("/")
     if is_v2(root):
         d = root / rel
@@ -74,6 +76,7 @@ def stats(instance: str, sandbox_id: str, root: Path = ROOT) -> dict | None:
             "memory_bytes": _read_int(d / "memory.current"),
             "memory_limit": _read_int(d / "memory.max"),
             "pids": _read_int(d / "pids.current"),
+            "oom_kills": _stat_field(d / "memory.events", "oom_kill"),
         }
     mem = root / "memory" / rel
     if not mem.is_dir():
@@ -86,6 +89,7 @@ def stats(instance: str, sandbox_id: str, root: Path = ROOT) -> dict | None:
         "memory_bytes": _read_int(mem / "memory.usage_in_bytes"),
         "memory_limit": _read_int(mem / "memory.limit_in_bytes"),
         "pids": _read_int(root / "pids" / rel / "pids.current"),
+        "oom_kills": _stat_field(mem / "memory.oom_control", "oom_kill"),  # kernel 4.13+
     }
 
 

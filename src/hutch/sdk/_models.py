@@ -244,6 +244,8 @@ class SandboxMetrics:
     mem_used: int
     mem_cache: int
     timestamp: datetime
+    #: Processes the OOM killer killed in the sandbox so far (it hit its memory limit).
+    oom_kills: int = 0
 
     @classmethod
     def from_wire(cls, msg: dict) -> "SandboxMetrics":
@@ -256,4 +258,5 @@ class SandboxMetrics:
             mem_used=int(msg.get("memUsed", 0)),
             mem_cache=int(msg.get("memCache", 0)),
             timestamp=parse_time(msg.get("timestamp")),
+            oom_kills=int(msg.get("oomKills", 0)),
         )

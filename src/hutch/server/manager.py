@@ -408,7 +408,8 @@ class SandboxManager:
 
     async def metrics(self, sandbox_id: str) -> dict:
         """Current usage in E2B's units: CPU % of the sandbox's quota since the last call
-        (since start for the first one), memory and disk in bytes."""
+        (since start for the first one), memory and disk in bytes; and how many processes
+        the OOM killer took in it so far."""
         live = self.running(sandbox_id)
         rec = live.record
         raw = dict(await maybe_await(self.runtime.stats(sandbox_id)) or {})
@@ -435,6 +436,7 @@ class SandboxManager:
             "mem_cache": num("memory_cache", 0),
             "disk_used": num("disk_used", 0),
             "disk_total": num("disk_total", rec.disk_mb << 20),
+            "oom_kills": num("oom_kills", 0),
         }
 
     # -- changes -----------------------------------------------------------------------------

@@ -111,6 +111,9 @@ SCHEMAS: dict[str, dict] = {
         "memCache": {"type": "integer", "description": "Bytes."},
         "diskUsed": {"type": "integer", "description": "Bytes."},
         "diskTotal": {"type": "integer", "description": "Bytes."},
+        "oomKills": {"type": "integer", "description": (
+            "hutch extra: processes the kernel's OOM killer killed in the sandbox since it "
+            "started, because it reached its memory limit (its memory cgroup's oom_kill).")},
     }, ["timestamp", "timestampUnix", "cpuCount", "cpuUsedPct", "memUsed", "memTotal",
         "diskUsed", "diskTotal"]),
     "Network": _obj({

@@ -223,6 +223,7 @@ class ControlPlane:
             "memUsed": stats["mem_used"], "memTotal": stats["mem_total"],
             "memCache": stats["mem_cache"],
             "diskUsed": stats["disk_used"], "diskTotal": stats["disk_total"],
+            "oomKills": stats["oom_kills"],
         }])
 
     async def list(self, request: Request) -> Response:
