@@ -181,7 +181,9 @@ class SandboxManager:
         if pending is not None:
             return await asyncio.shield(pending)
         rec = self.store.by_idempotency_key(idempotency_key)
-        if rec is not None:
+        # A first attempt that failed before its sandbox ever ran (a server stop cut it off,
+        # or the runtime refused) handed nothing out: the retry makes the sandbox afresh.
+        if rec is not None and not (rec.state == "error" and rec.started_at is None):
             live = self._live.get(rec.id)
             if live is not None and live.record.state == "running":
                 return live.record, {"idempotent": 0.0}

@@ -40,6 +40,11 @@ SCHEMAS: dict[str, dict] = {
     "Error": _obj({
         "code": {"type": "integer", "description": "The HTTP status, repeated."},
         "message": {"type": "string"},
+        "endReason": {"type": ["string", "null"], "description": (
+            "GET /sandboxes/{sandboxID} of a sandbox that has ended: why (`killed`, "
+            "`timeout`, `not found at server start`, `server stopped during create`, ...).")},
+        "endedAt": {"type": ["string", "null"], "format": "date-time",
+                    "description": "With endReason: when it ended."},
     }, ["code", "message"], description="The body of every answer that is not a success."),
     "NewSandbox": _obj({
         "templateID": {"type": "string", "description": "The template to start (`base`, "

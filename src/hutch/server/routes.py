@@ -187,7 +187,18 @@ class ControlPlane:
         return JSONResponse(self.sandbox(rec), status_code=200)
 
     async def get(self, request: Request) -> Response:
-        return JSONResponse(self.detail(self.manager.running(self._mine(request)).record))
+        sandbox_id = self._mine(request)
+        try:
+            return JSONResponse(self.detail(self.manager.running(sandbox_id).record))
+        except SandboxNotFoundError as exc:
+            # An ended sandbox is still not found (as in E2B), but its owner learns why it
+            # ended, also for ends decided while the server was down (see reconcile).
+            rec = self.store.get(sandbox_id)
+            if rec is None or rec.state not in ("killed", "error"):
+                raise
+            return JSONResponse({"code": 404, "message": exc.message,
+                                 "endReason": rec.reason, "endedAt": rfc3339(rec.ended_at)},
+                                status_code=404)
 
     async def kill(self, request: Request) -> Response:
         await self.manager.kill(self._mine(request))
