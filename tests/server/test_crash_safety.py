@@ -21,6 +21,9 @@ again on the same port and checks:
 (e) a sandbox whose timeout passed while the server was down is killed by the restart and
     answers GET /sandboxes/{id} with 404 and endReason "timeout".
 
+Then (f): a store that is garbage, empty, or cannot be opened makes `hutch serve` refuse to
+start with a message naming the file, and no sandbox is touched.
+
 Everything random comes from one seeded generator (HUTCH_CRASH_SEED, printed); what the kill
 interrupts depends on timing, so the checks accept both outcomes for operations in flight.
 The server has its own instance, data dir and a /24 near the end of the test subnet.
@@ -585,3 +588,63 @@ def test_create_cut_off_by_a_crash_can_be_retried(crash_server):
         listed = c.get("/sandboxes", params={"metadata": f"idem={idem}"}).json()
         assert [s["sandboxID"] for s in listed] == [sid]
         assert c.delete(f"/sandboxes/{sid}").status_code == 204
+
+
+def _store_files() -> list[Path]:
+    return [DATA_DIR / n for n in ("hutch.db", "hutch.db-wal", "hutch.db-shm")]
+
+
+@pytest.mark.parametrize("damage", ["garbage", "empty", "missing", "unopenable"])
+def test_unreadable_store_refuses_to_start_and_kills_nothing(crash_server, damage):
+    with crash_server.client() as c:
+        r = c.post("/sandboxes", json={"templateID": "base", "timeout": LIFETIME})
+        assert r.status_code == 201, r.text
+    sid = r.json()["sandboxID"]
+    bg = Sandbox.connect(sid).commands.run("sleep 1000", background=True)
+    crash_server.kill()
+    before = host_objects()
+    assert sid in before["runtime list"]
+    saved = DATA_DIR / "saved-store"
+    shutil.rmtree(saved, ignore_errors=True)
+    saved.mkdir()
+    for f in _store_files():
+        if f.exists():
+            f.rename(saved / f.name)
+    db = _store_files()[0]
+    if damage == "garbage":
+        db.write_bytes(random.Random(SEED).randbytes(64 << 10))
+        expect = "cannot read the sandbox store"
+    elif damage == "empty":
+        db.write_bytes(b"")
+        expect = "is missing or empty"
+    elif damage == "missing":
+        expect = "is missing or empty"
+    else:
+        db.mkdir()          # opening fails as it would without permission to read the file
+        expect = "cannot read the sandbox store"
+    try:
+        log_from = len(crash_server.log_text())
+        proc = crash_server.spawn()
+        try:
+            code = proc.wait(120)
+        except subprocess.TimeoutExpired:
+            crash_server.kill()
+            code = 0
+        assert code != 0, "hutch serve started on a damaged store"
+        out = crash_server.log_text()[log_from:]
+        assert expect in out and str(db) in out, out[-3000:]
+        assert "Traceback" not in out, out[-3000:]
+        assert host_objects() == before, "a refused start touched the host"
+        assert asyncio.run(_runtime().is_running(sid))
+    finally:
+        if db.is_dir():
+            db.rmdir()
+        for f in _store_files():
+            f.unlink(missing_ok=True)
+        for f in saved.iterdir():
+            f.rename(DATA_DIR / f.name)
+        saved.rmdir()
+    crash_server.start()
+    sbx = Sandbox.connect(sid)
+    assert bg.pid in {p.pid for p in sbx.commands.list()}
+    assert sbx.kill() is True

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sqlite3
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -26,6 +27,7 @@ from hutch.server.config import Config
 from hutch.server.keys import ensure_admin_key
 from hutch.server.manager import SandboxManager
 from hutch.server.proxy import ABORT_LOG_MESSAGE, DataPlane, route
+from hutch.server.reconcile import maybe_await
 from hutch.server.routes import ControlPlane
 from hutch.server.store import Store
 from hutch.server.websocket import WebSocketPlane
@@ -85,6 +87,46 @@ class HutchApp:
                 message = {**message, "headers": [*message.get("headers", ()), header]}
             await send(message)
         return marked
+
+
+async def open_store(path, runtime: Any, instance: str) -> Store:
+    """Open the sandbox store, refusing to start when it cannot be trusted.
+
+    Start-up reconciliation destroys every sandbox without a live record, so a store that
+    cannot be read, or one that is missing or empty while sandboxes of this instance run
+    (deleted, or the data dir pointed elsewhere), would have every sandbox destroyed. Both
+    stop the start with a message naming the file, before anything on the host is touched."""
+    fresh = not path.exists() or (path.is_file() and path.stat().st_size == 0)
+    if fresh:
+        found = await maybe_await(runtime.list())
+        if found:
+            raise HutchError(
+                f"the sandbox store {path} is missing or empty, but {len(found)} sandbox(es) "
+                f"of instance {instance!r} exist on this host ({' '.join(found[:5])}"
+                f"{' ...' if len(found) > 5 else ''}). Refusing to start: a new store would "
+                f"make them orphans and destroy them. Restore the store, or remove those "
+                f"sandboxes first; see 'Crash recovery' in docs/operations.md.")
+    try:
+        if not fresh:
+            _check_store(path)
+        return Store(path)
+    except (sqlite3.Error, OSError) as exc:
+        raise HutchError(
+            f"cannot read the sandbox store {path}: {exc}. Refusing to start; no sandbox "
+            f"was touched. Restore the file (or fix its permissions) and start again; see "
+            f"'Crash recovery' in docs/operations.md.") from None
+
+
+def _check_store(path) -> None:
+    """SQLite opens most broken files without complaint and fails only on the page it reads:
+    check them all (``quick_check`` reads every page, in milliseconds for a store this size)."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        verdict = db.execute("PRAGMA quick_check").fetchone()[0]
+    finally:
+        db.close()
+    if verdict != "ok":
+        raise sqlite3.DatabaseError(f"the file is damaged ({verdict})")
 
 
 def _compile_package() -> None:
@@ -153,7 +195,7 @@ class Server:
         # Traversable but not listable: the sandboxes' mapped root must reach its rootfs under
         # here, while the store and the admin key stay 0600.
         cfg.data_dir.chmod(0o711)
-        self.store = Store(cfg.db_path)
+        self.store = await open_store(cfg.db_path, self.runtime, cfg.instance)
         self.admin_key_created = ensure_admin_key(self.store, cfg.admin_key_path)
         # Every sandbox runs the agent from this package, read-only: compile it once here so
         # no sandbox pays for compiling it at start.
