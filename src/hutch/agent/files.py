@@ -190,6 +190,17 @@ def _finish(fd: int, tmp: str, path: str, metadata: Dict[str, str]) -> None:
     except BaseException:
         _discard(tmp)
         raise
+    _sync_dir(os.path.dirname(path) or ".")
+
+
+def _sync_dir(path: str) -> None:
+    """Make a rename durable: the upload is acknowledged only after this, and without it
+    a host crash may bring back the old name (or none) even though the data was flushed."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _discard(tmp: str) -> None:
