@@ -73,7 +73,7 @@ def test_create_ls_use_revoke(hutch):
 
 def test_create_json_and_errors(hutch):
     made = json.loads(hutch("keys", "create", "--json").stdout)
-    assert set(made) == {"id", "name", "key", "createdAt", "revokedAt", "admin"}
+    assert set(made) == {"id", "name", "key", "createdAt", "revokedAt", "admin", "quotas"}
     assert made["name"] == ""
     hutch("keys", "revoke", made["id"])
 

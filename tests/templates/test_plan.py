@@ -73,7 +73,8 @@ def context(tmp_path):
 def test_copy_semantics(context, tmp_path):
     root = tmp_path / "root"
     root.mkdir()
-    (root / "opt").mkdir()
+    (root / "opt").mkdir(mode=0o755)
+    os.chmod(root / "opt", 0o755)
     (root / "opt" / "existing").write_text("keep")
     # Several sources into a directory: files by name, directories by their contents.
     _run(Step("copy", ("a.txt", "dir/", "lib dir/*.py", "/opt/"), (("chown", "1000:1000"),)),
@@ -83,6 +84,7 @@ def test_copy_semantics(context, tmp_path):
     assert (root / "opt" / "sub" / "deep.txt").read_text() == "deep"
     assert os.stat(root / "opt" / "x.py").st_uid == 1000
     assert os.stat(root / "opt" / "existing").st_uid == 0     # what was there is untouched
+    assert oct(os.stat(root / "opt").st_mode & 0o777) == "0o755"   # the directory itself too
     # One file to a new name, parents made.
     _run(Step("copy", ("a.txt", "/etc/deep/conf.txt"), (("chmod", "600"),)), context, root)
     assert (root / "etc" / "deep" / "conf.txt").read_text() == "a"

@@ -24,6 +24,25 @@ class Context:
         return {"url": self.url, "api_key": self.api_key}
 
 
+def api(ctx: "Context", method: str, path: str, body: Optional[Dict[str, Any]] = None) -> Any:
+    """One control-plane call of hutch's own endpoints (keys, templates): its JSON answer."""
+    import httpx
+
+    from hutch.sdk._config import resolve
+    from hutch.sdk._errors import from_api
+
+    config = resolve(**ctx.opts)
+    headers = {"X-API-KEY": config.api_key} if config.api_key else {}
+    try:
+        response = httpx.request(method, config.url + path, json=body, headers=headers,
+                                 timeout=config.timeout(None))
+    except httpx.HTTPError as exc:
+        raise errors.UnavailableError(f"cannot reach {config.url}: {exc}") from None
+    if response.status_code >= 400:
+        raise from_api(response.status_code, response.content, not_found=errors.NotFoundError)
+    return response.json() if response.content else None
+
+
 def parse_pairs(values: Tuple[str, ...], what: str) -> Dict[str, str]:
     out: Dict[str, str] = {}
     for value in values:

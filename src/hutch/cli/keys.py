@@ -13,25 +13,8 @@ from typing import Any, Dict, List, Optional
 from urllib.parse import quote
 
 import click
-import httpx
 
-from hutch import errors
-from hutch.cli._common import Context, pass_ctx, run_guarded
-from hutch.sdk._config import resolve
-from hutch.sdk._errors import from_api
-
-
-def _call(ctx: Context, method: str, path: str, body: Optional[Dict[str, Any]] = None) -> Any:
-    config = resolve(**ctx.opts)
-    headers = {"X-API-KEY": config.api_key} if config.api_key else {}
-    try:
-        response = httpx.request(method, config.url + path, json=body, headers=headers,
-                                 timeout=config.timeout(None))
-    except httpx.HTTPError as exc:
-        raise errors.UnavailableError(f"cannot reach {config.url}: {exc}") from None
-    if response.status_code >= 400:
-        raise from_api(response.status_code, response.content, not_found=errors.NotFoundError)
-    return response.json() if response.content else None
+from hutch.cli._common import Context, api, pass_ctx, run_guarded
 
 
 def table(keys: List[Dict[str, Any]]) -> str:
@@ -57,7 +40,7 @@ def keys() -> None:
 @pass_ctx
 def create(ctx: Context, name: str, as_json: bool) -> None:
     """Make a new key (a new tenant) and print it: it is shown only this once."""
-    made = run_guarded(lambda: _call(ctx, "POST", "/keys", {"name": name}))
+    made = run_guarded(lambda: api(ctx, "POST", "/keys", {"name": name}))
     if as_json:
         click.echo(json.dumps(made, indent=2))
         return
@@ -71,7 +54,7 @@ def create(ctx: Context, name: str, as_json: bool) -> None:
 @pass_ctx
 def ls(ctx: Context, as_json: bool, show_all: bool) -> None:
     """List the keys (their ids and names; never the keys themselves)."""
-    listed = run_guarded(lambda: _call(ctx, "GET", "/keys"))
+    listed = run_guarded(lambda: api(ctx, "GET", "/keys"))
     if not show_all:
         listed = [k for k in listed if not k["revokedAt"]]
     click.echo(json.dumps(listed, indent=2) if as_json else table(listed))
@@ -82,5 +65,5 @@ def ls(ctx: Context, as_json: bool, show_all: bool) -> None:
 @pass_ctx
 def revoke(ctx: Context, key_id: str) -> None:
     """Revoke a key by its id: it stops working at once and its sandboxes are killed."""
-    run_guarded(lambda: _call(ctx, "DELETE", "/keys/" + quote(key_id, safe="")))
+    run_guarded(lambda: api(ctx, "DELETE", "/keys/" + quote(key_id, safe="")))
     click.echo(f"key {key_id} revoked", err=True)

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import click
 
-from hutch.cli import code, files, keys, logs, run, sandboxes, terminal
+from hutch.cli import code, files, keys, logs, run, sandboxes, templates, terminal
 from hutch.cli._common import Context
 
 _LAZY = {"serve": "hutch.cli.serve", "doctor": "hutch.cli.serve"}
@@ -59,7 +59,8 @@ def cli(ctx: click.Context, url: Optional[str], api_key: Optional[str]) -> None:
 
 
 for _command in (sandboxes.sandbox, sandboxes.ls, sandboxes.kill, terminal.exec_,
-                 terminal.shell, files.cp, run.run, code.run_code, logs.logs, keys.keys):
+                 terminal.shell, files.cp, run.run, code.run_code, logs.logs, keys.keys,
+                 templates.template):
     cli.add_command(_command)
 cli.add_command(sandboxes.create, "create")  # the shortcut for `hutch sandbox create`
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 from hutch.protocol import dockerfile
 from hutch.protocol.template import Definition, Step
@@ -120,6 +120,47 @@ class Template:
                                       d.memory_mb)
         self._definition.check()
         return self
+
+    # -- building ---------------------------------------------------------------------------
+
+    def _sized(self, cpu: Optional[float], memory_mb: Optional[int]) -> Definition:
+        d = self._definition
+        sized = Definition(d.base, d.steps, d.start_cmd, d.ready_cmd, d.labels,
+                           cpu if cpu is not None else d.cpu,
+                           memory_mb if memory_mb is not None else d.memory_mb)
+        sized.check()
+        return sized
+
+    def build(self, name: str, *, cpu: Optional[float] = None, memory_mb: Optional[int] = None,
+              context_dir: Union[str, os.PathLike, None] = None,
+              on_log: Optional[Callable[[str], Any]] = None,
+              on_step: Optional[Callable[[dict], Any]] = None, api_key: Optional[str] = None,
+              url: Optional[str] = None, request_timeout: Optional[float] = None) -> dict:
+        """Build this template on the server as ``name`` (yours: other keys cannot see it)
+        and return its description; ``Sandbox.create(template=name)`` starts from it.
+        ``cpu`` and ``memory_mb`` become its sandboxes' defaults. Each step's output goes to
+        ``on_log`` line by line, each step's start (and whether it came from the cache) to
+        ``on_step``. Files COPY names are read from ``context_dir`` (default: the current
+        directory). A failing step raises ``TemplateError`` with its output and exit code."""
+        from hutch.sdk._sync.templates import build_template
+        return build_template(self._sized(cpu, memory_mb), name,
+                              context_dir=Path(context_dir) if context_dir else None,
+                              on_log=on_log, on_step=on_step, api_key=api_key, url=url,
+                              request_timeout=request_timeout)
+
+    async def build_async(self, name: str, *, cpu: Optional[float] = None,
+                          memory_mb: Optional[int] = None,
+                          context_dir: Union[str, os.PathLike, None] = None,
+                          on_log: Optional[Callable[[str], Any]] = None,
+                          on_step: Optional[Callable[[dict], Any]] = None,
+                          api_key: Optional[str] = None, url: Optional[str] = None,
+                          request_timeout: Optional[float] = None) -> dict:
+        """``build`` for asyncio code (callbacks may be coroutines)."""
+        from hutch.sdk._async.templates import build_template
+        return await build_template(self._sized(cpu, memory_mb), name,
+                                    context_dir=Path(context_dir) if context_dir else None,
+                                    on_log=on_log, on_step=on_step, api_key=api_key, url=url,
+                                    request_timeout=request_timeout)
 
     # -- out ----------------------------------------------------------------------------
 

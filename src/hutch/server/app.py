@@ -204,6 +204,10 @@ class Server:
             self.runtime.on_egress = self.store.add_egress     # the egress log
         await self.runtime.start()
         self.manager = SandboxManager(cfg, self.store, self.runtime, self.templates)
+        from hutch.templates.custom import CustomTemplates
+        self.manager.custom = CustomTemplates(self.templates, self.runtime,
+                                              cpu=cfg.default_cpu, memory_mb=cfg.max_memory_mb,
+                                              disk_mb=cfg.max_disk_mb)
         await self.manager.start()
         await self.templates.ensure("base", progress=progress)
         await self._self_test()

@@ -23,8 +23,10 @@ from hutch.errors import (
     ConflictError,
     HutchError,
     InvalidArgumentError,
+    NotFoundError,
     SandboxError,
     SandboxNotFoundError,
+    TemplateError,
 )
 from hutch.runtime.spec import Mount, SandboxSpec
 from hutch.server import agent_lib
@@ -103,6 +105,8 @@ class SandboxManager:
         self.pool: WarmPool | None = None
         self._pending_keys: dict[str, asyncio.Future] = {}   # idempotency keys in flight
         self.ledger = Ledger()     # creates in flight and recent creates, for admission
+        # Templates tenants built (hutch.templates.custom), set by the app when it has them.
+        self.custom: Any = None
 
     # -- start and stop ----------------------------------------------------------------------
 
@@ -232,13 +236,13 @@ class SandboxManager:
         t0 = time.perf_counter()
         timing: dict[str, float] = {}
         timeout = self._check_timeout(cfg.default_timeout if timeout is None else timeout)
-        name = self._resolve(template)
+        name = self._resolve(template, owner)
         # Admitted against the server-wide limit and the tenant's quotas with no await in
         # between, counting the creates still in flight: see hutch.server.quotas.
         reservation = self.ledger.admit((live.record for live in self._live.values()), owner,
                                         quotas, cpu, memory_mb, cfg.max_sandboxes)
         try:
-            tmpl = await self.template(name)
+            tmpl = await self.template(name, owner)
             timing["template"] = time.perf_counter() - t0
 
             net = network or cfg.default_network
@@ -348,13 +352,32 @@ class SandboxManager:
                 f"timeout {seconds} s exceeds the maximum of {self.config.max_timeout} s")
         return int(seconds)
 
-    def _resolve(self, template: str) -> str:
-        """The canonical template name (aliases such as ``code-interpreter-v1`` resolved)."""
+    def _resolve(self, template: str, owner: str | None = None) -> str:
+        """The canonical template name (aliases such as ``code-interpreter-v1`` resolved);
+        a name no built-in has may be one of the owner's own templates."""
         name = TEMPLATE_ALIASES.get(template, template)
+        if self._own(name, owner) is not None:
+            return name
         return self.templates.resolve(name)   # NotFoundError names the known templates
 
-    async def template(self, name: str):
+    def _own(self, name: str, owner: str | None) -> dict | None:
+        """The record of ``owner``'s template ``name`` (built-in names always win)."""
+        if self.custom is None or owner is None:
+            return None
+        try:
+            self.templates.resolve(name)
+            return None
+        except NotFoundError:
+            return self.custom.record(owner, name)
+
+    async def template(self, name: str, owner: str | None = None):
         """The built template (built now if it is not yet)."""
+        if self._own(name, owner) is not None:
+            tmpl = self.custom.get(owner, name)
+            if tmpl is None:
+                raise TemplateError(f"template {name} must be built again (a layer of it is "
+                                    "gone)")
+            return tmpl
         tmpl = self.templates.get(name)
         if tmpl is None:
             # Not built yet (e.g. code-interpreter on first use): build it now. Slow, but only

@@ -31,6 +31,7 @@ from hutch.server import egress as egress_rules
 from hutch.server.keys import traffic_token
 from hutch.server.manager import SandboxManager
 from hutch.server.store import SandboxRecord, Store
+from hutch.server.template_api import TemplateAPI
 from hutch.server.tenants import (
     KeyAdmin,
     authenticate,
@@ -294,6 +295,9 @@ class ControlPlane:
             Route("/sandboxes/{id}/network", self.update_network, methods=["PUT"]),
             Route("/sandboxes/{id}/egress", self.egress_log, methods=["GET"]),
             *KeyAdmin(self.store, self.manager, rfc3339, _json_object).routes(),
+            *(TemplateAPI(self.manager.custom, self.manager.templates,
+                          self.manager.config.data_dir, _json_object).routes()
+              if getattr(self.manager, "custom", None) is not None else ()),
         ]
         app = Starlette(routes=routes, exception_handlers={
             HutchError: _hutch_error,

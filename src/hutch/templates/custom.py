@@ -112,20 +112,27 @@ class CustomTemplates:
 
     # -- building --------------------------------------------------------------------------
 
-    async def build(self, owner: str, name: str, definition: Definition,
-                    context: Optional[Path] = None, on_event: Event = lambda e: None
-                    ) -> Template:
-        """Build (or find cached) every layer of ``definition`` and record the template.
-        ``context`` holds the files its COPY/ADD steps name, under their relative paths."""
+    def validate(self, owner: str, name: str, definition: Definition, has_context: bool) -> None:
+        """Refuse a build that cannot succeed, before anything starts (InvalidArgumentError
+        naming why)."""
         if not NAME_RE.match(name) or not NAME_RE.match(owner):
             raise InvalidArgumentError(f"bad template name {name!r} (a-z, 0-9, '.', '_', '-')")
         if self._builtin(name):
             raise InvalidArgumentError(f"{name} is a built-in template's name")
         definition.check()
-        if any(s.kind in ("copy", "add") for s in definition.steps) and context is None:
+        if any(s.kind in ("copy", "add") for s in definition.steps) and not has_context:
             raise InvalidArgumentError("this template copies files: the build needs a context")
         if definition.base == name:
             raise InvalidArgumentError(f"template {name} is built on itself")
+        if not self._builtin(definition.base):
+            self._base(owner, definition.base, seen={name})
+
+    async def build(self, owner: str, name: str, definition: Definition,
+                    context: Optional[Path] = None, on_event: Event = lambda e: None
+                    ) -> Template:
+        """Build (or find cached) every layer of ``definition`` and record the template.
+        ``context`` holds the files its COPY/ADD steps name, under their relative paths."""
+        self.validate(owner, name, definition, context is not None)
         if self._builtin(definition.base):     # built on first use, like any create
             base = await self.store.ensure(self.store.resolve(definition.base))
         else:

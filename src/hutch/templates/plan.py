@@ -21,7 +21,7 @@ from typing import Mapping, Optional
 from hutch.protocol.template import Definition, Step
 
 #: Bumped when the scripts below change what they write for the same step.
-PLAN_VERSION = 1
+PLAN_VERSION = 2
 FILE_KINDS = ("apt", "pip", "npm", "run", "copy", "add")
 
 
@@ -127,13 +127,17 @@ def _copy_script(step: Step, context_dir: str) -> str:
         value = step.option(option)
         if value:
             lines.append(f"find \"$stage\" -mindepth 1 -exec {tool} {q(value)} {{}} +")
+    # Entry by entry: `cp -a stage/. dest` would also give dest itself the staging
+    # directory's owner and mode (0700), locking everyone out of, say, /srv.
+    each = ('for f in "$stage"/* "$stage"/.[!.]* "$stage"/..?*; do '
+            '[ -e "$f" ] || [ -L "$f" ] || continue; cp -a "$f" {}/; done')
     if into:
-        lines += [f"mkdir -p {q(dest)}", f"cp -a \"$stage\"/. {q(dest)}"]
+        lines += [f"mkdir -p {q(dest)}", each.format(q(dest))]
     else:
         parent = dest.rsplit("/", 1)[0] or "/"
         lines += [f"mkdir -p {q(parent)}",
                   f"if [ -e \"$stage\"/item ]; then cp -a \"$stage\"/item {q(dest)}; "
-                  f"else mkdir -p {q(dest)} && cp -a \"$stage\"/. {q(dest)}; fi"]
+                  f"else mkdir -p {q(dest)} && {each.format(q(dest))}; fi"]
     lines.append('rm -rf "$stage"')
     return "\n".join(lines) + "\n"
 

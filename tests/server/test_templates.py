@@ -1,0 +1,121 @@
+"""Templates of your own through the API, the SDK and the CLI: built by the session's real
+server in build sandboxes, started by creates, private to their key."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+import httpx
+import pytest
+
+from hutch import Sandbox, Template, errors
+
+pytestmark = pytest.mark.timeout(900)
+
+
+@pytest.fixture
+def context(tmp_path):
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "main.py").write_text("print('from the context')\n")
+    (tmp_path / "notes.txt").write_text("notes\n")
+    return tmp_path
+
+
+def test_build_with_the_sdk_then_create_from_it(server_env, context):
+    run = uuid.uuid4().hex[:8]           # in a step too: a cold build, whatever was cached
+    name = f"webapp-{run}"
+    lines, steps = [], []
+    tpl = (Template.from_template("base")
+           .run(f"echo building {run} as $(whoami)")
+           .copy(["app/", "notes.txt"], "/opt/app/", chown="user:user")
+           .env(GREETING="hi")
+           .workdir("/opt/app"))
+    built = tpl.build(name, context_dir=context, on_log=lines.append, on_step=steps.append)
+    try:
+        assert built["templateID"] == name and built["layers"] == 2
+        assert f"building {run} as root" in lines
+        assert [s["cached"] for s in steps] == [False, False]
+        with Sandbox.create(template=name) as sbx:
+            try:
+                r = sbx.commands.run("pwd; echo $GREETING; python3 main.py; cat notes.txt; "
+                                     "stat -c %U main.py", cwd="/opt/app")
+                assert r.stdout.split("\n")[:5] == ["/opt/app", "hi", "from the context",
+                                                    "notes", "user"], r.stdout
+            finally:
+                sbx.kill()
+        # Again, unchanged: all from the cache.
+        steps.clear()
+        tpl.build(name, context_dir=context, on_step=steps.append)
+        assert [s["cached"] for s in steps] == [True, True]
+        listed = httpx.get(f"{server_env['HUTCH_URL']}/templates",
+                           headers={"X-API-KEY": server_env["HUTCH_API_KEY"]}).json()
+        assert {"base", name} <= {t["templateID"] for t in listed}
+    finally:
+        httpx.delete(f"{server_env['HUTCH_URL']}/templates/{name}",
+                     headers={"X-API-KEY": server_env["HUTCH_API_KEY"]})
+
+
+def test_other_keys_do_not_see_it(server_env):
+    url, admin = server_env["HUTCH_URL"], server_env["HUTCH_API_KEY"]
+    name = f"private-{uuid.uuid4().hex[:8]}"
+    Template.from_template("base").run("touch /mine").build(name)
+    other = httpx.post(f"{url}/keys", json={"name": "tpl-test"},
+                       headers={"X-API-KEY": admin}).json()
+    try:
+        # Answered exactly as a template that never existed.
+        with pytest.raises(errors.TemplateError, match=f"unknown template '{name}'"):
+            Sandbox.create(template=name, api_key=other["key"])
+        r = httpx.get(f"{url}/templates/{name}", headers={"X-API-KEY": other["key"]})
+        assert r.status_code == 404
+        assert name not in {t["templateID"] for t in
+                            httpx.get(f"{url}/templates",
+                                      headers={"X-API-KEY": other["key"]}).json()}
+    finally:
+        httpx.delete(f"{url}/keys/{other['id']}", headers={"X-API-KEY": admin})
+        httpx.delete(f"{url}/templates/{name}", headers={"X-API-KEY": admin})
+
+
+def test_a_failing_step_and_bad_requests(server_env, tmp_path):
+    with pytest.raises(errors.TemplateError, match=r"(?s)exit code 3.*going down"):
+        Template.from_template("base").run("echo going down; exit 3").build(
+            f"broken-{uuid.uuid4().hex[:8]}")
+    with pytest.raises(errors.InvalidArgumentError, match="matches nothing"):
+        Template.from_template("base").copy("missing.txt", "/x").build("x", context_dir=tmp_path)
+    with pytest.raises(errors.InvalidArgumentError, match="built-in"):
+        Template.from_template("base").run("true").build("base")
+    r = httpx.post(f"{server_env['HUTCH_URL']}/templates/contexts", content=b"not a tar",
+                   headers={"X-API-KEY": server_env["HUTCH_API_KEY"]})
+    assert r.status_code == 400 and "gzipped tar" in r.json()["message"]
+
+
+def test_the_cli_builds_from_a_dockerfile(server_env, context):
+    name = f"cli-{uuid.uuid4().hex[:8]}"
+    (context / "Dockerfile").write_text("FROM base\nARG WHO=world\nCOPY notes.txt /srv/\n"
+                                        f"RUN echo hello $WHO > /srv/hello # {name}\n")
+    env = {**os.environ, **server_env}
+
+    def hutch(*args):
+        return subprocess.run([sys.executable, "-m", "hutch", *args], env=env,
+                              capture_output=True, text=True, timeout=600)
+
+    built = hutch("template", "build", "-f", str(context / "Dockerfile"), "-n", name,
+                  "--build-arg", "WHO=cli", str(context))
+    assert built.returncode == 0, built.stderr
+    assert f"built {name} (2 layers)" in built.stdout
+    assert "[1/2] COPY notes.txt /srv/" in built.stderr
+    try:
+        listed = json.loads(hutch("template", "ls", "--json").stdout)
+        assert any(t["templateID"] == name for t in listed)
+        with Sandbox.create(template=name) as sbx:
+            try:
+                assert sbx.commands.run("cat /srv/hello /srv/notes.txt").stdout == \
+                    "hello cli\nnotes\n"
+            finally:
+                sbx.kill()
+    finally:
+        assert hutch("template", "rm", name).returncode == 0
+    assert hutch("template", "rm", name).returncode != 0
