@@ -231,6 +231,43 @@ class RssWatch:
         return self.peak
 
 
+def test_an_output_flood_streams_through_with_bounded_memory(host, hutch_server):
+    """2 GiB of output: the server relays it without holding it (its RSS stays within
+    RSS_SLACK_KB) and the SDK keeps at most OUTPUT_CAP of it, with a marker saying so,
+    while a callback still sees every byte."""
+    from hutch.sdk import OUTPUT_CAP
+
+    seen = [0]
+    with sandbox() as sbx:
+        before = rss_kb(hutch_server.process.pid)
+        watch = RssWatch(hutch_server.process.pid)
+        try:
+            r = sbx.commands.run("yes | head -c 2G", timeout=1200, request_timeout=1200,
+                                 on_stdout=lambda text: seen.__setitem__(0, seen[0] + len(text)))
+        finally:
+            peak = watch.stop()
+        assert seen[0] == 2 << 30
+        assert peak - before < RSS_SLACK_KB, f"server RSS went from {before} kB to {peak} kB"
+        assert len(r.stdout) < OUTPUT_CAP + 1024
+        assert r.stdout.startswith("y\ny\n")
+        assert r.stdout.endswith(f"[hutch: output truncated: {(2 << 30) - OUTPUT_CAP} more characters not kept]\n")
+        assert answers(sbx)
+
+
+def test_endless_output_ends_at_the_timeout_with_bounded_memory(host, hutch_server):
+    from hutch.sdk import OUTPUT_CAP
+
+    with sandbox() as sbx:
+        before = rss_kb(hutch_server.process.pid)
+        handle = sbx.commands.run("yes flood", background=True, timeout=30)
+        with pytest.raises(TimeoutError_):
+            handle.wait()
+        assert rss_kb(hutch_server.process.pid) - before < RSS_SLACK_KB
+        assert len(handle.stdout) < OUTPUT_CAP + 1024
+        assert "[hutch: output truncated:" in handle.stdout
+        assert sbx.commands.run("pgrep -x yes || echo none").stdout == "none\n"
+
+
 # -- 5. processes left behind -----------------------------------------------------------------
 
 def _sleepers(sbx) -> set[str]:

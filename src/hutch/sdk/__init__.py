@@ -46,6 +46,7 @@ from hutch.sdk._models import (
     SandboxState,
     WriteInfo,
 )
+from hutch.sdk._output import OUTPUT_CAP
 from hutch.sdk._sync.code import CodeInterpreter
 from hutch.sdk._sync.commands import CommandHandle, Commands
 from hutch.sdk._sync.files import Filesystem, WatchHandle
@@ -81,6 +82,7 @@ __all__ = [
     "FilesystemEvent",
     "FilesystemEventType",
     "Logs",
+    "OUTPUT_CAP",
     "OutputMessage",
     "Process",
     "ProcessInfo",

@@ -17,6 +17,7 @@ from hutch.sdk import _wire
 from hutch.sdk._async import _backend
 from hutch.sdk._async.transport import AsyncAgent, AsyncEventStream
 from hutch.sdk._models import CommandResult, ProcessInfo
+from hutch.sdk._output import OUTPUT_CAP, RetainedOutput
 
 OutputHandler = Callable[[Any], Any]
 
@@ -28,7 +29,8 @@ class AsyncCommandHandle:
                  on_stdout: Optional[OutputHandler] = None,
                  on_stderr: Optional[OutputHandler] = None,
                  on_pty: Optional[OutputHandler] = None,
-                 input_field: str = "stdin", retain_output: bool = True) -> None:
+                 input_field: str = "stdin", retain_output: bool = True,
+                 max_output: Optional[int] = OUTPUT_CAP) -> None:
         self._pid = pid
         self._stream = stream
         self._commands = commands
@@ -36,9 +38,10 @@ class AsyncCommandHandle:
         self._on_stderr = on_stderr
         self._on_pty = on_pty
         self._input_field = input_field
-        # Without retained output (a long, chatty command) only callbacks see the text.
-        self._stdout: Optional[List[str]] = [] if retain_output else None
-        self._stderr: Optional[List[str]] = [] if retain_output else None
+        # Without retained output (a long, chatty command) only callbacks see the text; with
+        # it, at most max_output characters of each stream are kept (hutch.sdk._output).
+        self._stdout = RetainedOutput(max_output) if retain_output else None
+        self._stderr = RetainedOutput(max_output) if retain_output else None
         self._out_decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._err_decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._result: Optional[CommandResult] = None
@@ -55,12 +58,13 @@ class AsyncCommandHandle:
 
     @property
     def stdout(self) -> Optional[str]:
-        """The output so far; None when started with ``retain_output=False``."""
-        return None if self._stdout is None else "".join(self._stdout)
+        """The output so far; None when started with ``retain_output=False``. Past
+        ``max_output`` characters it ends with a marker counting what was not kept."""
+        return None if self._stdout is None else self._stdout.text()
 
     @property
     def stderr(self) -> Optional[str]:
-        return None if self._stderr is None else "".join(self._stderr)
+        return None if self._stderr is None else self._stderr.text()
 
     @property
     def exit_code(self) -> Optional[int]:
@@ -117,7 +121,7 @@ class AsyncCommandHandle:
         if text:
             with self._lock:
                 if self._stdout is not None:
-                    self._stdout.append(text)
+                    self._stdout.add(text)
                 self._tell((text, None, None))
                 callback = self._on_stdout
             await _backend.call(callback, text)
@@ -126,7 +130,7 @@ class AsyncCommandHandle:
         if text:
             with self._lock:
                 if self._stderr is not None:
-                    self._stderr.append(text)
+                    self._stderr.add(text)
                 self._tell((None, text, None))
                 callback = self._on_stderr
             await _backend.call(callback, text)
@@ -142,8 +146,8 @@ class AsyncCommandHandle:
         """
         listener = _backend.Queue()
         with self._lock:
-            backlog = ([(t, None, None) for t in self._stdout or []]
-                       + [(None, t, None) for t in self._stderr or []])
+            backlog = ([(t, None, None) for t in _parts(self._stdout)]
+                       + [(None, t, None) for t in _parts(self._stderr)])
             if self._worker_done:
                 backlog.append(None)
             else:
@@ -216,9 +220,9 @@ class AsyncCommandHandle:
             if on_pty is not None:
                 self._on_pty = on_pty
             if on_stdout is not None:
-                self._on_stdout, backlog_out = on_stdout, list(self._stdout or [])
+                self._on_stdout, backlog_out = on_stdout, _parts(self._stdout)
             if on_stderr is not None:
-                self._on_stderr, backlog_err = on_stderr, list(self._stderr or [])
+                self._on_stderr, backlog_err = on_stderr, _parts(self._stderr)
         for text in backlog_out:
             await _backend.call(on_stdout, text)
         for text in backlog_err:
@@ -287,13 +291,16 @@ class AsyncCommands:
                   cwd: Optional[str] = None, on_stdout: Optional[OutputHandler] = None,
                   on_stderr: Optional[OutputHandler] = None, stdin: Optional[bool] = None,
                   timeout: Optional[float] = 60, request_timeout: Optional[float] = None,
-                  *, retain_output: bool = True) -> Any:
+                  *, retain_output: bool = True,
+                  max_output: Optional[int] = OUTPUT_CAP) -> Any:
         """Run ``cmd`` in a bash login shell.
 
         Foreground (default): wait and return a ``CommandResult``; a non-zero exit code
         raises ``CommandExitError``. ``background=True``: return the running
         ``CommandHandle`` at once. ``timeout`` (seconds, 0 = none) bounds the command: the
-        agent kills it then, and ``wait()`` raises ``TimeoutError_``.
+        agent kills it then, and ``wait()`` raises ``TimeoutError_``. The result keeps at
+        most ``max_output`` characters of stdout and of stderr (None: all), then a marker
+        counting the rest; ``on_stdout``/``on_stderr`` still see every character.
         """
         program, args = _wire.shell_command(cmd)
         request = {
@@ -302,21 +309,22 @@ class AsyncCommands:
         }
         handle = await self._start(request, user, timeout, request_timeout,
                                    on_stdout=on_stdout, on_stderr=on_stderr,
-                                   retain_output=retain_output)
+                                   retain_output=retain_output, max_output=max_output)
         return handle if background else await handle.wait()
 
     async def connect(self, pid: int, timeout: Optional[float] = 60,
                       request_timeout: Optional[float] = None,
                       on_stdout: Optional[OutputHandler] = None,
                       on_stderr: Optional[OutputHandler] = None, *,
-                      retain_output: bool = True) -> AsyncCommandHandle:
+                      retain_output: bool = True,
+                      max_output: Optional[int] = OUTPUT_CAP) -> AsyncCommandHandle:
         """Attach to a running process and receive its output from now on."""
         stream = await self._agent.stream(
             "process.Process/Connect", {"process": _wire.selector(pid)},
             timeout=timeout, request_timeout=request_timeout,
         )
         return await self._handle(stream, on_stdout=on_stdout, on_stderr=on_stderr,
-                                  retain_output=retain_output)
+                                  retain_output=retain_output, max_output=max_output)
 
     async def _exec(self, argv: List[str], *, envs: Optional[Dict[str, str]],
                     cwd: Optional[str], user: Optional[str], timeout: Optional[float],
@@ -346,3 +354,8 @@ class AsyncCommands:
             raise
         return AsyncCommandHandle(int(start["pid"]), stream, self, input_field=input_field,
                                   **callbacks)
+
+
+def _parts(kept: Optional[RetainedOutput]) -> List[str]:
+    """The chunks kept so far, for a late listener's backlog."""
+    return [] if kept is None else list(kept.parts)

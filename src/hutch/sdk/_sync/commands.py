@@ -18,6 +18,7 @@ from hutch.sdk import _wire
 from hutch.sdk._sync import _backend
 from hutch.sdk._sync.transport import Agent, EventStream
 from hutch.sdk._models import CommandResult, ProcessInfo
+from hutch.sdk._output import OUTPUT_CAP, RetainedOutput
 
 OutputHandler = Callable[[Any], Any]
 
@@ -29,7 +30,8 @@ class CommandHandle:
                  on_stdout: Optional[OutputHandler] = None,
                  on_stderr: Optional[OutputHandler] = None,
                  on_pty: Optional[OutputHandler] = None,
-                 input_field: str = "stdin", retain_output: bool = True) -> None:
+                 input_field: str = "stdin", retain_output: bool = True,
+                 max_output: Optional[int] = OUTPUT_CAP) -> None:
         self._pid = pid
         self._stream = stream
         self._commands = commands
@@ -37,9 +39,10 @@ class CommandHandle:
         self._on_stderr = on_stderr
         self._on_pty = on_pty
         self._input_field = input_field
-        # Without retained output (a long, chatty command) only callbacks see the text.
-        self._stdout: Optional[List[str]] = [] if retain_output else None
-        self._stderr: Optional[List[str]] = [] if retain_output else None
+        # Without retained output (a long, chatty command) only callbacks see the text; with
+        # it, at most max_output characters of each stream are kept (hutch.sdk._output).
+        self._stdout = RetainedOutput(max_output) if retain_output else None
+        self._stderr = RetainedOutput(max_output) if retain_output else None
         self._out_decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._err_decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._result: Optional[CommandResult] = None
@@ -56,12 +59,13 @@ class CommandHandle:
 
     @property
     def stdout(self) -> Optional[str]:
-        """The output so far; None when started with ``retain_output=False``."""
-        return None if self._stdout is None else "".join(self._stdout)
+        """The output so far; None when started with ``retain_output=False``. Past
+        ``max_output`` characters it ends with a marker counting what was not kept."""
+        return None if self._stdout is None else self._stdout.text()
 
     @property
     def stderr(self) -> Optional[str]:
-        return None if self._stderr is None else "".join(self._stderr)
+        return None if self._stderr is None else self._stderr.text()
 
     @property
     def exit_code(self) -> Optional[int]:
@@ -118,7 +122,7 @@ class CommandHandle:
         if text:
             with self._lock:
                 if self._stdout is not None:
-                    self._stdout.append(text)
+                    self._stdout.add(text)
                 self._tell((text, None, None))
                 callback = self._on_stdout
             _backend.call(callback, text)
@@ -127,7 +131,7 @@ class CommandHandle:
         if text:
             with self._lock:
                 if self._stderr is not None:
-                    self._stderr.append(text)
+                    self._stderr.add(text)
                 self._tell((None, text, None))
                 callback = self._on_stderr
             _backend.call(callback, text)
@@ -143,8 +147,8 @@ class CommandHandle:
         """
         listener = _backend.Queue()
         with self._lock:
-            backlog = ([(t, None, None) for t in self._stdout or []]
-                       + [(None, t, None) for t in self._stderr or []])
+            backlog = ([(t, None, None) for t in _parts(self._stdout)]
+                       + [(None, t, None) for t in _parts(self._stderr)])
             if self._worker_done:
                 backlog.append(None)
             else:
@@ -217,9 +221,9 @@ class CommandHandle:
             if on_pty is not None:
                 self._on_pty = on_pty
             if on_stdout is not None:
-                self._on_stdout, backlog_out = on_stdout, list(self._stdout or [])
+                self._on_stdout, backlog_out = on_stdout, _parts(self._stdout)
             if on_stderr is not None:
-                self._on_stderr, backlog_err = on_stderr, list(self._stderr or [])
+                self._on_stderr, backlog_err = on_stderr, _parts(self._stderr)
         for text in backlog_out:
             _backend.call(on_stdout, text)
         for text in backlog_err:
@@ -288,13 +292,16 @@ class Commands:
             cwd: Optional[str] = None, on_stdout: Optional[OutputHandler] = None,
             on_stderr: Optional[OutputHandler] = None, stdin: Optional[bool] = None,
             timeout: Optional[float] = 60, request_timeout: Optional[float] = None,
-            *, retain_output: bool = True) -> Any:
+            *, retain_output: bool = True,
+            max_output: Optional[int] = OUTPUT_CAP) -> Any:
         """Run ``cmd`` in a bash login shell.
 
         Foreground (default): wait and return a ``CommandResult``; a non-zero exit code
         raises ``CommandExitError``. ``background=True``: return the running
         ``CommandHandle`` at once. ``timeout`` (seconds, 0 = none) bounds the command: the
-        agent kills it then, and ``wait()`` raises ``TimeoutError_``.
+        agent kills it then, and ``wait()`` raises ``TimeoutError_``. The result keeps at
+        most ``max_output`` characters of stdout and of stderr (None: all), then a marker
+        counting the rest; ``on_stdout``/``on_stderr`` still see every character.
         """
         program, args = _wire.shell_command(cmd)
         request = {
@@ -303,21 +310,22 @@ class Commands:
         }
         handle = self._start(request, user, timeout, request_timeout,
                              on_stdout=on_stdout, on_stderr=on_stderr,
-                             retain_output=retain_output)
+                             retain_output=retain_output, max_output=max_output)
         return handle if background else handle.wait()
 
     def connect(self, pid: int, timeout: Optional[float] = 60,
                 request_timeout: Optional[float] = None,
                 on_stdout: Optional[OutputHandler] = None,
                 on_stderr: Optional[OutputHandler] = None, *,
-                retain_output: bool = True) -> CommandHandle:
+                retain_output: bool = True,
+                max_output: Optional[int] = OUTPUT_CAP) -> CommandHandle:
         """Attach to a running process and receive its output from now on."""
         stream = self._agent.stream(
             "process.Process/Connect", {"process": _wire.selector(pid)},
             timeout=timeout, request_timeout=request_timeout,
         )
         return self._handle(stream, on_stdout=on_stdout, on_stderr=on_stderr,
-                            retain_output=retain_output)
+                            retain_output=retain_output, max_output=max_output)
 
     def _exec(self, argv: List[str], *, envs: Optional[Dict[str, str]],
               cwd: Optional[str], user: Optional[str], timeout: Optional[float],
@@ -347,3 +355,8 @@ class Commands:
             raise
         return CommandHandle(int(start["pid"]), stream, self, input_field=input_field,
                              **callbacks)
+
+
+def _parts(kept: Optional[RetainedOutput]) -> List[str]:
+    """The chunks kept so far, for a late listener's backlog."""
+    return [] if kept is None else list(kept.parts)
