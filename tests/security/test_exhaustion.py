@@ -149,6 +149,10 @@ def test_a_memory_balloon_is_oom_killed_inside_and_reported(host):
                "while True: chunks.append(bytearray(b'x' * (32 << 20)))\"")
     with sandbox() as sbx:
         assert Sandbox.get_metrics(sbx.sandbox_id)[0].oom_kills == 0
+        # What commands start is the OOM killer's first choice, before the agent (init's 500;
+        # the agent raises a command's score just after its exec, hence the sleep).
+        assert sbx.commands.run("sleep 1; cat /proc/self/oom_score_adj /proc/1/oom_score_adj"
+                                ).stdout == "1000\n500\n"
         with pytest.raises(CommandExitError) as err:
             sbx.commands.run(balloon, timeout=300)
         # killed by SIGKILL: exit code -1 and "signal: killed" as envd says it; 137 through a shell

@@ -336,6 +336,24 @@ def kill_tree(root: int) -> None:
             pass
 
 
+#: oom_score_adj of what the agent starts (the sandbox's init and the agent have 500): when
+#: the sandbox reaches its memory limit, the OOM killer takes a command, never the agent,
+#: even when the memory is the kernel's (open files, pipes) and the command's RSS is small.
+OOM_SCORE_ADJ = 1000
+
+
+def _prefer_for_oom(pid: int) -> None:
+    """Raise a new child's oom_score_adj (its children inherit it). Written from here, right
+    after the exec, rather than in the child before it: a preexec hook would make every
+    spawn a full fork of the agent. So what the child forks in its first instant (before
+    this write) keeps 500; anything that grows for long enough to matter has 1000."""
+    try:
+        with open(f"/proc/{pid}/oom_score_adj", "w") as f:
+            f.write(str(OOM_SCORE_ADJ))
+    except OSError:
+        pass
+
+
 def _set_winsize(fd: int, cols: int, rows: int) -> None:
     import fcntl
     import struct
@@ -435,6 +453,7 @@ class ProcessTable:
                 os.set_blocking(stdin_w, False)
                 proc.stdin_fd = stdin_w
         self.procs[proc.pid] = proc
+        _prefer_for_oom(proc.pid)
         pidfd = os.pidfd_open(proc.pid)
         task = asyncio.ensure_future(self._run(proc, pidfd))
         self._tasks.add(task)
