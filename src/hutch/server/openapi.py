@@ -197,6 +197,36 @@ SCHEMAS: dict[str, dict] = {
         "creates_per_minute": {"type": ["integer", "null"], "minimum": 0},
     }, description="The key's own limits (0: no limit); a field left out keeps its value, "
                    "null returns it to the server's HUTCH_TENANT_* default."),
+    "TemplateStep": _obj({
+        "kind": {"type": "string", "enum": ["apt", "pip", "npm", "run", "copy", "add", "env",
+                                            "workdir", "user"]},
+        "args": {"type": "array", "items": {"type": "string"}, "description": (
+            "apt/pip/npm: packages; run: the command; copy/add: sources then the "
+            "destination; env: name, value; workdir: path; user: name[:group].")},
+        "options": {**_STR_MAP, "description": "copy/add: chown, chmod (octal)."},
+        "env": {**_STR_MAP, "description": "run: variables for this command only."},
+    }, ["kind", "args"]),
+    "TemplateDefinition": _obj({
+        "base": {"type": "string", "description": "A built-in template or one of yours."},
+        "steps": {"type": "array", "items": _ref("TemplateStep")},
+        "start_cmd": {"type": "string"}, "ready_cmd": {"type": "string"},
+        "labels": _STR_MAP, "cpu": {"type": "number", "exclusiveMinimum": 0},
+        "memory_mb": {"type": "integer", "exclusiveMinimum": 0},
+    }, ["base"], description="What `Template(...)` and a Dockerfile describe "
+                             "(docs/templates.md)."),
+    "TemplateBuild": _obj({
+        "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,62}$"},
+        "definition": _ref("TemplateDefinition"),
+        "context": {"type": "string", "pattern": "^[0-9a-f]{64}$", "description": (
+            "What `POST /templates/contexts` answered, when the steps copy files.")},
+    }, ["name", "definition"]),
+    "TemplateInfo": _obj({
+        "templateID": {"type": "string"}, "builtin": {"type": "boolean"},
+        "base": {"type": "string"}, "env": _STR_MAP, "user": {"type": "string"},
+        "workdir": {"type": "string"}, "startCmd": {"type": ["string", "null"]},
+        "readyCmd": {"type": ["string", "null"]}, "layers": {"type": "integer"},
+        "builtAt": {"type": "number"}, "definition": _ref("TemplateDefinition"),
+    }, ["templateID", "builtin"]),
     "NewKey": _obj({"name": {"type": "string", "maxLength": 100},
                     "quotas": _ref("QuotaOverrides")}),
     "KeyChange": _obj({"quotas": _ref("QuotaOverrides")}),
@@ -235,6 +265,7 @@ def _ok(status: int, description: str, schema: dict | None = None,
 
 _SANDBOX_ID = {"name": "id", "in": "path", "required": True, "schema": _ID}
 _KEY_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+_TEMPLATE_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
 _NOT_FOUND = {"404": _error("No such sandbox, or it belongs to another API key (the two are "
                             "answered alike).")}
 _BAD = {"400": _error("A malformed id or body, or a value out of range.")}
@@ -365,6 +396,45 @@ def _operations() -> dict[str, dict[str, dict]]:
             "responses": {**_ok(200, "One sample.", {"type": "array",
                                                      "items": _ref("SandboxMetric")}),
                           **_BAD, **_NOT_FOUND}}},
+        "/templates/contexts": {"post": {
+            "operationId": "uploadTemplateContext", "tags": ["templates"],
+            "summary": "Upload a build context (a gzipped tar of what COPY/ADD name)",
+            "requestBody": {"required": True, "content": {"application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"}}}},
+            "responses": {**_ok(201, "Its id (the SHA-256 of the upload).",
+                                _obj({"context": {"type": "string"}}, ["context"])),
+                          "400": _error("Not a gzipped tar, an entry that points outside "
+                                        "the context, or too large.")}}},
+        "/templates": {
+            "post": {"operationId": "buildTemplate", "tags": ["templates"],
+                     "summary": "Build one of your templates, streaming the build",
+                     "requestBody": _body("TemplateBuild"),
+                     "responses": {
+                         "200": {"description": (
+                             "NDJSON, as it happens: `{type: step, index, total, step, cached}`, "
+                             "`{type: log, text}`, then `{type: done, template, layers}` or "
+                             "`{type: error, message}` (the failing step, its output and exit "
+                             "code)."),
+                             "content": {"application/x-ndjson": {"schema": {"type": "string"}}}},
+                         "400": _error("A bad name (or a built-in's), definition or base."),
+                         "404": _error("The context was not uploaded.")}},
+            "get": {"operationId": "listTemplates", "tags": ["templates"],
+                    "summary": "The built-in templates and yours",
+                    "responses": _ok(200, "Every template this key can start.",
+                                     {"type": "array", "items": _ref("TemplateInfo")})},
+        },
+        "/templates/{name}": {
+            "get": {"operationId": "getTemplate", "tags": ["templates"],
+                    "summary": "One of your templates", "parameters": [_TEMPLATE_NAME],
+                    "responses": {**_ok(200, "How it was built and how it starts.",
+                                        _ref("TemplateInfo")),
+                                  "404": _error("No such template of yours.")}},
+            "delete": {"operationId": "removeTemplate", "tags": ["templates"],
+                       "summary": "Remove one of your templates (running sandboxes stay)",
+                       "parameters": [_TEMPLATE_NAME],
+                       "responses": {**_ok(204, "Removed."),
+                                     "404": _error("No such template of yours.")}},
+        },
         "/keys": {
             "post": {"operationId": "createKey", "summary": "Create an API key (a tenant)",
                      "tags": ["keys"], "requestBody": _body("NewKey", required=False),

@@ -295,9 +295,7 @@ class ControlPlane:
             Route("/sandboxes/{id}/network", self.update_network, methods=["PUT"]),
             Route("/sandboxes/{id}/egress", self.egress_log, methods=["GET"]),
             *KeyAdmin(self.store, self.manager, rfc3339, _json_object).routes(),
-            *(TemplateAPI(self.manager.custom, self.manager.templates,
-                          self.manager.config.data_dir, _json_object).routes()
-              if getattr(self.manager, "custom", None) is not None else ()),
+            *TemplateAPI(self.manager, _json_object).routes(),
         ]
         app = Starlette(routes=routes, exception_handlers={
             HutchError: _hutch_error,

@@ -32,7 +32,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from hutch.errors import HutchError, InvalidArgumentError, NotFoundError
+from hutch.errors import HutchError, InvalidArgumentError, NotFoundError, UnavailableError
 from hutch.protocol.template import Definition
 from hutch.server.tenants import caller
 
@@ -43,11 +43,27 @@ SHA256_HEX = frozenset("0123456789abcdef")
 
 
 class TemplateAPI:
-    def __init__(self, custom: Any, builtin: Any, data_dir: Path, read_body) -> None:
-        self.custom, self.builtin = custom, builtin
-        self.contexts = Path(data_dir) / "contexts"
+    """Over the manager's templates: ``manager.templates`` (built-in) and ``manager.custom``
+    (tenants', hutch.templates.custom), looked up per request."""
+
+    def __init__(self, manager: Any, read_body) -> None:
+        self.manager = manager
         self._read_body = read_body
         self._builds: set[asyncio.Task] = set()
+
+    @property
+    def custom(self) -> Any:
+        if getattr(self.manager, "custom", None) is None:
+            raise UnavailableError("this server's runtime cannot build templates")
+        return self.manager.custom
+
+    @property
+    def builtin(self) -> Any:
+        return self.manager.templates
+
+    @property
+    def contexts(self) -> Path:
+        return Path(self.manager.config.data_dir) / "contexts"
 
     def routes(self) -> list[Route]:
         return [

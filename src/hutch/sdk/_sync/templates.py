@@ -41,7 +41,7 @@ def build_template(definition: Definition, name: str, *,
             if archive is not None:
                 uploaded = transport.client.post(
                     "/templates/contexts", content=archive,
-                    headers={**headers, "Content-Type": "application/gzip"},
+                    headers={**headers, "Content-Type": "application/octet-stream"},
                     timeout=_timeout(config.timeout(request_timeout)))
                 if uploaded.status_code >= 300:
                     raise _errors.from_api(uploaded.status_code, uploaded.content,
