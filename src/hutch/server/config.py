@@ -187,6 +187,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("pool_size", "HUTCH_POOL_SIZE", "0", _non_negative_int,
             "Sandboxes of the base template kept started and ready, so that a create asking "
             "for the defaults takes milliseconds (0: no warm pool)."),
+    Setting("audit_retention_days", "HUTCH_AUDIT_RETENTION_DAYS", "30", _non_negative_float,
+            "Days the audit trail (GET /sandboxes/{id}/audit: API calls, lifecycle, "
+            "processes, files, egress) keeps an event; older ones are deleted at start and "
+            "every hour (0: kept until the per-sandbox cap pushes them out)."),
+    Setting("audit_keep", "HUTCH_AUDIT_KEEP", "10000", _positive_int,
+            "Most audit events kept per sandbox and kind (per API key and kind for calls "
+            "about no sandbox); the oldest go first."),
     Setting("domain", "HUTCH_DOMAIN", "", _text,
             "Domain for host routing: requests to <port>-<sandbox id>.<domain> go to that "
             "sandbox (empty: header routing only)."),
@@ -235,6 +242,8 @@ class Config:
     tenant_max_memory_mb: int
     tenant_creates_per_minute: int
     pool_size: int
+    audit_retention_days: float
+    audit_keep: int
     domain: str
     agent_timeout: float
     log_level: str

@@ -30,6 +30,7 @@ from hutch.errors import (
 )
 from hutch.runtime.spec import Mount, SandboxSpec
 from hutch.server import agent_lib
+from hutch.server import audit
 from hutch.server.config import Config
 from hutch.server.expiry import expire
 from hutch.server.keys import new_sandbox_id, new_token
@@ -66,6 +67,7 @@ class Live:
     cpu_sample: tuple[int, float] | None = None   # (cpu ns, monotonic s) of the last metrics
     ports: dict[int, PortLink | SocketLink] = field(default_factory=dict)   # incl. tunnels
     interpreter: bool = False      # its template runs the code interpreter (port 49999)
+    oom_kills: int = 0             # the runtime's count when the audit trail last looked
 
     def port(self, number: int) -> PortLink | None:
         """The pool for a TCP port inside the sandbox (None without a network address)."""
@@ -105,6 +107,10 @@ class SandboxManager:
         self.pool: WarmPool | None = None
         self._pending_keys: dict[str, asyncio.Future] = {}   # idempotency keys in flight
         self.ledger = Ledger()     # creates in flight and recent creates, for admission
+        if store is not None:     # hutch doctor's self-test runs without a store
+            store.audit_keep = config.audit_keep
+        self._retention: asyncio.Task | None = None
+        self._checks: set[asyncio.Task] = set()    # out-of-memory checks in flight
         # Templates tenants built (hutch.templates.custom), set by the app when it has them.
         self.custom: Any = None
 
@@ -116,6 +122,10 @@ class SandboxManager:
         await self.reconcile()
         self._reaper = asyncio.create_task(
             expire(lambda: self._live, self.kill, self._wake), name="hutch-reaper")
+        if self.config.audit_retention_days > 0:
+            self._retention = asyncio.create_task(
+                audit.retain(self.store, self.config.audit_retention_days * 86400.0),
+                name="hutch-audit-retention")
 
     def start_pool(self) -> None:
         """Start filling the warm pool (if configured) in the background."""
@@ -127,10 +137,12 @@ class SandboxManager:
         """Stop serving; sandboxes keep running and are adopted by the next start."""
         if self.pool is not None:
             await self.pool.close()
-        if self._reaper:
-            self._reaper.cancel()
+        for task in (self._reaper, self._retention):
+            if task is None:
+                continue
+            task.cancel()
             try:
-                await self._reaper
+                await task
             except asyncio.CancelledError:
                 pass
         lives = list(self._live.values())
@@ -159,10 +171,13 @@ class SandboxManager:
             await link.aclose()
             self.store.update(rec, state="error", reason="agent unreachable at server start",
                               ended_at=time.time())
+            audit.lifecycle(self.store, rec.id, "error",
+                            reason="agent unreachable at server start")
             await self._destroy_quietly(rec.id)
             return False
         self._live[rec.id] = Live(record=rec, link=link,
                                   interpreter=self._has_interpreter(rec.template))
+        audit.lifecycle(self.store, rec.id, "adopted", reason="server restart")
         return True
 
     def _has_interpreter(self, template: str) -> bool:
@@ -258,6 +273,7 @@ class SandboxManager:
                     if claimed is not None:
                         timing["pool"] = time.perf_counter() - t0 - timing["template"]
                         timing["total"] = time.perf_counter() - t0
+                        self._created(claimed, timeout, pooled=True)
                         return claimed, timing
 
             now = time.time()
@@ -276,12 +292,19 @@ class SandboxManager:
             live = await self.boot(rec, tmpl, timing, "running")
             timing["total"] = time.perf_counter() - t0
             self.deadline_changed()
+            self._created(live.record, timeout, pooled=False)
             log.debug("created %s (%s) in %.1f ms: %s", rec.id, name, timing["total"] * 1e3,
                       {k: round(v * 1e3, 2) for k, v in timing.items()})
             return live.record, timing
         finally:
             # The sandbox is live now (and counted as such) or it failed and holds nothing.
             self.ledger.release(reservation)
+
+    def _created(self, rec: SandboxRecord, timeout: int, pooled: bool) -> None:
+        audit.lifecycle(self.store, rec.id, "created", by=rec.owner, template=rec.template,
+                        timeout=timeout, cpu=rec.cpu, memory_mb=rec.memory_mb,
+                        disk_mb=rec.disk_mb, network=rec.network, egress=rec.egress,
+                        env=sorted(rec.env_vars), metadata=rec.metadata, pooled=pooled)
 
     async def boot(self, rec: SandboxRecord, tmpl, timing: dict[str, float],
                    state: str) -> Live:
@@ -410,6 +433,8 @@ class SandboxManager:
         self._live.pop(live.record.id, None)
         live.record = self.store.update(live.record, state="error", reason=reason[:500],
                                         ended_at=time.time())
+        if live.record.owner is not None:    # a pool sandbox is nobody's yet
+            audit.lifecycle(self.store, live.record.id, "error", reason=reason[:500])
         log.warning("sandbox %s failed: %s", live.record.id, reason)
 
     # -- queries -----------------------------------------------------------------------------
@@ -466,14 +491,18 @@ class SandboxManager:
 
     # -- changes -----------------------------------------------------------------------------
 
-    async def set_timeout(self, sandbox_id: str, seconds: Any) -> SandboxRecord:
+    async def set_timeout(self, sandbox_id: str, seconds: Any,
+                          by: str | None = None) -> SandboxRecord:
         seconds = self._check_timeout(seconds)
         live = self.running(sandbox_id)
         live.record = self.store.update(live.record, end_at=time.time() + seconds)
+        audit.lifecycle(self.store, sandbox_id, "timeout_changed", by=by, timeout=seconds,
+                        end_at=live.record.end_at)
         self.deadline_changed()
         return live.record
 
-    async def connect(self, sandbox_id: str, seconds: Any | None) -> SandboxRecord:
+    async def connect(self, sandbox_id: str, seconds: Any | None,
+                      by: str | None = None) -> SandboxRecord:
         """Attach to a running sandbox; a timeout may extend its life, never shorten it."""
         live = self.running(sandbox_id)
         if seconds is not None:
@@ -481,10 +510,13 @@ class SandboxManager:
             end = time.time() + seconds
             if end > live.record.end_at:
                 live.record = self.store.update(live.record, end_at=end)
+                audit.lifecycle(self.store, sandbox_id, "timeout_changed", reason="connect",
+                                by=by, timeout=seconds, end_at=end)
                 self.deadline_changed()
         return live.record
 
-    async def update_network(self, sandbox_id: str, body: Any) -> SandboxRecord:
+    async def update_network(self, sandbox_id: str, body: Any,
+                             by: str | None = None) -> SandboxRecord:
         """E2B's network update: the sandbox's egress configuration replaced, atomically, in
         force for its next packet (and kept across server restarts)."""
         live = self.running(sandbox_id)
@@ -493,9 +525,13 @@ class SandboxManager:
             new = egress_rules.update(body, rec.egress, rec.network)
             await self.runtime.set_egress(rec.id, egress_rules.policy_of(new))
             live.record = self.store.update(rec, egress=new)
+            audit.lifecycle(self.store, sandbox_id, "network_updated", by=by, egress=new)
         return live.record
 
-    async def kill(self, sandbox_id: str, reason: str = "killed") -> None:
+    async def kill(self, sandbox_id: str, reason: str = "killed",
+                   by: str | None = None, event: str | None = None) -> None:
+        """End a sandbox; ``by``: the key that asked, ``event``: what the audit trail calls
+        it (default: ``expired`` for a timeout, else ``killed``)."""
         live = self._live.get(sandbox_id)
         if live is None:
             raise SandboxNotFoundError(f"sandbox {sandbox_id!r} not found")
@@ -506,6 +542,9 @@ class SandboxManager:
             # sees a sandbox without a live record and destroys it as an orphan.
             live.record = self.store.update(live.record, state="killed", reason=reason,
                                             ended_at=time.time())
+            audit.lifecycle(self.store, sandbox_id,
+                            event or ("expired" if reason == "timeout" else "killed"),
+                            reason=reason, by=by)
             del self._live[sandbox_id]
             me = asyncio.current_task()
             for task in list(live.streams):
@@ -519,13 +558,41 @@ class SandboxManager:
                 log.error("destroying %s failed: %s", sandbox_id, exc)
         log.info("sandbox %s killed (%s)", sandbox_id, reason)
 
+    def process_killed(self, sandbox_id: str) -> None:
+        """A process of the sandbox ended by a signal: find out (in the background) whether
+        the OOM killer sent it, for the audit trail."""
+        task = asyncio.create_task(self.check_oom(sandbox_id))
+        self._checks.add(task)
+        task.add_done_callback(self._checks.discard)
+
+    async def check_oom(self, sandbox_id: str) -> bool:
+        """Record an ``oom`` lifecycle event if the runtime counts new out-of-memory kills in
+        the sandbox since the last look."""
+        live = self._live.get(sandbox_id)
+        if live is None or not hasattr(self.runtime, "stats"):
+            return False
+        try:
+            count = int((await maybe_await(self.runtime.stats(sandbox_id)) or {})
+                        .get("oom_kills") or 0)
+        except Exception:   # noqa: BLE001 - gone meanwhile, or the runtime cannot tell
+            return False
+        if count <= live.oom_kills:
+            return False
+        audit.lifecycle(self.store, sandbox_id, "oom", oom_kills=count,
+                        reason=f"the OOM killer ended {count - live.oom_kills} process(es) "
+                               f"at the sandbox's memory limit")
+        live.oom_kills = count
+        return True
+
     async def vanished(self, sandbox_id: str) -> bool:
         """Called when a sandbox's agent cannot be reached: if the sandbox itself has stopped
         (its init exited, say after an out-of-memory kill), record that and clean up."""
         if sandbox_id not in self._live or await is_alive(self.runtime, sandbox_id):
             return False
+        oom = await self.check_oom(sandbox_id)
         try:
-            await self.kill(sandbox_id, reason="the sandbox stopped by itself")
+            await self.kill(sandbox_id, reason="out of memory" if oom else
+                            "the sandbox stopped by itself", event="stopped")
         except SandboxNotFoundError:
             pass
         return True

@@ -164,6 +164,46 @@ SCHEMAS: dict[str, dict] = {
         "bytes_out": {"type": "integer", "description": "closed: bytes the sandbox sent."},
         "bytes_in": {"type": "integer", "description": "closed: bytes it received."},
     }, ["time", "sandbox_id", "kind", "allowed", "reason"]),
+    "AuditEvent": _obj({
+        "seq": {"type": "integer", "description": (
+            "The event's place in the trail (increasing); pass the last one seen as `after` "
+            "to read on from there.")},
+        "time": {"type": "number", "description": "Unix time, seconds."},
+        "kind": {"type": "string", "enum": ["api", "lifecycle", "process", "pty", "file",
+                                            "dns", "connection", "closed"]},
+        "sandbox_id": _ID,
+        "key_id": {"type": "string", "description": "api: the calling key's id."},
+        "method": {"type": "string", "description": "api: the HTTP method."},
+        "path": {"type": ["string", "null"], "description": (
+            "api: the route template (`/sandboxes/{id}`); file: the file's path.")},
+        "status": {"type": ["integer", "null"], "description": "api, file: the HTTP status."},
+        "duration_ms": {"type": "number", "description": "api, process, pty."},
+        "event": {"type": "string", "description": (
+            "lifecycle: created, killed, expired, timeout_changed, network_updated, adopted, "
+            "stopped, oom, lost, error.")},
+        "reason": {"type": "string"},
+        "by": {"type": ["string", "null"], "description": (
+            "lifecycle: the id of the key that asked for the change.")},
+        "phase": {"type": "string", "enum": ["start", "end"],
+                  "description": "process, pty: started (with its pid), or ended."},
+        "argv": {"type": "array", "items": {"type": "string"}},
+        "cwd": {"type": ["string", "null"]},
+        "user": {"type": "string"},
+        "env": {"type": "array", "items": {"type": "string"}, "description": (
+            "The names of the env vars the call set (never their values).")},
+        "pid": {"type": ["integer", "null"]},
+        "exit_code": {"type": "integer"},
+        "signal": {"type": "string"},
+        "detached": {"type": "boolean", "description": (
+            "The stream was cut before the process ended (it may run on, unobserved).")},
+        "stdout_bytes": {"type": "integer"}, "stderr_bytes": {"type": "integer"},
+        "stdout_head": {"type": "string", "description": "The first 4 KiB of stdout."},
+        "stderr_head": {"type": "string", "description": "The first 4 KiB of stderr."},
+        "op": {"type": "string", "enum": ["read", "write"], "description": "file."},
+        "size": {"type": "integer", "description": "file: the bytes that passed."},
+    }, ["seq", "time", "kind"], description=(
+        "One event of the audit trail; which fields are present depends on the kind "
+        "(dns, connection and closed are `EgressEvent`s).")),
     "Timeout": _obj({"timeout": {"type": "number", "minimum": 0,
                                  "description": "Seconds from now."}}, ["timeout"]),
     "Connect": _obj({"timeout": {"type": "number", "minimum": 0, "description": (
@@ -254,10 +294,12 @@ def _error(description: str) -> dict:
 
 
 def _ok(status: int, description: str, schema: dict | None = None,
-        headers: dict | None = None) -> dict:
+        headers: dict | None = None, stream: dict | None = None) -> dict:
     out: dict[str, Any] = {"description": description}
     if schema is not None:
         out.update(_json(schema))
+    if stream:
+        out.setdefault("content", {}).update(stream)
     if headers:
         out["headers"] = headers
     return {str(status): out}
@@ -270,6 +312,18 @@ _NOT_FOUND = {"404": _error("No such sandbox, or it belongs to another API key (
                             "answered alike).")}
 _BAD = {"400": _error("A malformed id or body, or a value out of range.")}
 _ADMIN = {"403": _error("Not the admin key.")}
+_AUDIT_QUERY = [
+    {"name": "kind", "in": "query", "schema": {"type": "string"}, "description": (
+        "Only these kinds, comma-separated (api, lifecycle, process, pty, file, dns, "
+        "connection, closed); the parameter may repeat.")},
+    {"name": "since", "in": "query", "schema": {"type": "string"}, "description": (
+        "Only events at or after this time: Unix seconds or RFC 3339.")},
+    {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0},
+     "description": "Only events after this `seq`."},
+    {"name": "limit", "in": "query", "schema": {
+        "type": "integer", "minimum": 1, "maximum": 10000, "default": 100}},
+]
+_AUDIT_PAGE = _obj({"events": {"type": "array", "items": _ref("AuditEvent")}}, ["events"])
 
 
 def _body(schema: str, required: bool = True) -> dict:
@@ -390,6 +444,32 @@ def _operations() -> dict[str, dict[str, dict]]:
                                                  "items": _ref("EgressEvent")}},
                                      ["events"])),
                           **_BAD, **_NOT_FOUND}}},
+        "/sandboxes/{id}/audit": {"get": {
+            "operationId": "getSandboxAuditLog",
+            "summary": "hutch extra: the sandbox's audit trail",
+            "description": (
+                "API calls about it, its lifecycle, the processes and PTYs started and the "
+                "files read and written through the data plane, and its egress decisions; "
+                "kept after the sandbox is gone. Without `since` or `after`: the latest "
+                "`limit` events; with either: the first `limit` from there on. With "
+                "`follow=true` the answer is NDJSON (`application/x-ndjson`): those events, "
+                "then each new one as it is written (within a fraction of a second), an "
+                "empty line every 15 s of silence; it ends once the sandbox has ended."),
+            "tags": ["sandboxes"],
+            "parameters": [_SANDBOX_ID, *_AUDIT_QUERY, {
+                "name": "follow", "in": "query", "schema": {"type": "boolean",
+                                                            "default": False}}],
+            "responses": {**_ok(200, "The events, oldest first.", _AUDIT_PAGE,
+                                stream={"application/x-ndjson": {
+                                    "schema": {"type": "string"}}}),
+                          **_BAD, **_NOT_FOUND}}},
+        "/audit": {"get": {
+            "operationId": "getKeyAuditLog",
+            "summary": "hutch extra: the caller's own API calls about no sandbox",
+            "description": "`api` events of the calling key (key management, lists, failed "
+                           "creates); a sandbox's own are under /sandboxes/{id}/audit.",
+            "tags": ["server"], "parameters": _AUDIT_QUERY,
+            "responses": {**_ok(200, "The events, oldest first.", _AUDIT_PAGE), **_BAD}}},
         "/sandboxes/{id}/metrics": {"get": {
             "operationId": "getSandboxMetrics", "summary": "A sandbox's resource use now",
             "tags": ["sandboxes"], "parameters": [_SANDBOX_ID],

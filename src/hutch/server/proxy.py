@@ -25,6 +25,7 @@ import logging
 from typing import Any
 
 from hutch.server import egress as egress_rules
+from hutch.server.audit import FileTap, ProcessTap, basic_user
 from hutch.server.keys import traffic_token
 from hutch.server.manager import SandboxManager
 from hutch.server.upstream import UpstreamError
@@ -143,8 +144,9 @@ class DataPlane:
 
     def drop_all(self) -> None:
         """Cut every open stream: the server is stopping (the sandboxes keep running, and
-        clients re-attach to the next server)."""
+        clients re-attach to the next server). Audit follow streams end too."""
         self._stopping = True
+        self.manager.store.stop_followers()
         for task in list(self._tasks):
             task.cancel()
 
@@ -188,6 +190,7 @@ class DataPlane:
             target += b"?" + scope["query_string"]
         has_body = chunked or any(n == b"content-length" for n, _ in headers)
         body_done = asyncio.Event()
+        tap = self._tap(live, scope, path) if to_agent else None
 
         async def body():
             try:
@@ -197,6 +200,8 @@ class DataPlane:
                         raise ClientGone()
                     chunk = msg.get("body", b"")
                     if chunk:
+                        if tap is not None:
+                            tap.request(chunk)
                         yield chunk
                     if not msg.get("more_body", False):
                         return
@@ -221,7 +226,11 @@ class DataPlane:
                 await send({"type": "http.response.start", "status": response.status,
                             "headers": out})
                 started = True
+                if tap is not None:
+                    tap.status = response.status
                 async for chunk in response.aiter():
+                    if tap is not None:
+                        tap.response(chunk)
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 finished.append(True)
                 await send({"type": "http.response.body", "body": b""})
@@ -254,6 +263,27 @@ class DataPlane:
             watcher.cancel()
             live.streams.discard(task)
             self._tasks.discard(task)
+            if tap is not None:
+                try:
+                    tap.close(detached=not finished)
+                    if getattr(tap, "signalled", False):
+                        self.manager.process_killed(sandbox_id)
+                except Exception:   # noqa: BLE001 - the audit never breaks the relay
+                    log.exception("recording %s %s of %s failed", scope["method"], path,
+                                  sandbox_id)
+
+    def _tap(self, live, scope: dict, path: str):
+        """The audit observer of an agent request worth recording (a process started, a
+        file read or written), or None."""
+        method = scope["method"]
+        store = self.manager.store
+        if path == "/process.Process/Start" and method == "POST":
+            return ProcessTap(store, live.record.id, basic_user(scope["headers"]),
+                              live.record.env_vars.values())
+        if path == "/files" and method in ("GET", "POST"):
+            return FileTap(store, live.record.id, method, scope["query_string"],
+                           scope["headers"])
+        return None
 
     @staticmethod
     async def _watch_disconnect(receive, body_done: asyncio.Event, task: asyncio.Task,

@@ -20,6 +20,7 @@ import logging
 import time
 from typing import Any, Awaitable, Callable
 
+from hutch.server import audit
 from hutch.server.store import LIVE_STATES, SandboxRecord, Store
 
 log = logging.getLogger("hutch.server")
@@ -66,17 +67,21 @@ async def reconcile(store: Store, runtime: Any,
             if rec.id in running:
                 await destroy_quietly(runtime, rec.id)
             store.update(rec, state="error", reason="server stopped during create", ended_at=now)
+            audit.lifecycle(store, rec.id, "error", reason="server stopped during create")
             report["failed"].append(rec.id)
         elif rec.id not in running:
             store.update(rec, state="killed", reason="not found at server start", ended_at=now)
+            audit.lifecycle(store, rec.id, "lost", reason="not found at server start")
             report["lost"].append(rec.id)
         elif not await is_alive(runtime, rec.id):
             # Leftovers only (say after a host reboot): the work inside is gone.
             store.update(rec, state="killed", reason="not running at server start", ended_at=now)
+            audit.lifecycle(store, rec.id, "lost", reason="not running at server start")
             await destroy_quietly(runtime, rec.id)
             report["lost"].append(rec.id)
         elif rec.end_at <= now:
             store.update(rec, state="killed", reason="timeout", ended_at=now)
+            audit.lifecycle(store, rec.id, "expired", reason="timeout, while the server was down")
             await destroy_quietly(runtime, rec.id)
             report["expired"].append(rec.id)
         else:

@@ -8,6 +8,7 @@ generated clients decode error bodies as JSON.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from contextlib import suppress
@@ -18,7 +19,7 @@ from urllib.parse import parse_qsl
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from hutch.errors import (
@@ -28,14 +29,17 @@ from hutch.errors import (
     SandboxNotFoundError,
 )
 from hutch.server import egress as egress_rules
+from hutch.server.audit import KINDS as AUDIT_KINDS
+from hutch.server.audit import ApiRecorder
 from hutch.server.keys import traffic_token
 from hutch.server.manager import SandboxManager
-from hutch.server.store import SandboxRecord, Store
+from hutch.server.store import AUDIT_FLUSH_SECONDS, LIVE_STATES, SandboxRecord, Store
 from hutch.server.template_api import TemplateAPI
 from hutch.server.tenants import (
     KeyAdmin,
     authenticate,
     caller,
+    caller_in,
     check_owner,
     quotas_of,
     scoped_idempotency_key,
@@ -66,6 +70,20 @@ def rfc3339(ts: float | None) -> str | None:
         return None
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds") \
         .replace("+00:00", "Z")
+
+
+def _parse_since(text: str) -> float:
+    """A point in time given as Unix seconds or RFC 3339."""
+    try:
+        value = float(text)
+    except ValueError:
+        try:
+            return _parse_rfc3339(text)
+        except (OverflowError, OSError):
+            raise InvalidArgumentError(f"since {text!r} is out of range") from None
+    if not 0 <= value < 1e11:
+        raise InvalidArgumentError(f"since {text!r} is out of range")
+    return value
 
 
 def _parse_rfc3339(text: str) -> float:
@@ -123,6 +141,7 @@ class ControlPlane:
         """The path's sandbox id, if the caller owns it (else the not-found answer)."""
         sandbox_id = request.path_params["id"]
         check_owner(self.store, sandbox_id, caller(request))
+        request.scope[ApiRecorder.SANDBOX] = sandbox_id   # the call is filed under it
         return sandbox_id
 
     async def health(self, request: Request) -> Response:
@@ -178,13 +197,15 @@ class ControlPlane:
             with suppress(SandboxNotFoundError):
                 await self.manager.kill(rec.id, reason="its API key was revoked")
             raise AuthenticationError("invalid API key")
+        request.scope[ApiRecorder.SANDBOX] = rec.id
         server_timing = ", ".join(f"{k};dur={v * 1e3:.2f}" for k, v in timing.items())
         return JSONResponse(self.sandbox(rec), status_code=201,
                             headers={"Server-Timing": server_timing})
 
     async def connect(self, request: Request) -> Response:
         body = await _json_object(request, allow_empty=True)
-        rec = await self.manager.connect(self._mine(request), body.get("timeout"))
+        rec = await self.manager.connect(self._mine(request), body.get("timeout"),
+                                         by=caller(request).id)
         return JSONResponse(self.sandbox(rec), status_code=200)
 
     async def get(self, request: Request) -> Response:
@@ -202,20 +223,92 @@ class ControlPlane:
                                 status_code=404)
 
     async def kill(self, request: Request) -> Response:
-        await self.manager.kill(self._mine(request))
+        await self.manager.kill(self._mine(request), by=caller(request).id)
         return Response(status_code=204)
 
     async def timeout(self, request: Request) -> Response:
         body = await _json_object(request)
         if "timeout" not in body:
             raise InvalidArgumentError("timeout is required")
-        await self.manager.set_timeout(self._mine(request), body["timeout"])
+        await self.manager.set_timeout(self._mine(request), body["timeout"],
+                                       by=caller(request).id)
         return Response(status_code=204)
 
     async def update_network(self, request: Request) -> Response:
         body = await _json_object(request, allow_empty=True)
-        await self.manager.update_network(self._mine(request), body)
+        await self.manager.update_network(self._mine(request), body, by=caller(request).id)
         return Response(status_code=204)
+
+    async def audit_log(self, request: Request) -> Response:
+        """The audit trail of one of the caller's sandboxes (also after it ended)."""
+        return await self._audit(request, sandbox_id=self._mine(request))
+
+    async def key_audit_log(self, request: Request) -> Response:
+        """The caller's own control-plane calls that were about no sandbox."""
+        return await self._audit(request, key_id=caller(request).id)
+
+    async def _audit(self, request: Request, **whose: str) -> Response:
+        q = request.query_params
+        kinds = [k for k in ",".join(q.getlist("kind")).split(",") if k]
+        unknown = sorted(set(kinds) - set(AUDIT_KINDS))
+        if unknown:
+            raise InvalidArgumentError(f"unknown kind {unknown[0]!r}; kinds are "
+                                       f"{', '.join(AUDIT_KINDS)}")
+        limit = q.get("limit", "100")
+        if not limit.isdigit() or not 1 <= int(limit) <= 10_000:
+            raise InvalidArgumentError("limit must be 1..10000")
+        after = q.get("after")
+        if after is not None and not (after.isdigit() and len(after) < 19):
+            raise InvalidArgumentError("after must be an event's seq (a non-negative integer)")
+        since = _parse_since(q["since"]) if q.get("since") else None
+        # Following is for a sandbox's trail, which ends with the sandbox; a key's has no end.
+        follow = q.get("follow", "false").lower() if "sandbox_id" in whose else "false"
+        if follow not in ("true", "false", "1", "0"):
+            raise InvalidArgumentError("follow must be true or false")
+        query = dict(kinds=kinds, since=since, after=int(after) if after else None,
+                     limit=int(limit), **whose)
+        if follow in ("false", "0"):
+            return JSONResponse({"events": self.store.audit(**query)})
+        return StreamingResponse(self._follow(query, whose.get("sandbox_id")),
+                                 media_type="application/x-ndjson",
+                                 headers={"Cache-Control": "no-store"})
+
+    async def _follow(self, query: dict, sandbox_id: str | None):
+        """NDJSON: the events a plain query would answer, then each new one as it is
+        written; an empty line every 15 s of silence. Ends once the sandbox has ended and its
+        last events are written, or when the server stops."""
+        wake = asyncio.Event()
+        self.store.audit_listeners.add(wake.set)
+        try:
+            events = self.store.audit(**query)
+            forward = query["since"] is not None or query["after"] is not None
+            last = events[-1]["seq"] if events and forward else self.store.audit_max_seq()
+            if events:
+                yield "".join(json.dumps(e) + "\n" for e in events)
+            query = {**query, "since": None, "limit": 1000}
+            ending = 0.0
+            while not self.store.followers_stopped:
+                wake.clear()
+                events = self.store.audit(**{**query, "after": last})
+                if events:
+                    last = events[-1]["seq"]
+                    yield "".join(json.dumps(e) + "\n" for e in events)
+                    continue
+                if sandbox_id is not None and not ending:
+                    rec = self.store.get(sandbox_id)
+                    if rec is None or rec.state not in LIVE_STATES:
+                        # What the end cuts short (its streams) is recorded just after.
+                        ending = time.monotonic() + 4 * AUDIT_FLUSH_SECONDS
+                if ending and time.monotonic() >= ending:
+                    return
+                try:
+                    await asyncio.wait_for(wake.wait(),
+                                           AUDIT_FLUSH_SECONDS * 2 if ending else 15)
+                except asyncio.TimeoutError:
+                    if not ending:
+                        yield "\n"
+        finally:
+            self.store.audit_listeners.discard(wake.set)
 
     async def egress_log(self, request: Request) -> Response:
         sandbox_id = self._mine(request)
@@ -294,6 +387,8 @@ class ControlPlane:
             Route("/sandboxes/{id}/metrics", self.metrics, methods=["GET"]),
             Route("/sandboxes/{id}/network", self.update_network, methods=["PUT"]),
             Route("/sandboxes/{id}/egress", self.egress_log, methods=["GET"]),
+            Route("/sandboxes/{id}/audit", self.audit_log, methods=["GET"]),
+            Route("/audit", self.key_audit_log, methods=["GET"]),
             *KeyAdmin(self.store, self.manager, rfc3339, _json_object).routes(),
             *TemplateAPI(self.manager, _json_object).routes(),
         ]
@@ -312,6 +407,7 @@ class _Auth:
     def __init__(self, app, store: Store) -> None:
         self.app = app
         self.store = store
+        self._recorded = ApiRecorder(app, store, caller_in)   # each call in the audit trail
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http" and scope["path"] not in ("/health", "/openapi.json"):
@@ -319,6 +415,7 @@ class _Auth:
                 authenticate(scope, self.store)
             except AuthenticationError as exc:
                 return await error(401, exc.message)(scope, receive, send)
+            return await self._recorded(scope, receive, send)
         await self.app(scope, receive, send)
 
 

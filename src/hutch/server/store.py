@@ -9,8 +9,14 @@ of microseconds, cheaper than a hop to a thread. ``synchronous=NORMAL`` with WAL
 commit across a crash of the server process (a power cut may lose the last few, which the
 reconciler then treats as orphans).
 
-Env var *values* are stored because a sandbox must be re-initialised with them after a restart;
+Env var *values* are kept because a sandbox must be re-initialised with them after a restart;
+they are sealed (:mod:`hutch.server.seal`) with a key kept in a file of its own next to the
+store, so the SQLite file (and a copy of it, or its WAL) never holds them in the clear, and
 they never appear in logs or in ``repr`` of a record.
+
+The audit trail (``audit_log``) is written in batches: events are queued and written together
+within ``AUDIT_FLUSH_SECONDS`` (one transaction each would cost more than most of them), so a
+crash of the server process loses at most the events of that last window.
 """
 
 from __future__ import annotations
@@ -23,9 +29,10 @@ import sqlite3
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from hutch.errors import InvalidArgumentError
+from hutch.server.seal import Sealer
 
 # "pooled": started and ready but not handed out yet (the warm pool); never listed.
 STATES = ("creating", "pooled", "running", "paused", "killed", "error")
@@ -78,12 +85,27 @@ CREATE TABLE IF NOT EXISTS egress_log (
     event       TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS egress_log_sandbox ON egress_log(sandbox_id, seq);
+CREATE TABLE IF NOT EXISTS audit_log (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    sandbox_id  TEXT,
+    key_id      TEXT,
+    kind        TEXT NOT NULL,
+    at          REAL NOT NULL,
+    event       TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_log_sandbox ON audit_log(sandbox_id, kind, seq);
+CREATE INDEX IF NOT EXISTS audit_log_key ON audit_log(key_id, kind, seq)
+    WHERE sandbox_id IS NULL;
+CREATE INDEX IF NOT EXISTS audit_log_at ON audit_log(at);
 """
 
-#: Egress-log rows kept per sandbox (the oldest go first), and how often pending rows are
-#: written (decisions arrive per connection: one transaction each would cost more than them).
-EGRESS_KEEP = 10_000
-EGRESS_FLUSH_SECONDS = 0.2
+#: Audit events kept per sandbox *and kind* (per API key and kind for calls about no sandbox;
+#: the oldest go first). Per kind, so that a sandbox flooding its resolver cannot push the
+#: record of the commands it was given out of the trail. How often queued events are written.
+AUDIT_KEEP = 10_000
+AUDIT_FLUSH_SECONDS = 0.2
+EGRESS_KINDS = ("dns", "connection", "closed")
+EGRESS_KEEP = AUDIT_KEEP
 
 
 @dataclass(frozen=True)
@@ -146,10 +168,10 @@ def _json_or_null(value: Any) -> str | None:
     return None if value is None else json.dumps(value)
 
 
-def _row_to_record(row: sqlite3.Row) -> SandboxRecord:
+def _row_to_record(row: sqlite3.Row, sealer: Sealer) -> SandboxRecord:
     values = {c: row[c] for c in _COLUMNS}
     values["metadata"] = json.loads(values["metadata"])
-    values["env_vars"] = json.loads(values["env_vars"])
+    values["env_vars"] = sealer.open_json(values["env_vars"])
     values["egress"] = json.loads(values["egress"]) if values["egress"] else None
     return SandboxRecord(**values)
 
@@ -189,11 +211,16 @@ def _decode_cursor(token: str) -> int:
 class Store:
     """Sandbox records and API keys in one SQLite file."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._sealer = Sealer.for_store(path)
+        self._clock = clock
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
+        # What an update replaces (an env var sealed afresh, pruned audit events) is
+        # overwritten on disk, not left in a free page.
+        self._db.execute("PRAGMA secure_delete=ON")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
@@ -203,49 +230,114 @@ class Store:
         path.chmod(0o600)
         row = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM sandboxes").fetchone()
         self._seq = row[0]
-        self._egress_pending: list[dict] = []
+        self._audit_pending: list[dict] = []
+        self.audit_keep = AUDIT_KEEP
+        # Called (no arguments) after each batch is written: the follow streams wake up.
+        self.audit_listeners: set[Callable[[], None]] = set()
+        self.followers_stopped = False
 
     def close(self) -> None:
-        self.flush_egress()
+        self.flush_audit()
         self._db.close()
 
-    # -- egress log ----------------------------------------------------------------------------
+    # -- audit trail ---------------------------------------------------------------------------
 
-    def add_egress(self, event: dict) -> None:
-        """Queue one decision of the egress log (written within EGRESS_FLUSH_SECONDS)."""
-        self._egress_pending.append(event)
-        if len(self._egress_pending) == 1:
+    def record(self, event: dict) -> None:
+        """Queue one audit event (written within AUDIT_FLUSH_SECONDS). ``event`` has at least
+        ``kind`` and ``sandbox_id`` or ``key_id``; ``time`` is added when missing."""
+        event.setdefault("time", self._clock())
+        self._audit_pending.append(event)
+        if len(self._audit_pending) == 1:
             try:
-                asyncio.get_running_loop().call_later(EGRESS_FLUSH_SECONDS, self.flush_egress)
+                asyncio.get_running_loop().call_later(AUDIT_FLUSH_SECONDS, self.flush_audit)
             except RuntimeError:          # no event loop: write at once
-                self.flush_egress()
+                self.flush_audit()
 
-    def flush_egress(self) -> None:
-        pending, self._egress_pending = self._egress_pending, []
+    def stop_followers(self) -> None:
+        """The server is stopping: every follow stream ends (its client reconnects to the
+        next server and asks for what it missed with ``after``)."""
+        self.followers_stopped = True
+        for listener in list(self.audit_listeners):
+            listener()
+
+    #: The egress log is the audit trail's dns/connection/closed events.
+    add_egress = record
+
+    def flush_audit(self) -> None:
+        pending, self._audit_pending = self._audit_pending, []
         if not pending:
             return
-        rows = [(e["sandbox_id"], e["time"], json.dumps(e)) for e in pending]
+        rows = [(e.get("sandbox_id"), e.get("key_id"), e["kind"], e["time"],
+                 json.dumps(e, separators=(",", ":"))) for e in pending]
         self._db.execute("BEGIN")
         try:
-            self._db.executemany("INSERT INTO egress_log (sandbox_id, at, event) "
-                                 "VALUES (?, ?, ?)", rows)
-            for sandbox_id in {r[0] for r in rows}:
-                self._db.execute(
-                    "DELETE FROM egress_log WHERE sandbox_id=? AND seq <= "
-                    "(SELECT seq FROM egress_log WHERE sandbox_id=? ORDER BY seq DESC "
-                    "LIMIT 1 OFFSET ?)", (sandbox_id, sandbox_id, EGRESS_KEEP))
+            self._db.executemany("INSERT INTO audit_log (sandbox_id, key_id, kind, at, event) "
+                                 "VALUES (?, ?, ?, ?, ?)", rows)
+            for sandbox_id, key_id, kind in {(r[0], r[1] if r[0] is None else None, r[2])
+                                             for r in rows}:
+                if sandbox_id is not None:
+                    self._db.execute(
+                        "DELETE FROM audit_log WHERE sandbox_id=? AND kind=? AND seq <= "
+                        "(SELECT seq FROM audit_log WHERE sandbox_id=? AND kind=? "
+                        "ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+                        (sandbox_id, kind, sandbox_id, kind, self.audit_keep))
+                elif key_id is not None:
+                    self._db.execute(
+                        "DELETE FROM audit_log WHERE sandbox_id IS NULL AND key_id=? AND "
+                        "kind=? AND seq <= (SELECT seq FROM audit_log WHERE sandbox_id IS "
+                        "NULL AND key_id=? AND kind=? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+                        (key_id, kind, key_id, kind, self.audit_keep))
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
+        for listener in list(self.audit_listeners):
+            listener()
+
+    def audit(self, *, sandbox_id: str | None = None, key_id: str | None = None,
+              kinds: Iterable[str] | None = None, since: float | None = None,
+              after: int | None = None, limit: int = 100) -> list[dict]:
+        """Audit events of one sandbox (or those of one key about no sandbox), oldest first,
+        each with its ``seq``. With ``since`` or ``after`` (a ``seq``): the first ``limit``
+        from there on; otherwise the latest ``limit``."""
+        self.flush_audit()
+        if sandbox_id is not None:
+            where, params = ["sandbox_id = ?"], [sandbox_id]
+        else:
+            where, params = ["sandbox_id IS NULL", "key_id = ?"], [key_id]
+        kinds = tuple(kinds or ())
+        if kinds:
+            where.append(f"kind IN ({','.join('?' * len(kinds))})")
+            params += kinds
+        if since is not None:
+            where.append("at >= ?")
+            params.append(since)
+        if after is not None:
+            where.append("seq > ?")
+            params.append(after)
+        forward = since is not None or after is not None
+        rows = self._db.execute(
+            f"SELECT seq, event FROM audit_log WHERE {' AND '.join(where)} "
+            f"ORDER BY seq {'ASC' if forward else 'DESC'} LIMIT ?", (*params, limit)).fetchall()
+        if not forward:
+            rows.reverse()
+        return [{"seq": r[0], **json.loads(r[1])} for r in rows]
+
+    def audit_max_seq(self) -> int:
+        """The seq of the newest audit event written (0: none)."""
+        self.flush_audit()
+        return self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM audit_log").fetchone()[0]
 
     def egress_log(self, sandbox_id: str, limit: int = 100) -> list[dict]:
-        """The sandbox's latest decisions, oldest first."""
-        self.flush_egress()
-        rows = self._db.execute(
-            "SELECT event FROM egress_log WHERE sandbox_id=? ORDER BY seq DESC LIMIT ?",
-            (sandbox_id, limit)).fetchall()
-        return [json.loads(r[0]) for r in reversed(rows)]
+        """The sandbox's latest egress decisions, oldest first (as they were recorded)."""
+        return [{k: v for k, v in e.items() if k != "seq"}
+                for e in self.audit(sandbox_id=sandbox_id, kinds=EGRESS_KINDS, limit=limit)]
+
+    def prune_audit(self, max_age: float, now: float | None = None) -> int:
+        """Delete audit events older than ``max_age`` seconds; how many went."""
+        self.flush_audit()
+        cutoff = (self._clock() if now is None else now) - max_age
+        return self._db.execute("DELETE FROM audit_log WHERE at < ?", (cutoff,)).rowcount
 
     def _migrate(self) -> None:
         """Add columns that newer versions introduced to a store made by an older one."""
@@ -266,13 +358,30 @@ class Store:
         for column, kind in QUOTA_COLUMNS.values():
             if column not in have:
                 self._db.execute(f"ALTER TABLE api_keys ADD COLUMN {column} {kind}")
+        # The egress log became part of the audit trail; env vars written in the clear by an
+        # older version are sealed.
+        self._db.execute("BEGIN")
+        try:
+            self._db.execute(
+                "INSERT INTO audit_log (sandbox_id, kind, at, event) SELECT sandbox_id, "
+                "json_extract(event, '$.kind'), at, event FROM egress_log ORDER BY seq")
+            self._db.execute("DELETE FROM egress_log")
+            for row in self._db.execute(
+                    "SELECT id, env_vars FROM sandboxes WHERE env_vars NOT LIKE ?",
+                    (Sealer.PREFIX + "%",)).fetchall():
+                self._db.execute("UPDATE sandboxes SET env_vars=? WHERE id=?",
+                                 (self._sealer.seal_json(json.loads(row[1])), row[0]))
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
 
     def by_idempotency_key(self, key: str) -> SandboxRecord | None:
         row = self._db.execute(
             f"SELECT {','.join(_COLUMNS)} FROM sandboxes WHERE idempotency_key=? "
             "ORDER BY seq DESC LIMIT 1", (key,)
         ).fetchone()
-        return _row_to_record(row) if row else None
+        return _row_to_record(row, self._sealer) if row else None
 
     # -- sandboxes ---------------------------------------------------------------------------
 
@@ -280,7 +389,7 @@ class Store:
         self._seq += 1
         values = [getattr(rec, c) for c in _COLUMNS]
         values[_COLUMNS.index("metadata")] = json.dumps(rec.metadata)
-        values[_COLUMNS.index("env_vars")] = json.dumps(rec.env_vars)
+        values[_COLUMNS.index("env_vars")] = self._sealer.seal_json(rec.env_vars)
         values[_COLUMNS.index("egress")] = _json_or_null(rec.egress)
         marks = ",".join("?" * (len(_COLUMNS) + 1))
         self._db.execute(
@@ -297,7 +406,8 @@ class Store:
             raise ValueError(f"unknown state {changes['state']!r}")
         new = replace(rec, **changes)
         cols = list(changes)
-        params = [json.dumps(changes[c]) if c in ("metadata", "env_vars")
+        params = [self._sealer.seal_json(changes[c]) if c == "env_vars"
+                  else json.dumps(changes[c]) if c == "metadata"
                   else _json_or_null(changes[c]) if c == "egress" else changes[c]
                   for c in cols]
         self._db.execute(
@@ -315,7 +425,7 @@ class Store:
         row = self._db.execute(
             f"SELECT {','.join(_COLUMNS)} FROM sandboxes WHERE id=?", (sandbox_id,)
         ).fetchone()
-        return _row_to_record(row) if row else None
+        return _row_to_record(row, self._sealer) if row else None
 
     def in_states(self, states: Iterable[str]) -> list[SandboxRecord]:
         states = tuple(states)
@@ -324,7 +434,7 @@ class Store:
             f"SELECT {','.join(_COLUMNS)} FROM sandboxes WHERE state IN ({marks}) ORDER BY seq",
             states,
         ).fetchall()
-        return [_row_to_record(r) for r in rows]
+        return [_row_to_record(r, self._sealer) for r in rows]
 
     def page(
         self,
@@ -370,7 +480,7 @@ class Store:
         more = len(rows) > limit
         rows = rows[:limit]
         token = _encode_cursor(rows[-1]["seq"]) if more and rows else None
-        return [_row_to_record(r) for r in rows], token
+        return [_row_to_record(r, self._sealer) for r in rows], token
 
     # -- API keys ----------------------------------------------------------------------------
 

@@ -83,6 +83,11 @@ def caller(request: Request) -> KeyRecord:
     return request.scope[_SCOPE_KEY]
 
 
+def caller_in(scope: dict) -> KeyRecord | None:
+    """The key an ASGI scope was authenticated with, if it was."""
+    return scope.get(_SCOPE_KEY)
+
+
 def not_found(sandbox_id: str) -> SandboxNotFoundError:
     """The one answer for an unknown, ended or foreign sandbox id (the manager's wording)."""
     return SandboxNotFoundError(f"sandbox {sandbox_id!r} not found")

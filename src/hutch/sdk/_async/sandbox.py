@@ -13,6 +13,7 @@ before that.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Union
 from urllib.parse import urlencode
@@ -367,6 +368,55 @@ class AsyncSandbox(_backend.Deferred):
         return list(response.json()["events"])
 
     @hybridmethod
+    async def get_audit_log(self_or_cls: Any, sandbox_id: Optional[str] = None,
+                            kind: Union[str, List[str], None] = None,
+                            since: Union[datetime, float, str, None] = None,
+                            after: Optional[int] = None, limit: int = 100,
+                            api_key: Optional[str] = None, url: Optional[str] = None,
+                            request_timeout: Optional[float] = None) -> List[Dict[str, Any]]:
+        """The sandbox's audit trail, oldest first (also after it ended): API calls about it
+        (``kind: "api"``), its lifecycle, the processes and PTYs started, the files read and
+        written, and its egress decisions (``dns``, ``connection``, ``closed``).
+
+        ``kind`` keeps only those kinds; without ``since`` (a time) or ``after`` (an event's
+        ``seq``) the latest ``limit`` events come, with either the first ``limit`` from
+        there on."""
+        if isinstance(self_or_cls, type) and sandbox_id is None:
+            raise errors.InvalidArgumentError("get_audit_log() on the class needs a sandbox_id")
+        response = await _api(self_or_cls, sandbox_id, "GET", "/sandboxes/{id}/audit",
+                              params=_audit_params(kind, since, after, limit), api_key=api_key,
+                              url=url, request_timeout=request_timeout)
+        return list(response.json()["events"])
+
+    @hybridmethod
+    async def follow_audit_log(self_or_cls: Any, sandbox_id: Optional[str] = None,
+                               kind: Union[str, List[str], None] = None,
+                               since: Union[datetime, float, str, None] = None,
+                               after: Optional[int] = None, limit: int = 100,
+                               api_key: Optional[str] = None,
+                               url: Optional[str] = None) -> AsyncIterator[Dict[str, Any]]:
+        """What :meth:`get_audit_log` gives, then every new event as it is recorded; ends
+        once the sandbox has ended (or the server stops: go on with ``after=<last seq>``)."""
+        params = {**_audit_params(kind, since, after, limit), "follow": "true"}
+        if isinstance(self_or_cls, type):
+            if not sandbox_id:
+                raise errors.InvalidArgumentError("follow_audit_log() on the class needs a "
+                                                  "sandbox_id")
+            transport = AsyncTransport(_config.resolve(url, api_key, None))
+            owned = True
+        else:
+            transport, sandbox_id, owned = self_or_cls._live_transport(), \
+                self_or_cls.sandbox_id, False
+        try:
+            async for line in transport.api_lines(f"/sandboxes/{sandbox_id}/audit",
+                                                  params=params):
+                if line.strip():    # empty lines keep an idle stream open
+                    yield json.loads(line)
+        finally:
+            if owned:
+                await transport.aclose()
+
+    @hybridmethod
     async def get_info(self_or_cls: Any, sandbox_id: Optional[str] = None,
                        api_key: Optional[str] = None, url: Optional[str] = None,
                        request_timeout: Optional[float] = None) -> SandboxInfo:
@@ -410,6 +460,20 @@ class AsyncSandbox(_backend.Deferred):
         """A paginator over your sandboxes: ``while p.has_next: await p.next_items()``."""
         config = _config.resolve(url=url, api_key=api_key, request_timeout=request_timeout)
         return AsyncSandboxPaginator(config, query, limit, next_token)
+
+
+def _audit_params(kind: Union[str, List[str], None], since: Union[datetime, float, str, None],
+                  after: Optional[int], limit: int) -> Dict[str, Any]:
+    params: Dict[str, Any] = {"limit": int(limit)}
+    if kind:
+        params["kind"] = kind if isinstance(kind, str) else ",".join(kind)
+    if isinstance(since, datetime):
+        params["since"] = since.timestamp()
+    elif since is not None:
+        params["since"] = since
+    if after is not None:
+        params["after"] = int(after)
+    return params
 
 
 def _either(value: Any, alias: Any, name: str, alias_name: str) -> Any:

@@ -14,6 +14,7 @@ before that.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any, Iterator, Callable, Dict, List, Optional, Union
 from urllib.parse import urlencode
@@ -368,6 +369,55 @@ class Sandbox(_backend.Deferred):
         return list(response.json()["events"])
 
     @hybridmethod
+    def get_audit_log(self_or_cls: Any, sandbox_id: Optional[str] = None,
+                      kind: Union[str, List[str], None] = None,
+                      since: Union[datetime, float, str, None] = None,
+                      after: Optional[int] = None, limit: int = 100,
+                      api_key: Optional[str] = None, url: Optional[str] = None,
+                      request_timeout: Optional[float] = None) -> List[Dict[str, Any]]:
+        """The sandbox's audit trail, oldest first (also after it ended): API calls about it
+        (``kind: "api"``), its lifecycle, the processes and PTYs started, the files read and
+        written, and its egress decisions (``dns``, ``connection``, ``closed``).
+
+        ``kind`` keeps only those kinds; without ``since`` (a time) or ``after`` (an event's
+        ``seq``) the latest ``limit`` events come, with either the first ``limit`` from
+        there on."""
+        if isinstance(self_or_cls, type) and sandbox_id is None:
+            raise errors.InvalidArgumentError("get_audit_log() on the class needs a sandbox_id")
+        response = _api(self_or_cls, sandbox_id, "GET", "/sandboxes/{id}/audit",
+                        params=_audit_params(kind, since, after, limit), api_key=api_key,
+                        url=url, request_timeout=request_timeout)
+        return list(response.json()["events"])
+
+    @hybridmethod
+    def follow_audit_log(self_or_cls: Any, sandbox_id: Optional[str] = None,
+                         kind: Union[str, List[str], None] = None,
+                         since: Union[datetime, float, str, None] = None,
+                         after: Optional[int] = None, limit: int = 100,
+                         api_key: Optional[str] = None,
+                         url: Optional[str] = None) -> Iterator[Dict[str, Any]]:
+        """What :meth:`get_audit_log` gives, then every new event as it is recorded; ends
+        once the sandbox has ended (or the server stops: go on with ``after=<last seq>``)."""
+        params = {**_audit_params(kind, since, after, limit), "follow": "true"}
+        if isinstance(self_or_cls, type):
+            if not sandbox_id:
+                raise errors.InvalidArgumentError("follow_audit_log() on the class needs a "
+                                                  "sandbox_id")
+            transport = Transport(_config.resolve(url, api_key, None))
+            owned = True
+        else:
+            transport, sandbox_id, owned = self_or_cls._live_transport(), \
+                self_or_cls.sandbox_id, False
+        try:
+            for line in transport.api_lines(f"/sandboxes/{sandbox_id}/audit",
+                                            params=params):
+                if line.strip():    # empty lines keep an idle stream open
+                    yield json.loads(line)
+        finally:
+            if owned:
+                transport.close()
+
+    @hybridmethod
     def get_info(self_or_cls: Any, sandbox_id: Optional[str] = None,
                  api_key: Optional[str] = None, url: Optional[str] = None,
                  request_timeout: Optional[float] = None) -> SandboxInfo:
@@ -411,6 +461,20 @@ class Sandbox(_backend.Deferred):
         """A paginator over your sandboxes: ``while p.has_next: p.next_items()``."""
         config = _config.resolve(url=url, api_key=api_key, request_timeout=request_timeout)
         return SandboxPaginator(config, query, limit, next_token)
+
+
+def _audit_params(kind: Union[str, List[str], None], since: Union[datetime, float, str, None],
+                  after: Optional[int], limit: int) -> Dict[str, Any]:
+    params: Dict[str, Any] = {"limit": int(limit)}
+    if kind:
+        params["kind"] = kind if isinstance(kind, str) else ",".join(kind)
+    if isinstance(since, datetime):
+        params["since"] = since.timestamp()
+    elif since is not None:
+        params["since"] = since
+    if after is not None:
+        params["after"] = int(after)
+    return params
 
 
 def _either(value: Any, alias: Any, name: str, alias_name: str) -> Any:

@@ -103,6 +103,25 @@ class Transport:
         return response
 
 
+    def api_lines(self, path: str, *,
+                  params: Optional[Dict[str, Any]] = None) -> Iterator[str]:
+        """A control-plane GET answered as lines (NDJSON) for as long as the server sends
+        them: each line as soon as it arrives, with no read timeout."""
+        if not self.config.api_key:
+            raise errors.AuthenticationError("no API key: pass api_key=... or set HUTCH_API_KEY")
+        try:
+            with self._client.stream(
+              "GET", path, params=params, headers={"X-API-KEY": self.config.api_key},
+              timeout=_timeout(self.config.timeout(None), read=None)) as response:
+                if response.status_code >= 300:
+                    response.read()
+                    raise _errors.from_api(response.status_code, response.content)
+                for line in response.iter_lines():
+                    yield line
+        except httpx.TransportError as exc:
+            raise self.unreachable(exc) from None
+
+
 class Agent:
     """The agent inside one sandbox, reached through the server."""
 
