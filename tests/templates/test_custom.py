@@ -158,3 +158,18 @@ async def test_bad_requests(custom):
         await custom.build("owner1", "x", dockerfile.parse("FROM python:3.12\n"), None)
     with pytest.raises(InvalidArgumentError, match="bad template name"):
         await custom.build("owner1", "Bad Name", dockerfile.parse("FROM base\n"), None)
+
+
+async def test_layers_under_a_running_sandbox_are_not_collected(custom, runtime):
+    tmpl = await custom.build("owner1", "inuse", dockerfile.parse(
+        f"FROM base\nRUN echo {os.urandom(4).hex()} > /marker\n"), None)
+    sid = "t" + os.urandom(6).hex()
+    await runtime.create(SandboxSpec(id=sid, layers=tmpl.layers, args=("sleep", "600"),
+                                     network="none", memory_mb=256, disk_mb=256))
+    try:
+        await custom.remove("owner1", "inuse")
+        assert await custom.collect(min_age=0) == []        # the sandbox still stands on it
+        assert tmpl.layers[0].is_dir()
+    finally:
+        await runtime.destroy(sid)
+    assert len(await custom.collect(min_age=0)) == 1

@@ -294,9 +294,10 @@ class CustomTemplates:
                 return []               # unreadable: collect nothing rather than too much
         removed = []
         now = time.time()
+        mounted = _lower_dirs()
         for layer in (self.root / "layers").glob("*") if (self.root / "layers").is_dir() else ():
-            if layer.name in used:
-                continue
+            if layer.name in used or str(layer / "rootfs") in mounted:
+                continue                # listed, or under a sandbox still running from it
             try:
                 if now - (layer / "meta.json").stat().st_mtime < min_age:
                     continue
@@ -309,6 +310,25 @@ class CustomTemplates:
             await asyncio.to_thread(shutil.rmtree, trash, True)
             removed.append(layer.name)
         return removed
+
+
+def _lower_dirs() -> set[str]:
+    """Every directory an overlay mounted on this host stacks read-only (sandboxes keep
+    running from a template's layers after the template is removed)."""
+    out: set[str] = set()
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                if " - overlay " not in line:
+                    continue
+                options = line.rsplit(" ", 1)[-1].strip()
+                for option in options.split(","):
+                    if option.startswith("lowerdir="):
+                        out.update(p.replace("\\040", " ")
+                                   for p in option[len("lowerdir="):].split(":"))
+    except OSError:
+        pass
+    return out
 
 
 def _digests(context: Optional[Path], sources: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
