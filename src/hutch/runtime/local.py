@@ -554,6 +554,22 @@ class LocalRuntime:
         ids.update(_listdir(self.state_dir / "oci"))  # the OCI runtime's state, per container
         return sorted(i for i in ids if ID_RE.match(i))
 
+    async def snapshot_layer(self, sandbox_id: str, dest: Path) -> None:
+        """Copy the running sandbox's writable layer to ``dest`` (a new directory) with its
+        processes frozen meanwhile, so the copy is one consistent moment of its files; they
+        carry on afterwards as if nothing happened."""
+        await self.driver.pause(sandbox_id)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                "cp", "-a", "--preserve=all", str(self.writable_layer(sandbox_id)), str(dest),
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+            _, err = await proc.communicate()
+            if proc.returncode != 0:
+                raise RuntimeError_(f"copying {sandbox_id}'s files failed: "
+                                    f"{err.decode(errors='replace').strip()}")
+        finally:
+            await self.driver.pause(sandbox_id, paused=False)
+
     def writable_layer(self, sandbox_id: str) -> Path:
         """The sandbox's writable (upper) layer on the host: what it changed, overlayfs
         whiteouts included. Valid until it is destroyed; template builds copy it out as a new

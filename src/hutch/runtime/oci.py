@@ -59,6 +59,16 @@ class OciRuntime:
         if proc.returncode != 0 and "does not exist" not in text and "not exist" not in text:
             raise RuntimeError_(f"{self.binary} delete failed: {text.strip()}")
 
+    async def pause(self, container_id: str, paused: bool = True) -> None:
+        """Freeze every process of the container (its cgroup's freezer), or thaw them."""
+        proc = await asyncio.create_subprocess_exec(
+            *self._argv("pause" if paused else "resume", container_id),
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, err = await proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError_(f"{self.binary} {'pause' if paused else 'resume'} failed: "
+                                f"{err.decode(errors='replace').strip()}")
+
     async def state(self, container_id: str) -> dict | None:
         proc = await asyncio.create_subprocess_exec(
             *self._argv("state", container_id), stdin=subprocess.DEVNULL,

@@ -237,6 +237,9 @@ SCHEMAS: dict[str, dict] = {
         "creates_per_minute": {"type": ["integer", "null"], "minimum": 0},
     }, description="The key's own limits (0: no limit); a field left out keeps its value, "
                    "null returns it to the server's HUTCH_TENANT_* default."),
+    "SnapshotInfo": _obj({"snapshotID": {"type": "string"},
+                          "names": {"type": "array", "items": {"type": "string"}}},
+                         ["snapshotID", "names"]),
     "TemplateStep": _obj({
         "kind": {"type": "string", "enum": ["apt", "pip", "npm", "run", "copy", "add", "env",
                                             "workdir", "user"]},
@@ -475,6 +478,40 @@ def _operations() -> dict[str, dict[str, dict]]:
             "tags": ["sandboxes"], "parameters": [_SANDBOX_ID],
             "responses": {**_ok(200, "One sample.", {"type": "array",
                                                      "items": _ref("SandboxMetric")}),
+                          **_BAD, **_NOT_FOUND}}},
+        "/sandboxes/{id}/snapshots": {"post": {
+            "operationId": "createSnapshot", "tags": ["sandboxes"],
+            "summary": "Save a running sandbox's files as a template of yours",
+            "parameters": [_SANDBOX_ID],
+            "requestBody": {"required": False, **_json(_obj({
+                "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,62}$"},
+                "memory": {"type": "boolean", "description": (
+                    "Only false (or absent): files are saved, running processes are not.")},
+            }))},
+            "responses": {**_ok(201, "The snapshot: create sandboxes from snapshotID.",
+                                _ref("SnapshotInfo")), **_BAD, **_NOT_FOUND}}},
+        "/snapshots": {"get": {
+            "operationId": "listSnapshots", "tags": ["sandboxes"],
+            "summary": "Your snapshots",
+            "parameters": [
+                {"name": "sandboxID", "in": "query", "schema": {"type": "string"}},
+                {"name": "name", "in": "query", "schema": {"type": "string"}},
+                {"name": "limit", "in": "query",
+                 "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                {"name": "nextToken", "in": "query", "schema": {"type": "string"}}],
+            "responses": {**_ok(200, "A page of them; X-Next-Token names the next.",
+                                {"type": "array", "items": _ref("SnapshotInfo")}), **_BAD}}},
+        "/sandboxes/{id}/fork": {"post": {
+            "operationId": "forkSandbox", "tags": ["sandboxes"],
+            "summary": "New sandboxes from one snapshot of a running one",
+            "parameters": [_SANDBOX_ID],
+            "requestBody": {"required": False, **_json(_obj({
+                "timeout": {"type": "integer", "minimum": 0, "default": 15},
+                "count": {"type": "integer", "minimum": 1, "maximum": 20, "default": 1},
+            }))},
+            "responses": {**_ok(201, "One entry per fork: the sandbox, or why it failed.",
+                                {"type": "array", "items": _obj({
+                                    "sandbox": _ref("Sandbox"), "error": _ref("Error")})}),
                           **_BAD, **_NOT_FOUND}}},
         "/templates/contexts": {"post": {
             "operationId": "uploadTemplateContext", "tags": ["templates"],

@@ -34,6 +34,7 @@ from hutch.server.audit import ApiRecorder
 from hutch.server.keys import traffic_token
 from hutch.server.manager import SandboxManager
 from hutch.server.store import AUDIT_FLUSH_SECONDS, LIVE_STATES, SandboxRecord, Store
+from hutch.server.snapshots import SnapshotAPI
 from hutch.server.template_api import TemplateAPI
 from hutch.server.tenants import (
     KeyAdmin,
@@ -56,12 +57,9 @@ _UNSUPPORTED = [
     ("/sandboxes/{id}/pause", ["POST"]),
     ("/sandboxes/{id}/resume", ["POST"]),
     ("/sandboxes/{id}/refreshes", ["POST"]),
-    ("/sandboxes/{id}/fork", ["POST"]),
-    ("/sandboxes/{id}/snapshots", ["POST"]),
     ("/sandboxes/{id}/logs", ["GET"]),
     ("/v2/sandboxes/{id}/logs", ["GET"]),
     ("/sandboxes/metrics", ["GET"]),
-    ("/snapshots", ["GET"]),
 ]
 
 
@@ -391,6 +389,7 @@ class ControlPlane:
             Route("/audit", self.key_audit_log, methods=["GET"]),
             *KeyAdmin(self.store, self.manager, rfc3339, _json_object).routes(),
             *TemplateAPI(self.manager, _json_object).routes(),
+            *SnapshotAPI(self, _json_object).routes(),
         ]
         app = Starlette(routes=routes, exception_handlers={
             HutchError: _hutch_error,

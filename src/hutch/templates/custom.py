@@ -189,11 +189,7 @@ class CustomTemplates:
             "cpu": definition.cpu, "memory_mb": definition.memory_mb,
             "definition": definition.to_json(), "built_at": time.time(),
         }
-        path = self._record_path(owner, name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{secrets.token_hex(4)}.tmp")
-        tmp.write_text(json.dumps(record, indent=1))
-        os.replace(tmp, path)
+        self._write(owner, name, record)
         tmpl = self.get(owner, name)
         assert tmpl is not None
         on_event({"type": "done", "template": name, "layers": total})
@@ -271,6 +267,70 @@ class CustomTemplates:
             if time.monotonic() > deadline:
                 raise TemplateError(f"a build step ran past {STEP_TIMEOUT:.0f} s")
             await asyncio.sleep(0.1)
+
+    # -- snapshots --------------------------------------------------------------------------
+
+    def _chain(self, owner: str, template: str) -> tuple[str, list[str], Template]:
+        """(the built-in at the bottom, every custom layer key top first, the template) of a
+        sandbox's template, so a snapshot lists its whole stack and outlives the template."""
+        if self._builtin(template):
+            tmpl = self.store.get(self.store.resolve(template))
+            if tmpl is None:
+                raise TemplateError(f"template {template} is not built")
+            return tmpl.name, [], tmpl
+        rec = self.record(owner, template)
+        tmpl = self.get(owner, template)
+        if rec is None or tmpl is None:
+            raise TemplateError(f"the sandbox's template {template} is gone")
+        mine = self.root / "layers"
+        keys = [p.parent.name for p in tmpl.layers if p.parent.parent == mine]
+        bottom = rec["base"]
+        while not self._builtin(bottom):
+            parent = self.record(owner, bottom)
+            if parent is None:
+                raise TemplateError(f"template {bottom} under {template} is gone")
+            bottom = parent["base"]
+        return bottom, keys, tmpl
+
+    async def snapshot(self, owner: str, name: str, sandbox_id: str, template: str) -> dict:
+        """Save the files of ``owner``'s running sandbox ``sandbox_id`` (started from
+        ``template``) as ``owner``'s template ``name``, in one consistent moment (its
+        processes frozen while its writable layer is copied), leaving it running."""
+        if not NAME_RE.match(name) or self._builtin(name):
+            raise InvalidArgumentError(f"bad snapshot name {name!r} (a-z, 0-9, '.', '_', '-'; "
+                                       "not a built-in's)")
+        base, below, tmpl = self._chain(owner, template)
+        for d in ("layers", ".tmp", ".locks"):
+            (self.root / d).mkdir(parents=True, exist_ok=True)
+        key = "snap" + secrets.token_hex(10)
+        staging = self.root / ".tmp" / key
+        staging.mkdir()
+        try:
+            await self.runtime.snapshot_layer(sandbox_id, staging / "rootfs")
+            for generated in GENERATED:
+                (staging / "rootfs" / generated).unlink(missing_ok=True)
+            (staging / "meta.json").write_text(json.dumps(
+                {"key": key, "snapshot_of": sandbox_id, "built_at": time.time()}))
+            os.rename(staging, self.root / "layers" / key)
+        finally:
+            if staging.exists():
+                await asyncio.to_thread(shutil.rmtree, staging, True)
+        record = {
+            "name": name, "owner": owner, "base": base, "key": key, "layers": [key] + below,
+            "env": dict(tmpl.env), "user": tmpl.user, "workdir": tmpl.workdir,
+            "start_cmd": None, "ready_cmd": None, "labels": {}, "cpu": None,
+            "memory_mb": None, "definition": {"base": base, "steps": []},
+            "built_at": time.time(), "snapshot_of": sandbox_id,
+        }
+        self._write(owner, name, record)
+        return record
+
+    def _write(self, owner: str, name: str, record: dict) -> None:
+        path = self._record_path(owner, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{secrets.token_hex(4)}.tmp")
+        tmp.write_text(json.dumps(record, indent=1))
+        os.replace(tmp, path)
 
     # -- removing ---------------------------------------------------------------------------
 
