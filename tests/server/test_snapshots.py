@@ -44,14 +44,11 @@ def test_fork(server_env):
         try:
             source.files.write("/home/user/work.txt", b"half done")
             url, key = server_env["HUTCH_URL"], server_env["HUTCH_API_KEY"]
-            r = httpx.post(f"{url}/sandboxes/{source.sandbox_id}/fork",
-                           json={"count": 2, "timeout": 120}, headers={"X-API-KEY": key},
-                           timeout=300)
-            assert r.status_code == 201, r.text
-            forks = [entry["sandbox"]["sandboxID"] for entry in r.json()]
+            made = source.fork(count=2, timeout=120)
+            assert all(isinstance(f, Sandbox) for f in made), made
+            forks = [f.sandbox_id for f in made]
             assert len(set(forks)) == 2 and source.sandbox_id not in forks
-            for sandbox_id in forks:
-                fork = Sandbox.connect(sandbox_id)
+            for fork in made:
                 try:
                     assert fork.files.read("/home/user/work.txt") == "half done"
                     assert fork.commands.run("echo $ROLE").stdout == "source\n"
@@ -63,6 +60,25 @@ def test_fork(server_env):
             assert not any(source.sandbox_id[:10] in s["snapshotID"] for s in listed)
         finally:
             source.kill()
+
+
+def test_the_sdks_snapshot_calls(server_env):
+    with Sandbox.create() as sbx:
+        try:
+            sbx.files.write("/home/user/a.txt", "kept")
+            snap = sbx.create_snapshot(name=f"mine-{sbx.sandbox_id[:8]}")
+            assert snap.snapshot_id == f"mine-{sbx.sandbox_id[:8]}"
+            assert [s.snapshot_id for s in Sandbox.list_snapshots(sandbox_id=sbx.sandbox_id)] \
+                == [snap.snapshot_id]
+            with Sandbox.create(template=snap.snapshot_id) as copy:
+                try:
+                    assert copy.files.read("/home/user/a.txt") == "kept"
+                finally:
+                    copy.kill()
+            assert Sandbox.delete_snapshot(snap.snapshot_id) is True
+            assert Sandbox.delete_snapshot(snap.snapshot_id) is False
+        finally:
+            sbx.kill()
 
 
 def test_refusals(server_env):

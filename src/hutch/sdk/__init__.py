@@ -35,15 +35,16 @@ from hutch.sdk._execution import (
 from hutch.sdk._models import (
     CommandResult,
     EntryInfo,
+    FileType,
     FilesystemEvent,
     FilesystemEventType,
-    FileType,
     ProcessInfo,
     PtySize,
     SandboxInfo,
     SandboxMetrics,
     SandboxQuery,
     SandboxState,
+    SnapshotInfo,
     WriteInfo,
 )
 from hutch.sdk._output import OUTPUT_CAP
@@ -93,11 +94,12 @@ __all__ = [
     "SandboxInfo",
     "SandboxMetrics",
     "SandboxPaginator",
-    "Template",
     "SandboxQuery",
     "SandboxState",
+    "SnapshotInfo",
     "StreamReader",
     "StreamWriter",
+    "Template",
     "WatchHandle",
     "WriteInfo",
 ]

@@ -235,6 +235,18 @@ class SandboxQuery:
 
 
 @dataclass
+class SnapshotInfo:
+    """A saved sandbox: ``Sandbox.create(template=snapshot_id)`` starts from it."""
+
+    snapshot_id: str
+    names: List[str]
+
+    @classmethod
+    def from_wire(cls, msg: dict) -> "SnapshotInfo":
+        return cls(snapshot_id=str(msg["snapshotID"]), names=list(msg.get("names") or []))
+
+
+@dataclass
 class SandboxMetrics:
     cpu_count: int
     cpu_used_pct: float

@@ -19,7 +19,7 @@ from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Union
 from urllib.parse import urlencode
 
 from hutch import errors
-from hutch.sdk import _config, _control
+from hutch.sdk import _config, _control, _errors
 from hutch.sdk._async import _backend
 from hutch.sdk._async.code import AsyncCodeInterpreter
 from hutch.sdk._async.commands import AsyncCommands
@@ -29,7 +29,7 @@ from hutch.sdk._async.pty import AsyncPty
 from hutch.sdk._async.transport import AsyncAgent, AsyncTransport
 from hutch.sdk._execution import Context, Event, Execution
 from hutch.sdk._hybrid import hybridmethod
-from hutch.sdk._models import SandboxInfo, SandboxMetrics, SandboxQuery
+from hutch.sdk._models import SandboxInfo, SandboxMetrics, SandboxQuery, SnapshotInfo
 
 DEFAULT_TEMPLATE = _control.DEFAULT_TEMPLATE
 DEFAULT_TIMEOUT = _control.DEFAULT_TIMEOUT
@@ -438,6 +438,70 @@ class AsyncSandbox(_backend.Deferred):
                               params=params, api_key=api_key, url=url,
                               request_timeout=request_timeout)
         return [SandboxMetrics.from_wire(m) for m in response.json() or []]
+
+    @hybridmethod
+    async def create_snapshot(self_or_cls: Any, name: Optional[str] = None,
+                              sandbox_id: Optional[str] = None, api_key: Optional[str] = None,
+                              url: Optional[str] = None,
+                              request_timeout: Optional[float] = None) -> SnapshotInfo:
+        """Save the sandbox's files as a template of yours (it keeps running; its processes
+        pause only while its changes are copied). Running processes are not saved."""
+        body = {} if name is None else {"name": name}
+        response = await _api(self_or_cls, sandbox_id, "POST", "/sandboxes/{id}/snapshots",
+                              json_body=body, api_key=api_key, url=url,
+                              request_timeout=request_timeout)
+        return SnapshotInfo.from_wire(response.json())
+
+    @staticmethod
+    async def list_snapshots(sandbox_id: Optional[str] = None, name: Optional[str] = None,
+                             api_key: Optional[str] = None, url: Optional[str] = None,
+                             request_timeout: Optional[float] = None) -> List[SnapshotInfo]:
+        """Your snapshots (of one sandbox, or by name, if given)."""
+        params: Dict[str, Any] = {"limit": 1000}
+        if sandbox_id:
+            params["sandboxID"] = sandbox_id
+        if name:
+            params["name"] = name
+        async with AsyncTransport(_config.resolve(url, api_key, request_timeout)) as transport:
+            response = await transport.api("GET", "/snapshots", params=params)
+        return [SnapshotInfo.from_wire(s) for s in response.json()]
+
+    @staticmethod
+    async def delete_snapshot(snapshot_id: str, api_key: Optional[str] = None,
+                              url: Optional[str] = None,
+                              request_timeout: Optional[float] = None) -> bool:
+        """Remove a snapshot; False if there was none. Sandboxes started from it go on."""
+        async with AsyncTransport(_config.resolve(url, api_key, request_timeout)) as transport:
+            try:
+                await transport.api("DELETE", f"/templates/{snapshot_id}",
+                                    not_found=errors.NotFoundError)
+            except errors.NotFoundError:
+                return False
+        return True
+
+    async def fork(self, count: int = 1, timeout: Optional[int] = None,
+                   request_timeout: Optional[float] = None
+                   ) -> List[Union["AsyncSandbox", errors.HutchError]]:
+        """``count`` new sandboxes from one snapshot of this one's files, with its settings
+        (size, network policy, environment, metadata); ``timeout`` is their life (s). Each
+        entry is a sandbox, or the error that kept that one from starting."""
+        body: Dict[str, Any] = {"count": int(count)}
+        if timeout is not None:
+            body["timeout"] = int(timeout)
+        response = await self._live_transport().api(
+            "POST", f"/sandboxes/{self.sandbox_id}/fork", json_body=body,
+            request_timeout=_control.create_timeout(request_timeout or
+                                                    self.connection_config.request_timeout))
+        out: List[Union[AsyncSandbox, errors.HutchError]] = []
+        for entry in response.json():
+            if entry.get("sandbox") is not None:
+                out.append(type(self)._from_wire(entry["sandbox"],
+                                                 AsyncTransport(self.connection_config)))
+            else:
+                error = entry.get("error") or {}
+                out.append(_errors.from_api(int(error.get("code", 500)),
+                                            json.dumps(error).encode()))
+        return out
 
     def _live_transport(self) -> AsyncTransport:
         self._created()

@@ -20,7 +20,7 @@ from typing import Any, Iterator, Callable, Dict, List, Optional, Union
 from urllib.parse import urlencode
 
 from hutch import errors
-from hutch.sdk import _config, _control
+from hutch.sdk import _config, _control, _errors
 from hutch.sdk._sync import _backend
 from hutch.sdk._sync.code import CodeInterpreter
 from hutch.sdk._sync.commands import Commands
@@ -30,7 +30,7 @@ from hutch.sdk._sync.pty import Pty
 from hutch.sdk._sync.transport import Agent, Transport
 from hutch.sdk._execution import Context, Event, Execution
 from hutch.sdk._hybrid import hybridmethod
-from hutch.sdk._models import SandboxInfo, SandboxMetrics, SandboxQuery
+from hutch.sdk._models import SandboxInfo, SandboxMetrics, SandboxQuery, SnapshotInfo
 
 DEFAULT_TEMPLATE = _control.DEFAULT_TEMPLATE
 DEFAULT_TIMEOUT = _control.DEFAULT_TIMEOUT
@@ -439,6 +439,70 @@ class Sandbox(_backend.Deferred):
                         params=params, api_key=api_key, url=url,
                         request_timeout=request_timeout)
         return [SandboxMetrics.from_wire(m) for m in response.json() or []]
+
+    @hybridmethod
+    def create_snapshot(self_or_cls: Any, name: Optional[str] = None,
+                        sandbox_id: Optional[str] = None, api_key: Optional[str] = None,
+                        url: Optional[str] = None,
+                        request_timeout: Optional[float] = None) -> SnapshotInfo:
+        """Save the sandbox's files as a template of yours (it keeps running; its processes
+        pause only while its changes are copied). Running processes are not saved."""
+        body = {} if name is None else {"name": name}
+        response = _api(self_or_cls, sandbox_id, "POST", "/sandboxes/{id}/snapshots",
+                        json_body=body, api_key=api_key, url=url,
+                        request_timeout=request_timeout)
+        return SnapshotInfo.from_wire(response.json())
+
+    @staticmethod
+    def list_snapshots(sandbox_id: Optional[str] = None, name: Optional[str] = None,
+                       api_key: Optional[str] = None, url: Optional[str] = None,
+                       request_timeout: Optional[float] = None) -> List[SnapshotInfo]:
+        """Your snapshots (of one sandbox, or by name, if given)."""
+        params: Dict[str, Any] = {"limit": 1000}
+        if sandbox_id:
+            params["sandboxID"] = sandbox_id
+        if name:
+            params["name"] = name
+        with Transport(_config.resolve(url, api_key, request_timeout)) as transport:
+            response = transport.api("GET", "/snapshots", params=params)
+        return [SnapshotInfo.from_wire(s) for s in response.json()]
+
+    @staticmethod
+    def delete_snapshot(snapshot_id: str, api_key: Optional[str] = None,
+                        url: Optional[str] = None,
+                        request_timeout: Optional[float] = None) -> bool:
+        """Remove a snapshot; False if there was none. Sandboxes started from it go on."""
+        with Transport(_config.resolve(url, api_key, request_timeout)) as transport:
+            try:
+                transport.api("DELETE", f"/templates/{snapshot_id}",
+                              not_found=errors.NotFoundError)
+            except errors.NotFoundError:
+                return False
+        return True
+
+    def fork(self, count: int = 1, timeout: Optional[int] = None,
+             request_timeout: Optional[float] = None
+             ) -> List[Union["Sandbox", errors.HutchError]]:
+        """``count`` new sandboxes from one snapshot of this one's files, with its settings
+        (size, network policy, environment, metadata); ``timeout`` is their life (s). Each
+        entry is a sandbox, or the error that kept that one from starting."""
+        body: Dict[str, Any] = {"count": int(count)}
+        if timeout is not None:
+            body["timeout"] = int(timeout)
+        response = self._live_transport().api(
+            "POST", f"/sandboxes/{self.sandbox_id}/fork", json_body=body,
+            request_timeout=_control.create_timeout(request_timeout or
+                                              self.connection_config.request_timeout))
+        out: List[Union[Sandbox, errors.HutchError]] = []
+        for entry in response.json():
+            if entry.get("sandbox") is not None:
+                out.append(type(self)._from_wire(entry["sandbox"],
+                                                 Transport(self.connection_config)))
+            else:
+                error = entry.get("error") or {}
+                out.append(_errors.from_api(int(error.get("code", 500)),
+                                            json.dumps(error).encode()))
+        return out
 
     def _live_transport(self) -> Transport:
         self._created()
