@@ -400,3 +400,19 @@ def test_the_cli_shows_exports_and_follows_the_trail(server_env):
     # Following an ended sandbox's trail prints it and ends.
     followed = hutch("--follow", "--kind", "lifecycle", "--json").splitlines()
     assert [json.loads(line)["event"] for line in followed] == ["created", "killed"]
+
+
+def test_an_out_of_memory_kill_is_a_lifecycle_event(server_env):
+    with Sandbox.create(timeout=TIMEOUT, memory_mb=128) as sbx:
+        try:
+            with pytest.raises(Exception):
+                sbx.commands.run("python3 -c 'b = bytearray(1 << 30)'")
+            events = _wait_for(lambda: sbx.get_audit_log(kind="lifecycle"),
+                               lambda evs: any(e["event"] == "oom" for e in evs))
+        finally:
+            sbx.kill()
+    oom = [e for e in events if e["event"] == "oom"]
+    assert oom and oom[0]["oom_kills"] >= 1, events
+    ended = [e for e in Sandbox.get_audit_log(sbx.sandbox_id, kind="process")
+             if e["phase"] == "end"]
+    assert ended[-1]["signal"] == "killed", ended
