@@ -75,6 +75,8 @@ def _server_env(data_dir: Path, port: int, instance: str | None = None,
         # Host routing (<port>-<id>.<domain>) is tested through this name; no DNS is needed
         # because the tests send the Host header themselves.
         HUTCH_DOMAIN="hutch.test",
+        # A template whose ready command never succeeds fails its create this much later.
+        HUTCH_TEMPLATE_READY_TIMEOUT="15",
     )
     return env
 

@@ -119,3 +119,33 @@ def test_the_cli_builds_from_a_dockerfile(server_env, context):
     finally:
         assert hutch("template", "rm", name).returncode == 0
     assert hutch("template", "rm", name).returncode != 0
+
+
+def test_a_start_command_is_up_before_the_create_returns(server_env, tmp_path):
+    name = f"served-{uuid.uuid4().hex[:8]}"
+    (tmp_path / "index.html").write_text("hello from the template\n")
+    Template.from_template("base").copy("index.html", "/srv/www/").start_cmd(
+        "cd /srv/www && python3 -m http.server 8000",
+        ready_cmd="curl -sf http://127.0.0.1:8000/ >/dev/null").build(name, context_dir=tmp_path)
+    try:
+        with Sandbox.create(template=name) as sbx:
+            try:
+                # No waiting here: the create returned once the ready command succeeded.
+                r = sbx.commands.run("curl -s http://127.0.0.1:8000/index.html")
+                assert r.stdout == "hello from the template\n"
+            finally:
+                sbx.kill()
+        # A ready command that never succeeds fails the create, saying so, leaving nothing.
+        never = f"never-{uuid.uuid4().hex[:8]}"
+        Template.from_template("base").start_cmd("sleep 1000", ready_cmd="exit 1").build(never)
+        try:
+            before = {s.sandbox_id for s in Sandbox.list().next_items()}
+            with pytest.raises(errors.HutchError, match="ready command 'exit 1' did not succeed"):
+                Sandbox.create(template=never)
+            assert {s.sandbox_id for s in Sandbox.list().next_items()} <= before
+        finally:
+            httpx.delete(f"{server_env['HUTCH_URL']}/templates/{never}",
+                         headers={"X-API-KEY": server_env["HUTCH_API_KEY"]})
+    finally:
+        httpx.delete(f"{server_env['HUTCH_URL']}/templates/{name}",
+                     headers={"X-API-KEY": server_env["HUTCH_API_KEY"]})

@@ -199,6 +199,9 @@ SETTINGS: tuple[Setting, ...] = (
             "sandbox (empty: header routing only)."),
     Setting("agent_timeout", "HUTCH_AGENT_TIMEOUT", "15", _positive_float,
             "Seconds to wait for a new sandbox's agent to answer before the create fails."),
+    Setting("template_ready_timeout", "HUTCH_TEMPLATE_READY_TIMEOUT", "60", _positive_float,
+            "Seconds a template's ready command has to first succeed in a new sandbox; past "
+            "them the create fails, saying so, and the sandbox is removed."),
     Setting("log_level", "HUTCH_LOG_LEVEL", "info", _log_level,
             "Server log level (debug, info, warning, error)."),
     Setting("allow_degraded", "HUTCH_ALLOW_DEGRADED", "false", _bool,
@@ -246,6 +249,7 @@ class Config:
     audit_keep: int
     domain: str
     agent_timeout: float
+    template_ready_timeout: float
     log_level: str
     allow_degraded: bool
     selftest_fail: str

@@ -30,7 +30,7 @@ from hutch.errors import (
 )
 from hutch.runtime.spec import Mount, SandboxSpec
 from hutch.server import agent_lib
-from hutch.server import audit
+from hutch.server import audit, startup
 from hutch.server.config import Config
 from hutch.server.expiry import expire
 from hutch.server.keys import new_sandbox_id, new_token
@@ -297,6 +297,16 @@ class SandboxManager:
             )
             reservation.sandbox_id = rec.id
             live = await self.boot(rec, tmpl, timing, "running")
+            if getattr(tmpl, "start_cmd", None):
+                t = time.perf_counter()
+                try:
+                    await startup.start(live.link, tmpl.start_cmd, tmpl.ready_cmd, tmpl.user,
+                                        tmpl.workdir, rec.access_token,
+                                        self.config.template_ready_timeout)
+                except BaseException as exc:
+                    await asyncio.shield(self.kill(rec.id, reason=f"start command: {exc}"))
+                    _reraise(exc, "the template's start command failed")
+                timing["start_cmd"] = time.perf_counter() - t
             timing["total"] = time.perf_counter() - t0
             self.deadline_changed()
             self._created(live.record, timeout, pooled=False)

@@ -79,7 +79,8 @@ class CustomTemplates:
             return None             # a layer was collected under it: rebuild
         return Template(name=name, digest=rec["key"], layers=layers + base.layers,
                         env=dict(rec["env"]), user=rec["user"], workdir=rec["workdir"],
-                        services=base.services)
+                        services=base.services, start_cmd=rec.get("start_cmd"),
+                        ready_cmd=rec.get("ready_cmd"))
 
     def list(self, owner: str) -> list[dict]:
         folder = self.root / "templates" / owner

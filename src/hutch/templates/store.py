@@ -49,6 +49,10 @@ class Template:
     user: str = "user"
     workdir: str = "/home/user"
     services: tuple[str, ...] = ()
+    # What every new sandbox starts in the background, and the check that it is up (the
+    # templates users build: hutch.templates.custom; run by hutch.server.startup).
+    start_cmd: str | None = None
+    ready_cmd: str | None = None
 
 
 @dataclass
