@@ -77,6 +77,8 @@ def _server_env(data_dir: Path, port: int, instance: str | None = None,
         HUTCH_DOMAIN="hutch.test",
         # A template whose ready command never succeeds fails its create this much later.
         HUTCH_TEMPLATE_READY_TIMEOUT="15",
+        # A client trickling a request's head is disconnected this much later.
+        HUTCH_HTTP_HEAD_TIMEOUT="5",
     )
     return env
 

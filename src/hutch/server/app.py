@@ -22,7 +22,7 @@ from typing import Any
 import uvicorn
 
 from hutch.errors import HutchError
-from hutch.server import selftest
+from hutch.server import http_limits, selftest
 from hutch.server.config import Config
 from hutch.server.keys import ensure_admin_key
 from hutch.server.manager import SandboxManager
@@ -254,7 +254,8 @@ class Server:
         logging.getLogger("uvicorn.error").addFilter(_DropAbortNoise())
         app = self.asgi()
         uconfig = uvicorn.Config(
-            app, host=self.config.host, port=self.config.port, http="httptools",
+            app, host=self.config.host, port=self.config.port,
+            http=http_limits.protocol(self.config.http_head_timeout),
             ws="websockets-sansio", lifespan="off", log_level=self.config.log_level,
             access_log=False,
             timeout_keep_alive=75, server_header=False, date_header=False,

@@ -197,6 +197,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("domain", "HUTCH_DOMAIN", "", _text,
             "Domain for host routing: requests to <port>-<sandbox id>.<domain> go to that "
             "sandbox (empty: header routing only)."),
+    Setting("http_head_timeout", "HUTCH_HTTP_HEAD_TIMEOUT", "30", _positive_float,
+            "Seconds a client has to send a request's line and headers (from its first byte, "
+            "or from connecting); slower ones get 408 and are disconnected, so trickling "
+            "clients cannot hold connections for ever. Heads over 64 KiB get 431."),
     Setting("agent_timeout", "HUTCH_AGENT_TIMEOUT", "15", _positive_float,
             "Seconds to wait for a new sandbox's agent to answer before the create fails."),
     Setting("template_ready_timeout", "HUTCH_TEMPLATE_READY_TIMEOUT", "60", _positive_float,
@@ -248,6 +252,7 @@ class Config:
     audit_retention_days: float
     audit_keep: int
     domain: str
+    http_head_timeout: float
     agent_timeout: float
     template_ready_timeout: float
     log_level: str

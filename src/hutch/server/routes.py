@@ -396,6 +396,9 @@ class ControlPlane:
             HTTPException: _http_error,
             Exception: _internal_error,
         })
+        # No redirects to the slash-less path: every path either is an endpoint or is a 404
+        # (a redirect would also send the API key on to wherever it points).
+        app.router.redirect_slashes = False
         return _Auth(app, self.store)
 
 

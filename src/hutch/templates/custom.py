@@ -63,6 +63,10 @@ class CustomTemplates:
         return self.root / "templates" / owner / f"{name}.json"
 
     def record(self, owner: str, name: str) -> Optional[dict]:
+        # Names and owners become path components: anything else ('..', '/', NUL, a name
+        # too long for the filesystem) names no template, rather than some other file.
+        if not (NAME_RE.match(name) and NAME_RE.match(owner)):
+            return None
         try:
             return json.loads(self._record_path(owner, name).read_text())
         except (FileNotFoundError, NotADirectoryError, ValueError):
@@ -337,10 +341,9 @@ class CustomTemplates:
 
     async def remove(self, owner: str, name: str) -> None:
         """Forget ``owner``'s template ``name`` and collect the layers nothing uses now."""
-        path = self._record_path(owner, name)
-        if not path.exists():
+        if self.record(owner, name) is None:
             raise NotFoundError(f"template {name} not found")
-        path.unlink()
+        self._record_path(owner, name).unlink()
         await self.collect()
 
     async def collect(self, min_age: float = 3600.0) -> list[str]:
