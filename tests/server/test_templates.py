@@ -41,8 +41,9 @@ def test_build_with_the_sdk_then_create_from_it(server_env, context):
         assert [s["cached"] for s in steps] == [False, False]
         with Sandbox.create(template=name) as sbx:
             try:
+                # The template's WORKDIR is where commands start.
                 r = sbx.commands.run("pwd; echo $GREETING; python3 main.py; cat notes.txt; "
-                                     "stat -c %U main.py", cwd="/opt/app")
+                                     "stat -c %U main.py")
                 assert r.stdout.split("\n")[:5] == ["/opt/app", "hi", "from the context",
                                                     "notes", "user"], r.stdout
             finally:
@@ -90,6 +91,23 @@ def test_a_failing_step_and_bad_requests(server_env, tmp_path):
     r = httpx.post(f"{server_env['HUTCH_URL']}/templates/contexts", content=b"not a tar",
                    headers={"X-API-KEY": server_env["HUTCH_API_KEY"]})
     assert r.status_code == 400 and "gzipped tar" in r.json()["message"]
+
+
+def test_user_and_workdir_are_the_defaults_of_its_sandboxes(server_env):
+    name = f"rooted-{uuid.uuid4().hex[:8]}"
+    Template.from_template("base").workdir("/srv").user("root").build(name)
+    try:
+        with Sandbox.create(template=name) as sbx:
+            try:
+                assert sbx.commands.run("whoami; pwd").stdout == "root\n/srv\n"
+                # Asking still wins.
+                assert sbx.commands.run("whoami; pwd", user="user", cwd="/tmp").stdout == \
+                    "user\n/tmp\n"
+            finally:
+                sbx.kill()
+    finally:
+        httpx.delete(f"{server_env['HUTCH_URL']}/templates/{name}",
+                     headers={"X-API-KEY": server_env["HUTCH_API_KEY"]})
 
 
 def test_the_cli_builds_from_a_dockerfile(server_env, context):
@@ -146,6 +164,25 @@ def test_a_start_command_is_up_before_the_create_returns(server_env, tmp_path):
         finally:
             httpx.delete(f"{server_env['HUTCH_URL']}/templates/{never}",
                          headers={"X-API-KEY": server_env["HUTCH_API_KEY"]})
+    finally:
+        httpx.delete(f"{server_env['HUTCH_URL']}/templates/{name}",
+                     headers={"X-API-KEY": server_env["HUTCH_API_KEY"]})
+
+
+def test_build_logs(server_env):
+    name = f"logged-{uuid.uuid4().hex[:8]}"
+    Template.from_template("base").run(f"echo first {name}").run("echo second; echo third") \
+        .build(name)
+    env = {**os.environ, **server_env}
+    try:
+        out = subprocess.run([sys.executable, "-m", "hutch", "template", "logs", name],
+                             env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout == (f"## RUN echo first {name}\nfirst {name}\n"
+                              "## RUN echo second; echo third\nsecond\nthird\n"), out.stdout
+        missing = subprocess.run([sys.executable, "-m", "hutch", "template", "logs", "nope"],
+                                 env=env, capture_output=True, text=True, timeout=60)
+        assert missing.returncode != 0 and "not found" in missing.stderr
     finally:
         httpx.delete(f"{server_env['HUTCH_URL']}/templates/{name}",
                      headers={"X-API-KEY": server_env["HUTCH_API_KEY"]})

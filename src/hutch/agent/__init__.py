@@ -12,10 +12,11 @@ Contract with whoever starts it (the hutch runtime/server):
 * Environment: every process the agent starts inherits the agent's own environment (the
   template's variables), minus ``PYTHONPATH`` and the other interpreter settings in
   :data:`hutch.agent.state.PRIVATE_ENV`.
-* ``POST /init`` with ``{"envVars": {..}, "accessToken": str|null, "defaultUser": str}`` sets the
-  sandbox env merged into every process, the token every route but ``/health`` then requires
-  (``X-Access-Token``, or a signed ``/files`` URL), and the default user (204; 400 if the user
-  does not exist). Once a token is set, ``/init`` itself needs it. Re-sending it is harmless.
+* ``POST /init`` with ``{"envVars": {..}, "accessToken": str|null, "defaultUser": str,
+  "defaultWorkdir"?: str}`` sets the sandbox env merged into every process, the token every
+  route but ``/health`` then requires (``X-Access-Token``, or a signed ``/files`` URL), the
+  default user (204; 400 if the user does not exist) and where commands naming no directory
+  start (a template's WORKDIR; else the user's home). Once a token is set, ``/init`` itself needs it. Re-sending it is harmless.
 * ``GET /health`` answers 204 without auth. SIGTERM ends the agent at once, killing the process
   groups it started.
 

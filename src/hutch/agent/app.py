@@ -92,7 +92,8 @@ class AgentApp:
             if env_vars is not None and not isinstance(env_vars, dict):
                 raise ValueError("envVars must be an object")
             self.state.init(env_vars, body.get("accessToken", body.get("access_token")),
-                            body.get("defaultUser", body.get("default_user")))
+                            body.get("defaultUser", body.get("default_user")),
+                            body.get("defaultWorkdir"))
         except (ValueError, InvalidArgumentError) as exc:
             return http_error(400, str(exc))
         except AuthenticationError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 from typing import Any, AsyncIterator, Dict
@@ -50,6 +51,8 @@ class ProcessService:
         cwd = field(config, "cwd")
         if cwd:
             cwd = self.state.resolve(user, cwd)
+        elif self.state.default_workdir and os.path.isdir(self.state.default_workdir):
+            cwd = self.state.default_workdir          # the template's WORKDIR
         proc = self.state.processes.start(
             user, cmd, args, env, envs, cwd, field(msg, "tag"), pty_size, bool(field(msg, "stdin", False))
         )

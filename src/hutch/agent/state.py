@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Dict, Optional
 
-from ..errors import AuthenticationError
+from ..errors import AuthenticationError, InvalidArgumentError
 from .processes import ProcessTable
 from .users import Identities, User, default_user_name, lookup
 
@@ -34,14 +34,22 @@ class AgentState:
         self.env_vars: Dict[str, str] = {}
         self.access_token: Optional[str] = None
         self.default_user: Optional[str] = None
+        #: Where commands start when they name no directory (a template's WORKDIR); None:
+        #: the user's home.
+        self.default_workdir: Optional[str] = None
         self.processes = ProcessTable()
         self.identities = Identities()
         self.watchers: Dict[str, object] = {}
         #: The code interpreter's supervisor, in sandboxes that have one (see server.run).
         self.interpreter = None
 
-    def init(self, env_vars: Optional[Dict[str, str]], access_token: Optional[str], default_user: Optional[str]) -> None:
+    def init(self, env_vars: Optional[Dict[str, str]], access_token: Optional[str], default_user: Optional[str],
+             default_workdir: Optional[str] = None) -> None:
         """Apply ``POST /init``. Fields that are absent keep their value; null clears the token."""
+        if default_workdir is not None:
+            if not isinstance(default_workdir, str) or not default_workdir.startswith("/"):
+                raise InvalidArgumentError("defaultWorkdir must be an absolute path")
+            self.default_workdir = default_workdir
         if env_vars is not None:
             self.env_vars = {str(k): str(v) for k, v in env_vars.items()}
         self.access_token = access_token or None

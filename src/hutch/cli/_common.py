@@ -24,8 +24,8 @@ class Context:
         return {"url": self.url, "api_key": self.api_key}
 
 
-def api(ctx: "Context", method: str, path: str, body: Optional[Dict[str, Any]] = None) -> Any:
-    """One control-plane call of hutch's own endpoints (keys, templates): its JSON answer."""
+def _call(ctx: "Context", method: str, path: str, body: Optional[Dict[str, Any]] = None):
+    """One call of hutch's own endpoints (keys, templates); errors as hutch errors."""
     import httpx
 
     from hutch.sdk._config import resolve
@@ -40,7 +40,18 @@ def api(ctx: "Context", method: str, path: str, body: Optional[Dict[str, Any]] =
         raise errors.UnavailableError(f"cannot reach {config.url}: {exc}") from None
     if response.status_code >= 400:
         raise from_api(response.status_code, response.content, not_found=errors.NotFoundError)
+    return response
+
+
+def api(ctx: "Context", method: str, path: str, body: Optional[Dict[str, Any]] = None) -> Any:
+    """Its JSON answer (None when empty)."""
+    response = _call(ctx, method, path, body)
     return response.json() if response.content else None
+
+
+def api_text(ctx: "Context", path: str) -> str:
+    """A GET answered as text."""
+    return _call(ctx, "GET", path).text
 
 
 def parse_pairs(values: Tuple[str, ...], what: str) -> Dict[str, str]:

@@ -1,4 +1,4 @@
-"""``hutch template build | ls | rm``: templates of your own, from a Dockerfile.
+"""``hutch template build | ls | logs | rm``: templates of your own, from a Dockerfile.
 
     hutch template build -f Dockerfile -n webapp .     # context: the current directory
     hutch create webapp                                 # a sandbox from it
@@ -73,6 +73,17 @@ def ls(ctx: Context, as_json: bool) -> None:
     for t in listed:
         kind = "built-in" if t["builtin"] else f"from {t['base']}, {t['layers']} layers"
         click.echo(f"{t['templateID']:<24} {kind}")
+
+
+@template.command("logs")
+@click.argument("name")
+@pass_ctx
+def logs(ctx: Context, name: str) -> None:
+    """The output of each build step that made one of your templates."""
+    from hutch.cli._common import api_text
+
+    click.echo(run_guarded(lambda: api_text(ctx, "/templates/" + quote(name, safe="") +
+                                            "/logs")), nl=False)
 
 
 @template.command("rm")

@@ -163,7 +163,9 @@ class SandboxManager:
             # /init is idempotent: re-sending the stored settings makes sure an agent that
             # restarted while the server was down serves the sandbox's env and token again.
             try:
-                await link.init(rec.env_vars, rec.access_token, DEFAULT_USER)
+                user, workdir = self._defaults(self._own_template(rec))
+                await link.init(rec.env_vars, rec.access_token, user,
+                                default_workdir=workdir)
             except Exception as exc:
                 log.warning("re-initialising %s failed: %s", rec.id, exc)
                 ok = False
@@ -345,9 +347,11 @@ class SandboxManager:
                 rec, run_dir=str(handle.run_dir), address=handle.address)
             t2 = time.perf_counter()
             link = AgentLink(handle.agent_socket)
+            user, workdir = self._defaults(tmpl)
             try:
-                await link.start(rec.env_vars, rec.access_token, DEFAULT_USER,
-                                 time.monotonic() + self.config.agent_timeout)
+                await link.start(rec.env_vars, rec.access_token, user,
+                                 time.monotonic() + self.config.agent_timeout,
+                                 default_workdir=workdir)
             except BaseException as exc:
                 await link.aclose()
                 self._fail(live, f"agent: {exc}")
@@ -358,6 +362,20 @@ class SandboxManager:
             live.link = link
             live.record = self.store.update(rec, state=state, started_at=time.time())
         return live
+
+    @staticmethod
+    def _defaults(tmpl) -> tuple[str, str | None]:
+        """Who commands run as, and where, when they do not say: the template's USER and
+        WORKDIR for the templates users build; ``user`` in its home for the built-in ones."""
+        if tmpl is None:
+            return DEFAULT_USER, None
+        return getattr(tmpl, "user", None) or DEFAULT_USER, getattr(tmpl, "default_cwd", None)
+
+    def _own_template(self, rec: SandboxRecord):
+        """The owner's template a sandbox came from, if it still exists (None: built-in)."""
+        if self._own(rec.template, rec.owner) is None:
+            return None
+        return self.custom.get(rec.owner, rec.template)
 
     async def discard(self, live: Live, reason: str) -> None:
         """Destroy a sandbox that was never handed out (pooled), recording why."""

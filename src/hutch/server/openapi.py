@@ -552,6 +552,14 @@ def _operations() -> dict[str, dict[str, dict]]:
                        "responses": {**_ok(204, "Removed."),
                                      "404": _error("No such template of yours.")}},
         },
+        "/templates/{name}/logs": {"get": {
+            "operationId": "getTemplateLogs", "tags": ["templates"],
+            "summary": "The output of each build step that made one of your templates",
+            "parameters": [_TEMPLATE_NAME],
+            "responses": {"200": {"description": "Text: a `## STEP` heading, then its output, "
+                                                 "for each layer, bottom first.",
+                                  "content": {"text/plain": {"schema": {"type": "string"}}}},
+                          "404": _error("No such template of yours.")}}},
         "/keys": {
             "post": {"operationId": "createKey", "summary": "Create an API key (a tenant)",
                      "tags": ["keys"], "requestBody": _body("NewKey", required=False),

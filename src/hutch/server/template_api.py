@@ -12,6 +12,7 @@ listed to everyone and built by the server itself.
   then ``done`` (the template) or ``error`` (the message: the failing step, its output, its
   exit code). Bad requests are refused before the stream starts (400/404).
 - ``GET /templates`` → the built-in templates and the caller's; ``GET /templates/{name}``,
+  ``GET /templates/{name}/logs`` (the output of each step that made it, as text),
   ``DELETE /templates/{name}`` (the caller's; 204).
 """
 
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from hutch.errors import HutchError, InvalidArgumentError, NotFoundError, UnavailableError
@@ -71,6 +72,7 @@ class TemplateAPI:
             Route("/templates", self.build, methods=["POST"]),
             Route("/templates", self.list, methods=["GET"]),
             Route("/templates/{name}", self.get, methods=["GET"]),
+            Route("/templates/{name}/logs", self.logs, methods=["GET"]),
             Route("/templates/{name}", self.remove, methods=["DELETE"]),
         ]
 
@@ -179,6 +181,12 @@ class TemplateAPI:
         if rec is None:
             raise NotFoundError(f"template {request.path_params['name']} not found")
         return JSONResponse(self._describe(rec))
+
+    async def logs(self, request: Request) -> Response:
+        text = self.custom.build_log(caller(request).id, request.path_params["name"])
+        if text is None:
+            raise NotFoundError(f"template {request.path_params['name']} not found")
+        return PlainTextResponse(text)
 
     async def remove(self, request: Request) -> Response:
         await self.custom.remove(caller(request).id, request.path_params["name"])

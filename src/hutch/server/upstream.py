@@ -348,19 +348,24 @@ class AgentLink(SocketLink):
         return status in (200, 204)
 
     async def init(self, env_vars: dict[str, str], access_token: str | None,
-                   default_user: str, current_token: str | None = None) -> None:
+                   default_user: str, current_token: str | None = None,
+                   default_workdir: str | None = None) -> None:
         """Set the sandbox's env vars, access token and default user.
 
         An agent initialised before (after a server restart, or a pooled sandbox being handed
         out with a new token) wants its current token to accept new settings."""
-        status, body = await self._call("POST", "/init", {
-            "envVars": env_vars, "accessToken": access_token, "defaultUser": default_user,
-        }, token=current_token or access_token)
+        settings = {"envVars": env_vars, "accessToken": access_token,
+                    "defaultUser": default_user}
+        if default_workdir:
+            settings["defaultWorkdir"] = default_workdir
+        status, body = await self._call("POST", "/init", settings,
+                                        token=current_token or access_token)
         if status >= 300:
             raise SandboxError(f"agent refused /init: {status} {body[:200]!r}")
 
     async def start(self, env_vars: dict[str, str], access_token: str | None,
-                    default_user: str, deadline: float) -> None:
+                    default_user: str, deadline: float,
+                    default_workdir: str | None = None) -> None:
         """Wait for a new agent's socket and hand it its settings (accepted: it is healthy).
 
         ``deadline`` is monotonic. Polls every millisecond (a stat each time, next to
@@ -372,7 +377,8 @@ class AgentLink(SocketLink):
         while True:
             if self.socket.exists():
                 try:
-                    await self.init(env_vars, access_token, default_user)
+                    await self.init(env_vars, access_token, default_user,
+                                    default_workdir=default_workdir)
                     self.ready_after = time.perf_counter() - t0
                     break
                 except UpstreamError as exc:

@@ -84,7 +84,8 @@ class CustomTemplates:
         return Template(name=name, digest=rec["key"], layers=layers + base.layers,
                         env=dict(rec["env"]), user=rec["user"], workdir=rec["workdir"],
                         services=base.services, start_cmd=rec.get("start_cmd"),
-                        ready_cmd=rec.get("ready_cmd"))
+                        ready_cmd=rec.get("ready_cmd"),
+                        default_cwd=rec["workdir"] if rec.get("workdir_set") else None)
 
     def list(self, owner: str) -> list[dict]:
         folder = self.root / "templates" / owner
@@ -190,6 +191,8 @@ class CustomTemplates:
             "layers": [step.key for step in reversed(the_plan.layers)],
             "env": dict(the_plan.final.env), "user": users[-1] if users else base.user,
             "workdir": the_plan.final.workdir, "start_cmd": definition.start_cmd,
+            "workdir_set": any(s.kind == "workdir" for s in definition.steps)
+            or bool(getattr(base, "default_cwd", None)),
             "ready_cmd": definition.ready_cmd, "labels": dict(definition.labels),
             "cpu": definition.cpu, "memory_mb": definition.memory_mb,
             "definition": definition.to_json(), "built_at": time.time(),
@@ -273,6 +276,24 @@ class CustomTemplates:
                 raise TemplateError(f"a build step ran past {STEP_TIMEOUT:.0f} s")
             await asyncio.sleep(0.1)
 
+    def build_log(self, owner: str, name: str) -> Optional[str]:
+        """The output of every step that made ``owner``'s template ``name``, bottom first
+        (a step another build made first shows that build's output), or None."""
+        rec = self.record(owner, name)
+        if rec is None:
+            return None
+        parts = []
+        for key in reversed(rec["layers"]):
+            layer = self.root / "layers" / key
+            try:
+                step = json.loads((layer / "meta.json").read_text()).get("step")
+                text = (layer / "build.log").read_text(errors="replace")
+            except (OSError, ValueError):
+                step, text = None, ""
+            what = " ".join([step["kind"].upper(), *step["args"]]) if step else "snapshot"
+            parts.append(f"## {what}\n{text}")
+        return "".join(p if p.endswith("\n") else p + "\n" for p in parts)
+
     # -- snapshots --------------------------------------------------------------------------
 
     def _chain(self, owner: str, template: str) -> tuple[str, list[str], Template]:
@@ -323,6 +344,7 @@ class CustomTemplates:
         record = {
             "name": name, "owner": owner, "base": base, "key": key, "layers": [key] + below,
             "env": dict(tmpl.env), "user": tmpl.user, "workdir": tmpl.workdir,
+            "workdir_set": tmpl.default_cwd is not None,
             "start_cmd": None, "ready_cmd": None, "labels": {}, "cpu": None,
             "memory_mb": None, "definition": {"base": base, "steps": []},
             "built_at": time.time(), "snapshot_of": sandbox_id,

@@ -53,6 +53,9 @@ class Template:
     # templates users build: hutch.templates.custom; run by hutch.server.startup).
     start_cmd: str | None = None
     ready_cmd: str | None = None
+    # Where commands naming no directory start, when the template says (a WORKDIR step);
+    # None: the user's home.
+    default_cwd: str | None = None
 
 
 @dataclass
