@@ -79,6 +79,8 @@ def _server_env(data_dir: Path, port: int, instance: str | None = None,
         HUTCH_TEMPLATE_READY_TIMEOUT="15",
         # A client trickling a request's head is disconnected this much later.
         HUTCH_HTTP_HEAD_TIMEOUT="5",
+        # The tests' own registry listens on loopback, over plain HTTP.
+        HUTCH_INSECURE_REGISTRIES="127.0.0.1",
     )
     return env
 

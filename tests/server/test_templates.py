@@ -186,3 +186,34 @@ def test_build_logs(server_env):
     finally:
         httpx.delete(f"{server_env['HUTCH_URL']}/templates/{name}",
                      headers={"X-API-KEY": server_env["HUTCH_API_KEY"]})
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    from ..oci import running_registry
+
+    with running_registry(tmp_path_factory.mktemp("registry")) as address:
+        yield address
+
+
+def test_a_template_from_an_image_in_a_registry(server_env, registry, tmp_path):
+    """The session's server trusts plain-HTTP registries on 127.0.0.1 (tests/conftest.py)."""
+    from ..oci import push_tiny_image
+
+    ref = push_tiny_image(registry, tmp_path, f"hutch-test/tiny-{uuid.uuid4().hex[:6]}:1")
+    name = f"imaged-{uuid.uuid4().hex[:8]}"
+    lines: list[str] = []
+    built = Template.from_image(ref).user("root").run("cat /new.txt; ls /").build(
+        name, on_log=lines.append)
+    try:
+        assert built["base"] == ref and built["env"]["GREETING"] == "hi there"
+        assert built["workdir"] == "/home/app" and built["user"] == "root"
+        assert "from layer two" in lines and "gone.txt" not in lines
+        # This image has no python3 for hutch's agent: a create says so at once.
+        with pytest.raises(errors.InvalidArgumentError, match="has no python3"):
+            Sandbox.create(template=name)
+    finally:
+        httpx.delete(f"{server_env['HUTCH_URL']}/templates/{name}",
+                     headers={"X-API-KEY": server_env["HUTCH_API_KEY"]})
+    with pytest.raises(errors.HutchError, match="skopeo"):
+        Template.from_image(f"{registry}/hutch-test/missing:1").build(f"x-{name}")

@@ -19,6 +19,7 @@ from hutch.runtime.local import LocalRuntime
 from hutch.runtime.spec import SandboxSpec
 from hutch.templates.custom import CustomTemplates
 
+from ..oci import push_tiny_image, running_registry
 from .conftest import UID_BASE
 
 pytestmark = pytest.mark.timeout(900)
@@ -154,7 +155,7 @@ async def test_bad_requests(custom):
         await custom.build("owner1", "base", dockerfile.parse("FROM base\n"), None)
     with pytest.raises(InvalidArgumentError, match="needs a context"):
         await custom.build("owner1", "x", dockerfile.parse("FROM base\nCOPY a /a\n"), None)
-    with pytest.raises(InvalidArgumentError, match="OCI images"):
+    with pytest.raises(InvalidArgumentError, match="nor an image"):
         await custom.build("owner1", "x", dockerfile.parse("FROM python:3.12\n"), None)
     with pytest.raises(InvalidArgumentError, match="bad template name"):
         await custom.build("owner1", "Bad Name", dockerfile.parse("FROM base\n"), None)
@@ -173,3 +174,44 @@ async def test_layers_under_a_running_sandbox_are_not_collected(custom, runtime)
     finally:
         await runtime.destroy(sid)
     assert len(await custom.collect(min_age=0)) == 1
+
+
+# -- OCI images from a registry ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    with running_registry(tmp_path_factory.mktemp("registry")) as address:
+        yield address
+
+
+async def test_an_image_from_a_registry_with_whiteouts_users_and_its_config(
+        runtime, custom, registry, tmp_path):
+    from hutch.templates.images import Images
+
+    ref = push_tiny_image(registry, tmp_path, "hutch-test/tiny:1")
+
+    images = Images(STATE / "images", uid_base=UID_BASE, insecure=(registry,))
+    tmpl = await images.ensure(ref)
+    rootfs = tmpl.layers[0]
+    assert not (rootfs / "gone.txt").exists() and (rootfs / "new.txt").exists()
+    assert not (rootfs / ".wh.gone.txt").exists()
+    assert os.stat(rootfs / "home/app/data.txt").st_uid == UID_BASE + 1234
+    assert tmpl.env["GREETING"] == "hi there" and tmpl.user == "app"
+    assert tmpl.default_cwd == "/home/app" and tmpl.start_cmd == "/bin/sh -c 'echo started'"
+    mtime = os.stat(rootfs).st_mtime
+    assert (await images.ensure(ref)).digest == tmpl.digest           # cached: no new unpack
+    assert os.stat(rootfs).st_mtime == mtime
+
+    out = await in_sandbox(runtime, tmpl, "cat /new.txt; test -e /gone.txt || echo gone; "
+                                          "stat -c %u /home/app/data.txt")
+    assert out.split("\n")[:3] == ["from layer two", "gone", "1234"], out
+
+    # And as the base of a template of one's own: its steps run over it.
+    custom.images = images
+    built = await custom.build("owner1", "on-image", dockerfile.parse(
+        f"FROM {ref}\nUSER root\nRUN echo built-over-it > /built.txt\n"), None)
+    assert built.layers[-1] == rootfs and built.env["GREETING"] == "hi there"
+    assert (await in_sandbox(runtime, built, "cat /built.txt /new.txt")).split("\n")[:2] == \
+        ["built-over-it", "from layer two"]
+    assert custom.runnable(tmpl) is False        # no python3 there for hutch's agent
+    await custom.remove("owner1", "on-image")

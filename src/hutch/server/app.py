@@ -17,6 +17,7 @@ import logging
 import signal
 import sqlite3
 from contextlib import contextmanager, suppress
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -131,7 +132,6 @@ def _check_store(path) -> None:
 
 def _compile_package() -> None:
     import compileall
-    from pathlib import Path
     package = Path(__file__).resolve().parent.parent
     for sub in ("agent", "protocol"):
         compileall.compile_dir(package / sub, quiet=2)
@@ -205,9 +205,14 @@ class Server:
         await self.runtime.start()
         self.manager = SandboxManager(cfg, self.store, self.runtime, self.templates)
         from hutch.templates.custom import CustomTemplates
+        from hutch.templates.images import Images
+        images = Images(self.templates.root / "images", uid_base=cfg.uid_base,
+                        insecure=tuple(r.strip() for r in cfg.insecure_registries.split(",")
+                                       if r.strip()),
+                        auth_file=Path(cfg.registry_auth) if cfg.registry_auth else None)
         self.manager.custom = CustomTemplates(self.templates, self.runtime,
                                               cpu=cfg.default_cpu, memory_mb=cfg.max_memory_mb,
-                                              disk_mb=cfg.max_disk_mb)
+                                              disk_mb=cfg.max_disk_mb, images=images)
         await self.manager.start()
         await self.templates.ensure("base", progress=progress)
         await self._self_test()

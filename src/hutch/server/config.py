@@ -125,6 +125,12 @@ SETTINGS: tuple[Setting, ...] = (
             "The OCI runtime binary that runs sandboxes (runc, crun, runsc)."),
     Setting("uid_base", "HUTCH_UID_BASE", "100000", _positive_int,
             "First host uid/gid mapped into sandboxes (root inside = this uid outside)."),
+    Setting("insecure_registries", "HUTCH_INSECURE_REGISTRIES", "", _text,
+            "Comma-separated registries (host[:port]) whose images are pulled over plain HTTP "
+            "or without checking their certificate (a registry on loopback, say)."),
+    Setting("registry_auth", "HUTCH_REGISTRY_AUTH", "", _text,
+            "A containers-auth.json file (as `skopeo login` or `docker login` write) with the "
+            "credentials of private registries images are pulled from (empty: none)."),
     Setting("trust_host_cas", "HUTCH_TRUST_HOST_CAS", "1", _bool,
             "Copy the host's CA certificates into template builds (for TLS-intercepting "
             "networks)."),
@@ -228,6 +234,8 @@ class Config:
     templates_dir: Path
     oci_runtime: str
     uid_base: int
+    insecure_registries: str
+    registry_auth: str
     trust_host_cas: bool
     default_timeout: int
     max_timeout: int

@@ -435,6 +435,9 @@ class SandboxManager:
             if tmpl is None:
                 raise TemplateError(f"template {name} must be built again (a layer of it is "
                                     "gone)")
+            if not self.custom.runnable(tmpl):
+                raise InvalidArgumentError(f"template {name} has no python3, which hutch's agent needs "
+                                    "in every sandbox: add a step that installs it")
             return tmpl
         tmpl = self.templates.get(name)
         if tmpl is None:

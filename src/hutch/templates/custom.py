@@ -34,6 +34,7 @@ from hutch.errors import InvalidArgumentError, NotFoundError, TemplateError
 from hutch.protocol.template import Definition
 from hutch.runtime.spec import Mount, SandboxSpec
 
+from . import images
 from .lock import FileLock
 from .plan import LayerStep, State, plan
 from .store import Template, TemplateStore
@@ -52,8 +53,11 @@ class CustomTemplates:
     Build sandboxes get ``cpu`` cores, ``memory_mb`` and a writable layer of ``disk_mb``."""
 
     def __init__(self, store: TemplateStore, runtime: Any, *, root: Optional[Path] = None,
-                 cpu: float = 2.0, memory_mb: int = 2048, disk_mb: int = 10240) -> None:
+                 cpu: float = 2.0, memory_mb: int = 2048, disk_mb: int = 10240,
+                 images: Optional["images.Images"] = None) -> None:
         self.store, self.runtime = store, runtime
+        # OCI images as bases (None: only hutch's templates)
+        self.images = images
         self.cpu, self.memory_mb, self.disk_mb = cpu, memory_mb, disk_mb
         self.root = Path(root) if root is not None else store.root / "custom"
 
@@ -112,9 +116,12 @@ class CustomTemplates:
         own = self.get(owner, base) if NAME_RE.match(base) else None
         if own is not None:
             return own
+        image = self.images.get(base) if self.images is not None else None
+        if image is not None:
+            return image
         raise InvalidArgumentError(
-            f"base {base!r} is neither a hutch template nor one of yours (building from OCI "
-            "images is not supported yet)")
+            f"base {base!r} is neither a hutch template, one of yours, nor an image pulled "
+            "before")
 
     # -- building --------------------------------------------------------------------------
 
@@ -130,7 +137,7 @@ class CustomTemplates:
             raise InvalidArgumentError("this template copies files: the build needs a context")
         if definition.base == name:
             raise InvalidArgumentError(f"template {name} is built on itself")
-        if not self._builtin(definition.base):
+        if not self._builtin(definition.base) and not self._is_image(owner, definition.base):
             self._base(owner, definition.base, seen={name})
 
     async def build(self, owner: str, name: str, definition: Definition,
@@ -141,6 +148,8 @@ class CustomTemplates:
         self.validate(owner, name, definition, context is not None)
         if self._builtin(definition.base):     # built on first use, like any create
             base = await self.store.ensure(self.store.resolve(definition.base))
+        elif self._is_image(owner, definition.base):
+            base = await self.images.ensure(definition.base)     # pulled (again) now
         else:
             base = self._base(owner, definition.base, seen={name})
         inputs = {i: _digests(context, s.args[:-1]) for i, s in enumerate(definition.steps)
@@ -202,6 +211,20 @@ class CustomTemplates:
         assert tmpl is not None
         on_event({"type": "done", "template": name, "layers": total})
         return tmpl
+
+    @staticmethod
+    def runnable(tmpl: Template) -> bool:
+        """Whether sandboxes can start from ``tmpl``: hutch's agent runs on its python3."""
+        return any(os.path.lexists(layer / path) for layer in tmpl.layers
+                   for path in ("usr/bin/python3", "usr/local/bin/python3", "bin/python3"))
+
+    def _is_image(self, owner: str, base: str) -> bool:
+        """An image reference rather than a template name: not one of the owner's templates,
+        and shaped like a reference to a registry's image (it has a tag, a digest or a
+        registry: ``python:3.12-slim``, ``ghcr.io/o/i``)."""
+        if self.images is None or self.record(owner, base) is not None:
+            return False
+        return images.looks_like_image(base) and any(c in base for c in ":/@")
 
     def _builtin(self, name: str) -> bool:
         try:
