@@ -13,6 +13,7 @@ import socket
 import subprocess
 import tarfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Iterator
@@ -68,16 +69,30 @@ def oci_layout(path: Path, layers: list[bytes], config: dict, tag: str) -> None:
 
 
 @contextlib.contextmanager
-def running_registry(root: Path) -> Iterator[str]:
-    """Debian's docker-registry on 127.0.0.1:<free port>; yields "127.0.0.1:<port>"."""
+def running_registry(root: Path, users: dict[str, str] | None = None) -> Iterator[str]:
+    """Debian's docker-registry on 127.0.0.1:<free port>; yields "127.0.0.1:<port>". With
+    ``users`` (name -> password) it answers only them (htpasswd, bcrypt)."""
     if not shutil.which("docker-registry") or not shutil.which("skopeo"):
         raise RuntimeError("docker-registry and skopeo are needed (scripts/install --test)")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    auth = ""
+    if users:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import crypt    # libxcrypt's bcrypt, which the registry's htpasswd wants
+
+        (root / "htpasswd").write_text("".join(
+            f"{name}:{crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH))}\n"
+            for name, password in users.items()))
+        auth = (f"auth:\n  htpasswd:\n    realm: hutch-test\n"
+                f"    path: {root / 'htpasswd'}\n")
     (root / "config.yml").write_text(
         f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n"
-        f"http:\n  addr: 127.0.0.1:{port}\nlog:\n  level: error\n")
+        f"http:\n  addr: 127.0.0.1:{port}\nlog:\n  level: error\n{auth}")
     proc = subprocess.Popen(["docker-registry", "serve", str(root / "config.yml")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -86,6 +101,10 @@ def running_registry(root: Path) -> Iterator[str]:
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=2).read()
                 break
+            except urllib.error.HTTPError as exc:
+                if exc.code == 401:             # up, and asking for credentials
+                    break
+                raise
             except OSError:
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise RuntimeError("the test registry did not start")
@@ -96,9 +115,11 @@ def running_registry(root: Path) -> Iterator[str]:
         proc.wait(10)
 
 
-def push_tiny_image(registry: str, workdir: Path, name: str) -> str:
+def push_tiny_image(registry: str, workdir: Path, name: str,
+                    creds: str | None = None) -> str:
     """A two-layer image (static busybox, a user with files of its own, a file the second
-    layer whites out) pushed as ``registry/name``; returns the reference."""
+    layer whites out) pushed as ``registry/name`` (as ``creds``, "user:password", if given);
+    returns the reference."""
     busybox = Path("/bin/busybox").read_bytes()
     lower = layer([("bin", "d", b"", 0o755, 0), ("bin/busybox", "f", busybox, 0o755, 0),
                    ("bin/sh", "l", b"busybox", 0o777, 0), ("etc", "d", b"", 0o755, 0),
@@ -115,7 +136,8 @@ def push_tiny_image(registry: str, workdir: Path, name: str) -> str:
                 "WorkingDir": "/home/app", "Entrypoint": ["/bin/sh", "-c"],
                 "Cmd": ["echo started"]}, tag)
     ref = f"{registry}/{name}"
-    subprocess.run(["skopeo", "copy", "--dest-tls-verify=false",
+    login = ["--dest-creds", creds] if creds else []
+    subprocess.run(["skopeo", "copy", "--dest-tls-verify=false", *login,
                     f"oci:{workdir / 'layout'}:{tag}", f"docker://{ref}"], check=True,
                    capture_output=True)
     return ref

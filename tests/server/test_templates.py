@@ -217,3 +217,23 @@ def test_a_template_from_an_image_in_a_registry(server_env, registry, tmp_path):
                      headers={"X-API-KEY": server_env["HUTCH_API_KEY"]})
     with pytest.raises(errors.HutchError, match="skopeo"):
         Template.from_image(f"{registry}/hutch-test/missing:1").build(f"x-{name}")
+
+
+def test_a_templates_size_is_its_sandboxes_default(server_env):
+    name = f"sized-{uuid.uuid4().hex[:8]}"
+    Template.from_template("base").run("true").build(name, cpu=2, memory_mb=384)
+    try:
+        with Sandbox.create(template=name) as sbx:
+            try:
+                info = sbx.get_info()
+                assert (info.cpu_count, info.memory_mb) == (2, 384)
+            finally:
+                sbx.kill()
+        with Sandbox.create(template=name, memory_mb=512) as sbx:   # asking still wins
+            try:
+                assert sbx.get_info().memory_mb == 512
+            finally:
+                sbx.kill()
+    finally:
+        httpx.delete(f"{server_env['HUTCH_URL']}/templates/{name}",
+                     headers={"X-API-KEY": server_env["HUTCH_API_KEY"]})

@@ -215,3 +215,40 @@ async def test_an_image_from_a_registry_with_whiteouts_users_and_its_config(
         ["built-over-it", "from layer two"]
     assert custom.runnable(tmpl) is False        # no python3 there for hutch's agent
     await custom.remove("owner1", "on-image")
+
+
+async def test_concurrent_builds_of_one_template_share_their_layers(custom):
+    text = f"FROM base\nRUN echo {os.urandom(4).hex()} > /one\nRUN echo two > /two\n"
+    events: list[list[dict]] = [[], []]
+    first, second = await asyncio.gather(
+        *(custom.build("owner1", "twice", dockerfile.parse(text), None, events[i].append)
+          for i in range(2)))
+    assert first.layers == second.layers
+    # Each layer was made once: the other build waited for it and found it made.
+    made = [[e["cached"] for e in ev if e["type"] == "step"] for ev in events]
+    assert sorted(made) == [[False, False], [True, True]] or \
+        all(sum(not c for c in pair) == 1 for pair in zip(*made)), made
+    assert len(list((custom.root / "templates" / "owner1").glob("twice*"))) == 1
+    await custom.remove("owner1", "twice")
+
+
+async def test_a_private_registry_with_credentials(tmp_path):
+    import base64
+    import json
+
+    from hutch.errors import TemplateError
+    from hutch.templates.images import Images
+
+    (tmp_path / "reg").mkdir()
+    with running_registry(tmp_path / "reg", users={"agent": "s3cret-pass"}) as registry:
+        ref = push_tiny_image(registry, tmp_path, "private/tiny:2", creds="agent:s3cret-pass")
+        anonymous = Images(STATE / "images", uid_base=UID_BASE, insecure=(registry,))
+        with pytest.raises(TemplateError, match="(?i)unauthorized|authentication"):
+            await anonymous.ensure(ref)
+        auth = tmp_path / "auth.json"
+        auth.write_text(json.dumps({"auths": {registry: {
+            "auth": base64.b64encode(b"agent:s3cret-pass").decode()}}}))
+        signed_in = Images(STATE / "images", uid_base=UID_BASE, insecure=(registry,),
+                           auth_file=auth)
+        tmpl = await signed_in.ensure(ref)
+        assert (tmpl.layers[0] / "new.txt").read_text() == "from layer two\n"

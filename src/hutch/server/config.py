@@ -315,6 +315,8 @@ def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
         values["templates_dir"] = Path(values["data_dir"]) / "templates"
     values["domain"] = values["domain"] or ""
     values["selftest_fail"] = values["selftest_fail"] or ""
+    values["insecure_registries"] = values["insecure_registries"] or ""
+    values["registry_auth"] = values["registry_auth"] or ""
     if values["max_cpu"] is None:
         values["max_cpu"] = float(os.cpu_count() or 1)
     for default, limit, env in (("default_cpu", "max_cpu", "HUTCH_MAX_CPU"),

@@ -250,6 +250,11 @@ class SandboxManager:
     ) -> tuple[SandboxRecord, dict[str, float]]:
         """``quotas``: the owner's tenant quotas (None: exempt, as the admin key is)."""
         cfg = self.config
+        # A template of one's own may carry its sandboxes' default size (build(cpu=, ...)).
+        # Checked against the server's limits like a size the create asked for.
+        own = self._own(TEMPLATE_ALIASES.get(template, template), owner) or {}
+        cpu = own.get("cpu") if cpu is None else cpu
+        memory_mb = own.get("memory_mb") if memory_mb is None else memory_mb
         cpu = self._check_size("cpuCount", cpu, cfg.default_cpu, cfg.max_cpu, float)
         memory_mb = self._check_size("memoryMB", memory_mb, cfg.default_memory_mb,
                                      cfg.max_memory_mb, int)
