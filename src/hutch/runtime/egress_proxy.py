@@ -39,7 +39,6 @@ from hutch.runtime.egress import EgressPolicy
 
 log = logging.getLogger(__name__)
 
-PORTS = (80, 443)            # what the firewall redirects here
 SO_ORIGINAL_DST = 80         # linux/netfilter_ipv4.h: the destination before the redirect
 FIRST_BYTES_WAIT = 1.0       # a client silent this long is judged by address
 HEAD_WAIT = 10.0             # the whole request head or ClientHello must arrive by then

@@ -554,27 +554,26 @@ class LocalRuntime:
         ids.update(_listdir(self.state_dir / "oci"))  # the OCI runtime's state, per container
         return sorted(i for i in ids if ID_RE.match(i))
 
-    async def snapshot_layer(self, sandbox_id: str, dest: Path) -> None:
-        """Copy the running sandbox's writable layer to ``dest`` (a new directory) with its
-        processes frozen meanwhile, so the copy is one consistent moment of its files; they
-        carry on afterwards as if nothing happened."""
-        await self.driver.pause(sandbox_id)
+    async def copy_writable_layer(self, sandbox_id: str, dest: Path, *,
+                                  freeze: bool = False) -> None:
+        """Copy the sandbox's writable (upper) layer to ``dest`` (a new directory) exactly:
+        owners, modes, times, xattrs (overlayfs' opaque marks) and whiteouts kept. Template
+        builds copy a build sandbox's layer once its step has ended; a snapshot of a running
+        sandbox asks to ``freeze`` its processes meanwhile, so the copy is one consistent
+        moment (they carry on afterwards as if nothing happened)."""
+        if freeze:
+            await self.driver.pause(sandbox_id)
         try:
             proc = await asyncio.create_subprocess_exec(
-                "cp", "-a", "--preserve=all", str(self.writable_layer(sandbox_id)), str(dest),
-                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+                "cp", "-a", "--preserve=all", str(self._dir(sandbox_id) / "disk" / "upper"),
+                str(dest), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
             _, err = await proc.communicate()
             if proc.returncode != 0:
                 raise RuntimeError_(f"copying {sandbox_id}'s files failed: "
                                     f"{err.decode(errors='replace').strip()}")
         finally:
-            await self.driver.pause(sandbox_id, paused=False)
-
-    def writable_layer(self, sandbox_id: str) -> Path:
-        """The sandbox's writable (upper) layer on the host: what it changed, overlayfs
-        whiteouts included. Valid until it is destroyed; template builds copy it out as a new
-        read-only layer once the sandbox's process has ended."""
-        return self._dir(sandbox_id) / "disk" / "upper"
+            if freeze:
+                await self.driver.pause(sandbox_id, paused=False)
 
     async def is_running(self, sandbox_id: str) -> bool:
         """Is the sandbox's init alive? (list() also reports what is only left over, e.g.

@@ -408,47 +408,16 @@ async def firewall_check(instance: str) -> Check:
 
 
 async def run_inside(link, script: str, args: list[str], timeout: float = 15.0) -> str:
-    """Run ``python3 -c script args...`` as root through the agent's process service (the
-    Connect stream the SDK's ``commands.run`` opens) and return its stdout."""
-    from hutch.protocol.envelope import EnvelopeDecoder, encode_envelope
-    from hutch.protocol.protojson import b64decode, b64encode
+    """Run ``python3 -c script args...`` as root through the agent's process service and
+    return its stdout."""
+    from hutch.server.startup import run
 
-    body = encode_envelope({"process": {"cmd": "python3", "args": ["-S", "-c", script, *args]}})
-    headers = [(b"host", b"agent"), (b"content-type", b"application/connect+json"),
-               (b"authorization", b"Basic " + b64encode(b"root:").encode()),
-               (b"content-length", str(len(body)).encode())]
-
-    async def exchange() -> str:
-        resp = await link.request("POST", b"/process.Process/Start", headers, body)
-        stdout, stderr, end = [], [], None
-        decoder = EnvelopeDecoder()
-        try:
-            if resp.status != 200:
-                raise RuntimeError(f"the agent answered {resp.status}: "
-                                   f"{(await resp.read())[:200]!r}")
-            async for piece in resp.aiter():
-                for env in decoder.feed(piece):
-                    msg = env.json()
-                    if env.end_stream:
-                        if msg.get("error"):
-                            raise RuntimeError(f"the agent failed: {msg['error']}")
-                        continue
-                    event = msg.get("event") or {}
-                    data = event.get("data") or {}
-                    if "stdout" in data:
-                        stdout.append(b64decode(data["stdout"]))
-                    if "stderr" in data:
-                        stderr.append(b64decode(data["stderr"]))
-                    if "end" in event:
-                        end = event["end"]
-        finally:
-            resp.close()
-        if end is None or end.get("exitCode", 0) != 0:
-            raise RuntimeError(f"the probe script failed ({end}): "
-                               f"{b''.join(stderr).decode(errors='replace')[-500:]}")
-        return b"".join(stdout).decode()
-
-    return await asyncio.wait_for(exchange(), timeout)
+    code, stdout, stderr = await asyncio.wait_for(
+        run(link, "python3", ["-S", "-c", script, *args], user="root"), timeout)
+    if code != 0:
+        raise RuntimeError(f"the probe script failed (exit code {code}): "
+                           f"{stderr.decode(errors='replace')[-500:]}")
+    return stdout.decode()
 
 
 async def probe(runtime, spec, *, no_new_privs: bool, expected_caps: Iterable[str],

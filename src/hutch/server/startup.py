@@ -21,9 +21,9 @@ READY_TIMEOUT = 60.0       # seconds for the ready command to first succeed (a s
 READY_INTERVAL = 0.2
 
 
-def _request(command: str, user: str, cwd: Optional[str],
+def _request(cmd: str, args: list[str], user: str, cwd: Optional[str],
              token: Optional[str]) -> tuple[list, bytes]:
-    process: dict[str, Any] = {"cmd": "/bin/bash", "args": ["-l", "-c", command]}
+    process: dict[str, Any] = {"cmd": cmd, "args": args}
     if cwd:
         process["cwd"] = cwd
     body = encode_envelope({"process": process})
@@ -35,17 +35,21 @@ def _request(command: str, user: str, cwd: Optional[str],
     return headers, body
 
 
-async def _run(link: Any, command: str, user: str, cwd: Optional[str], token: Optional[str],
-               wait: bool) -> tuple[Optional[int], str]:
-    """Start ``command``; with ``wait``, its exit code and output (the last 2 KiB), else
-    (None, "") once it has started (it keeps running after the stream is let go)."""
-    headers, body = _request(command, user, cwd, token)
+async def run(link: Any, cmd: str, args: list[str], *, user: str, cwd: Optional[str] = None,
+              token: Optional[str] = None, wait: bool = True,
+              keep: int = 1 << 20) -> tuple[Optional[int], bytes, bytes]:
+    """Start ``cmd args`` through the agent's process service (the Connect stream the SDK's
+    ``commands.run`` opens). With ``wait``: its exit code, stdout and stderr (the last
+    ``keep`` bytes of each); without: (None, b"", b"") once it has started (it keeps
+    running after the stream is let go)."""
+    headers, body = _request(cmd, args, user, cwd, token)
     resp = await link.request("POST", b"/process.Process/Start", headers, body)
-    output = bytearray()
+    out = {"stdout": bytearray(), "stderr": bytearray()}
     decoder = EnvelopeDecoder()
     try:
         if resp.status != 200:
-            raise SandboxError(f"the sandbox agent answered {resp.status}")
+            raise SandboxError(f"the sandbox agent answered {resp.status}: "
+                               f"{(await resp.read())[:200]!r}")
         async for piece in resp.aiter():
             for env in decoder.feed(piece):
                 msg = env.json()
@@ -55,18 +59,23 @@ async def _run(link: Any, command: str, user: str, cwd: Optional[str], token: Op
                     continue
                 event = msg.get("event") or {}
                 if "start" in event and not wait:
-                    return None, ""
+                    return None, b"", b""
                 data = event.get("data") or {}
-                for stream in ("stdout", "stderr"):
+                for stream, kept in out.items():
                     if stream in data:
-                        output += b64decode(data[stream])
-                        del output[:-2048]
+                        kept += b64decode(data[stream])
+                        del kept[:-keep]
                 if "end" in event:
                     # proto3 JSON leaves a zero out: no exitCode is exit code 0
-                    return int(event["end"].get("exitCode", 0)), output.decode(errors="replace")
+                    return (int(event["end"].get("exitCode", 0)), bytes(out["stdout"]),
+                            bytes(out["stderr"]))
     finally:
         resp.close()
-    raise SandboxError(f"the command {command!r} ended without an exit status")
+    raise SandboxError(f"{cmd} ended without an exit status")
+
+
+def _shell(command: str) -> tuple[str, list[str]]:
+    return "/bin/bash", ["-l", "-c", command]
 
 
 async def start(link: Any, start_cmd: str, ready_cmd: Optional[str], user: str,
@@ -74,12 +83,14 @@ async def start(link: Any, start_cmd: str, ready_cmd: Optional[str], user: str,
                 timeout: float = READY_TIMEOUT) -> None:
     """Start ``start_cmd``; then wait until ``ready_cmd`` succeeds (SandboxError if it does
     not within ``timeout`` seconds, naming its last output)."""
-    await _run(link, start_cmd, user, cwd, token, wait=False)
+    await run(link, *_shell(start_cmd), user=user, cwd=cwd, token=token, wait=False)
     if not ready_cmd:
         return
     deadline = time.monotonic() + timeout
     while True:
-        code, output = await _run(link, ready_cmd, user, cwd, token, wait=True)
+        code, stdout, stderr = await run(link, *_shell(ready_cmd), user=user, cwd=cwd,
+                                         token=token, keep=2048)
+        output = (stdout + stderr).decode(errors="replace")
         if code == 0:
             return
         if time.monotonic() > deadline:

@@ -257,7 +257,7 @@ class CustomTemplates:
                 raise TemplateError(f"step {json.dumps(step.step.to_json())} failed with exit "
                                     f"code {code}:\n{tail}")
             staging.mkdir()
-            await _copy_tree(self.runtime.writable_layer(sandbox_id), staging / "rootfs")
+            await self.runtime.copy_writable_layer(sandbox_id, staging / "rootfs")
             for generated in GENERATED:
                 (staging / "rootfs" / generated).unlink(missing_ok=True)
             (staging / "build.log").write_text(log)
@@ -355,7 +355,7 @@ class CustomTemplates:
         staging = self.root / ".tmp" / key
         staging.mkdir()
         try:
-            await self.runtime.snapshot_layer(sandbox_id, staging / "rootfs")
+            await self.runtime.copy_writable_layer(sandbox_id, staging / "rootfs", freeze=True)
             for generated in GENERATED:
                 (staging / "rootfs" / generated).unlink(missing_ok=True)
             (staging / "meta.json").write_text(json.dumps(
@@ -461,14 +461,3 @@ def _digests(context: Optional[Path], sources: tuple[str, ...]) -> tuple[tuple[s
                 mode = format(f.stat().st_mode & 0o7777, "o")
                 out.append((str(f.relative_to(context)), f"{h.hexdigest()}:{mode}"))
     return tuple(out)
-
-
-async def _copy_tree(source: Path, dest: Path) -> None:
-    """A layer's exact copy: owners, modes, times, xattrs (overlayfs' opaque marks) and
-    whiteouts (character devices 0/0) kept."""
-    proc = await asyncio.create_subprocess_exec(
-        "cp", "-a", "--preserve=all", str(source), str(dest),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-    _, err = await proc.communicate()
-    if proc.returncode != 0:
-        raise TemplateError(f"copying the step's layer failed: {err.decode(errors='replace')}")
