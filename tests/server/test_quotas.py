@@ -366,7 +366,7 @@ def test_the_e2b_sdk_sees_a_rate_limit(tenant, hutch_server, monkeypatch):
 
 def _wait_pool(srv, size: int) -> None:
     deadline = time.monotonic() + 120
-    while httpx.get(srv.url + "/health").json()["pool"]["ready"] < size:
+    while httpx.get(srv.url + "/health").json()["pools"][0]["ready"] < size:
         assert time.monotonic() < deadline, "the warm pool did not fill"
         time.sleep(0.1)
 
@@ -376,7 +376,7 @@ def test_settings_give_the_defaults_and_a_pool_race_is_admitted_once(server):
     from the pool is only counted as a tenant's sandbox once its claim has finished (an
     await), so without reservations both racers would pass the check."""
     server.stop()
-    server.extra_env = {"HUTCH_POOL_SIZE": "2", "HUTCH_DEFAULT_MEMORY_MB": "256",
+    server.extra_env = {"HUTCH_POOL": "base=2", "HUTCH_DEFAULT_MEMORY_MB": "256",
                         "HUTCH_TENANT_MAX_SANDBOXES": "2", "HUTCH_TENANT_MAX_CPU": "8",
                         "HUTCH_TENANT_MAX_MEMORY_MB": "4096",
                         "HUTCH_TENANT_CREATES_PER_MINUTE": "30"}

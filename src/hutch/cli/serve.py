@@ -70,13 +70,14 @@ def serve(host, port, data_dir):
 @click.command()
 def doctor():
     """Check that this host can run hutch sandboxes; exit non-zero if something is missing."""
-    from hutch.server.doctor import isolation_checks, run_checks
+    from hutch.server.doctor import isolation_checks, pool_checks, run_checks
 
     cfg = _config()
     checks = run_checks(cfg)
     if not any(not c.ok and not c.optional for c in checks):
         # The same self-test `hutch serve` runs; it needs everything above to work.
         checks += isolation_checks(cfg)
+    checks += pool_checks(cfg)
     for c in checks:
         if c.ok:
             mark = click.style("ok  ", fg="green")

@@ -112,6 +112,11 @@ def mounts(run_dir: Path, init: Path, sysfs: Path, extra: tuple[Mount, ...]) -> 
     return out
 
 
+def cpu_quota(cores: float) -> int:
+    """CPU time per period (µs) for a share of ``cores``; the kernel's minimum is 1 ms."""
+    return max(1000, round(cores * CPU_PERIOD_US))
+
+
 def resources(spec: SandboxSpec) -> dict:
     """cgroup limits: memory with no swap on top, CPU as a quota of cores, a pids cap, and a
     device allowlist. The disk quota is not a cgroup: it is the size of the upper layer's fs."""
@@ -122,7 +127,7 @@ def resources(spec: SandboxSpec) -> dict:
     return {
         "devices": devices,
         "memory": {"limit": memory, "swap": memory},
-        "cpu": {"quota": max(1000, round(spec.cpu * CPU_PERIOD_US)), "period": CPU_PERIOD_US},
+        "cpu": {"quota": cpu_quota(spec.cpu), "period": CPU_PERIOD_US},
         "pids": {"limit": spec.pids},
     }
 

@@ -1,8 +1,10 @@
 """Reading and removing a sandbox's cgroups, on cgroup v2 and on v1/hybrid hosts.
 
 The OCI runtime creates the cgroups and writes the limits (from `linux.resources`); this
-module only finds them: for stats, for list() after a restart, and to remove what a
-half-made or killed sandbox left behind.
+module finds them: for stats, for list() after a restart, and to remove what a half-made or
+killed sandbox left behind. It also changes a running sandbox's memory and CPU limits (a
+warm-pool sandbox handed out with the size the create asked for): a few file writes, where the
+runtime's own `update` command would be a process start.
 """
 
 from __future__ import annotations
@@ -91,6 +93,42 @@ def stats(instance: str, sandbox_id: str, root: Path = ROOT) -> dict | None:
         "pids": _read_int(root / "pids" / rel / "pids.current"),
         "oom_kills": _stat_field(mem / "memory.oom_control", "oom_kill"),  # kernel 4.13+
     }
+
+
+def _write(path: Path, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)
+
+
+def set_limits(instance: str, sandbox_id: str, memory_bytes: int, cpu_quota_us: int,
+               cpu_period_us: int, root: Path = ROOT) -> None:
+    """Memory (no swap on top) and CPU limits of a running sandbox, as the runtime set them
+    at start. Raises OSError when the sandbox has no cgroup, or when it already uses more
+    memory than the new limit (the kernel refuses)."""
+    rel = cgroups_path(instance, sandbox_id).lstrip("/")
+    if is_v2(root):
+        d = root / rel
+        _write(d / "memory.max", str(memory_bytes))
+        if (d / "memory.swap.max").exists():
+            _write(d / "memory.swap.max", "0")
+        _write(d / "cpu.max", f"{cpu_quota_us} {cpu_period_us}")
+        return
+    mem = root / "memory" / rel
+    memsw = mem / "memory.memsw.limit_in_bytes"
+    limit = mem / "memory.limit_in_bytes"
+    # v1 keeps memory ≤ memory+swap at every step: raise the pair top first, lower it bottom
+    # first.
+    order = [limit, memsw]
+    if memory_bytes > (_read_int(limit) or 0):
+        order.reverse()
+    for path in order:
+        if path is limit or path.exists():
+            _write(path, str(memory_bytes))
+    cpu = root / "cpu" / rel
+    if not cpu.is_dir():
+        cpu = root / "cpu,cpuacct" / rel
+    _write(cpu / "cpu.cfs_period_us", str(cpu_period_us))
+    _write(cpu / "cpu.cfs_quota_us", str(cpu_quota_us))
 
 
 def list_ids(instance: str, root: Path = ROOT) -> set[str]:

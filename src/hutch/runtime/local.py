@@ -588,6 +588,18 @@ class LocalRuntime:
         except (OSError, ValueError, IndexError):
             return False
 
+    async def resize(self, sandbox_id: str, cpu: float, memory_mb: int) -> None:
+        """Give a running sandbox other CPU and memory limits (a warm-pool sandbox handed out
+        with the size its create asked for)."""
+        try:
+            cgroup.set_limits(self.instance, sandbox_id, memory_mb * 1024 * 1024,
+                              bundle.cpu_quota(cpu), bundle.CPU_PERIOD_US)
+        except FileNotFoundError:
+            raise SandboxNotFoundError(f"sandbox {sandbox_id} is not running") from None
+        except OSError as exc:
+            raise RuntimeError_(f"resizing sandbox {sandbox_id} to {cpu} CPU and "
+                                f"{memory_mb} MiB failed: {exc}") from exc
+
     async def stats(self, sandbox_id: str) -> dict:
         found = cgroup.stats(self.instance, sandbox_id)
         if found is None:

@@ -51,6 +51,27 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+_POOL_ENTRY = re.compile(r"^([a-z0-9][a-z0-9._-]*)=(\d+)$")
+
+
+def _pools(text: str) -> dict[str, int]:
+    """``base=4,code-interpreter=2`` → {template: size}; a bare number is the base pool."""
+    text = text.strip()
+    if text.isdigit():
+        return {"base": int(text)} if int(text) else {}
+    out: dict[str, int] = {}
+    for entry in filter(None, (e.strip() for e in text.split(","))):
+        m = _POOL_ENTRY.match(entry)
+        if m is None:
+            raise ValueError(f"expected template=size entries separated by commas, "
+                             f"got {entry!r}")
+        if m.group(1) in out:
+            raise ValueError(f"template {m.group(1)!r} is named twice")
+        if int(m.group(2)):
+            out[m.group(1)] = int(m.group(2))
+    return out
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -190,9 +211,14 @@ SETTINGS: tuple[Setting, ...] = (
             _non_negative_int,
             "Most creates one API key may start in any 60 seconds, unless the key has its own "
             "limit (0: no limit)."),
-    Setting("pool_size", "HUTCH_POOL_SIZE", "0", _non_negative_int,
-            "Sandboxes of the base template kept started and ready, so that a create asking "
-            "for the defaults takes milliseconds (0: no warm pool)."),
+    Setting("pools", "HUTCH_POOL", "0", _pools,
+            "Warm pools: sandboxes kept started and ready per built-in template, as "
+            "`base=8,code-interpreter=2` (a bare number: a pool of the base template; 0: "
+            "none). A create takes one in milliseconds and gives it the request's env, "
+            "metadata, timeout, CPU, memory and egress policy; a create a pool cannot serve "
+            "(another disk size or network mode, no access token) starts cold. "
+            "`code-interpreter` sandboxes are pooled with their Python kernel started and "
+            "numpy, pandas and matplotlib imported."),
     Setting("audit_retention_days", "HUTCH_AUDIT_RETENTION_DAYS", "30", _non_negative_float,
             "Days the audit trail (GET /sandboxes/{id}/audit: API calls, lifecycle, "
             "processes, files, egress) keeps an event; older ones are deleted at start and "
@@ -256,7 +282,7 @@ class Config:
     tenant_max_cpu: float
     tenant_max_memory_mb: int
     tenant_creates_per_minute: int
-    pool_size: int
+    pools: dict[str, int]
     audit_retention_days: float
     audit_keep: int
     domain: str

@@ -113,6 +113,35 @@ def isolation_checks(config: Config) -> list[Check]:
             for c in checks]
 
 
+def describe_pool(stats: dict) -> str:
+    """One line per warm pool: level, hit rate and refill lag."""
+    asked = stats["hits"] + stats["misses"]
+    rate = f"{100 * stats['hits'] / asked:.0f}% of {asked}" if asked else "no creates yet"
+    lag = "no refill yet"
+    if stats["refills"]:
+        lag = (f"last {stats['last_refill_seconds']:.2f} s, mean "
+               f"{stats['refill_seconds_sum'] / stats['refills']:.2f} s")
+    return (f"{stats['template']}: {stats['ready']}/{stats['size']} ready "
+            f"({stats['starting']} starting), hits {rate}, refill lag {lag}")
+
+
+def pool_checks(config: Config) -> list[Check]:
+    """The warm pools of the server running with this configuration, if one answers."""
+    import httpx
+
+    host = "127.0.0.1" if config.host in ("0.0.0.0", "", "::") else config.host
+    url = f"http://{host}:{config.port}/health"
+    try:
+        body = httpx.get(url, timeout=5).json()
+    except (httpx.HTTPError, ValueError):
+        return [Check("warm pools", False, f"no server answers at {url}", optional=True)]
+    pools = body.get("pools") or []
+    if not pools:
+        return [Check("warm pools", True, "none configured (HUTCH_POOL)")]
+    return [Check(f"warm pool {p['template']}", p["ready"] > 0 or p["starting"] > 0,
+                  describe_pool(p), optional=True) for p in pools]
+
+
 def run_checks(config: Config) -> list[Check]:
     checks = [Check("running as root", os.geteuid() == 0,
                     "" if os.geteuid() == 0 else "namespaces, cgroups and firewall rules need root",

@@ -40,18 +40,16 @@ from hutch.server.reconcile import destroy_quietly, is_alive, maybe_await, recon
 from hutch.server.store import SandboxRecord, Store
 from hutch.server import egress as egress_rules
 from hutch.server.upstream import (
-    AGENT_SOCKET, DEFAULT_USER, INTERPRETER_SOCKET, AgentLink, PortLink, SocketLink,
-    TunnelLink,
+    AGENT_SOCKET, CODE_INTERPRETER_PORT, DEFAULT_USER, INTERPRETER_SOCKET, AgentLink, PortLink,
+    SocketLink, TunnelLink,
 )
 
 log = logging.getLogger("hutch.server")
 
 # Names the E2B SDKs use by default, mapped to hutch's built-in templates.
 TEMPLATE_ALIASES = {"code-interpreter-v1": "code-interpreter"}
-POOL_TEMPLATE = "base"
 AGENT_LIB = "/opt/hutch/lib"
 CODE_INTERPRETER = "code-interpreter"      # the template service behind port 49999
-CODE_INTERPRETER_PORT = 49999
 
 
 @dataclass
@@ -104,7 +102,10 @@ class SandboxManager:
         self._reaper: asyncio.Task | None = None
         # The installed hutch package (agent + protocol), mounted read-only into each sandbox.
         self._agent_lib: Path | None = None   # staged at start: see hutch.server.agent_lib
-        self.pool: WarmPool | None = None
+        self.pools: dict[str, WarmPool] = {}     # template → its warm pool (HUTCH_POOL)
+        self._in_flight = 0                     # creates being served right now
+        self._creates_idle = asyncio.Event()    # set while none is: pools refill then
+        self._creates_idle.set()
         self._pending_keys: dict[str, asyncio.Future] = {}   # idempotency keys in flight
         self.ledger = Ledger()     # creates in flight and recent creates, for admission
         if store is not None:     # hutch doctor's self-test runs without a store
@@ -128,15 +129,26 @@ class SandboxManager:
                 name="hutch-audit-retention")
 
     def start_pool(self) -> None:
-        """Start filling the warm pool (if configured) in the background."""
-        if self.config.pool_size > 0 and self.pool is None:
-            self.pool = WarmPool(self, POOL_TEMPLATE, self.config.pool_size)
-            self.pool.start()
+        """Start filling the warm pools (HUTCH_POOL) in the background."""
+        for template, size in self.config.pools.items():
+            if template in self.pools:
+                continue
+            try:
+                name = self._resolve(template)
+            except HutchError as exc:
+                log.warning("warm pool %s not started: %s", template, exc)
+                continue
+            self.pools[name] = pool = WarmPool(self, name, size)
+            pool.start()
+
+    async def creates_idle(self) -> None:
+        """Return once no create is in flight (at once if none is)."""
+        await self._creates_idle.wait()
 
     async def close(self) -> None:
         """Stop serving; sandboxes keep running and are adopted by the next start."""
-        if self.pool is not None:
-            await self.pool.close()
+        for pool in self.pools.values():
+            await pool.close()
         for task in (self._reaper, self._retention):
             if task is None:
                 continue
@@ -260,8 +272,6 @@ class SandboxManager:
                                      cfg.max_memory_mb, int)
         disk_mb = self._check_size("diskSizeMB", disk_mb, cfg.default_disk_mb,
                                    cfg.max_disk_mb, int)
-        defaults = (cpu, memory_mb, disk_mb) == \
-            (cfg.default_cpu, cfg.default_memory_mb, cfg.default_disk_mb)
         t0 = time.perf_counter()
         timing: dict[str, float] = {}
         timeout = self._check_timeout(cfg.default_timeout if timeout is None else timeout)
@@ -270,20 +280,22 @@ class SandboxManager:
         # between, counting the creates still in flight: see hutch.server.quotas.
         reservation = self.ledger.admit((live.record for live in self._live.values()), owner,
                                         quotas, cpu, memory_mb, cfg.max_sandboxes)
+        self._in_flight += 1
+        self._creates_idle.clear()
         try:
             tmpl = await self.template(name, owner)
             timing["template"] = time.perf_counter() - t0
 
             net = network or cfg.default_network
-            # A pooled sandbox has no egress chain: only open policies can use one (whether
-            # its ports are public is the proxy's business, set in the record at claim).
-            if self.pool is not None and defaults and egress_rules.policy_of(egress).is_open \
-                    and self.pool.serves(name, net, secure):
-                live = self.pool.take()
+            pool = self.pools.get(name)
+            if pool is not None and pool.serves(name, net, secure, disk_mb):
+                live = pool.take()
                 if live is not None:
                     reservation.sandbox_id = live.record.id
-                    claimed = await self.pool.claim(live, template, timeout, metadata,
-                                                    env_vars, idempotency_key, owner, egress)
+                    claimed = await pool.claim(
+                        live, template=template, timeout=timeout, metadata=metadata,
+                        env_vars=env_vars, idempotency_key=idempotency_key, owner=owner,
+                        egress=egress, cpu=cpu, memory_mb=memory_mb)
                     if claimed is not None:
                         timing["pool"] = time.perf_counter() - t0 - timing["template"]
                         timing["total"] = time.perf_counter() - t0
@@ -323,6 +335,9 @@ class SandboxManager:
         finally:
             # The sandbox is live now (and counted as such) or it failed and holds nothing.
             self.ledger.release(reservation)
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._creates_idle.set()
 
     def _created(self, rec: SandboxRecord, timeout: int, pooled: bool) -> None:
         audit.lifecycle(self.store, rec.id, "created", by=rec.owner, template=rec.template,
@@ -467,10 +482,15 @@ class SandboxManager:
             cwd="/",
             cpu=rec.cpu, memory_mb=rec.memory_mb, pids=rec.pids, disk_mb=rec.disk_mb,
             network=rec.network,
-            egress=egress_rules.policy_of(rec.egress) if rec.network == "internet" else None,
+            egress=self.egress_policy(rec.egress, rec.network),
             mounts=(Mount(self._agent_lib or agent_lib.stage(self.config.data_dir),
                           f"{AGENT_LIB}/hutch", read_only=True),),
         )
+
+    @staticmethod
+    def egress_policy(egress: dict | None, network: str):
+        """The runtime's policy for a stored egress form (None without a network)."""
+        return egress_rules.policy_of(egress) if network == "internet" else None
 
     def _fail(self, live: Live, reason: str) -> None:
         self._live.pop(live.record.id, None)

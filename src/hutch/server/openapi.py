@@ -210,9 +210,20 @@ SCHEMAS: dict[str, dict] = {
         "Seconds from now; extends the sandbox's life, never shortens it.")}}),
     "Health": _obj({
         "status": {"type": "string", "const": "ok"},
-        "pool": _obj({"template": {"type": "string"}, "size": {"type": "integer"},
-                      "ready": {"type": "integer"}},
-                     description="The warm pool, when one is configured."),
+        "pools": {"type": "array", "description": (
+            "The warm pools (HUTCH_POOL), when any is configured."), "items": _obj({
+                "template": {"type": "string"},
+                "size": {"type": "integer", "description": "Sandboxes kept ready."},
+                "ready": {"type": "integer"},
+                "starting": {"type": "integer", "description": "Being started to refill."},
+                "hits": {"type": "integer", "description": "Creates served from the pool."},
+                "misses": {"type": "integer", "description": (
+                    "Creates the pool could have served but had none ready (started cold).")},
+                "refills": {"type": "integer"},
+                "refill_seconds_sum": {"type": "number", "description": (
+                    "Summed refill lag: from a sandbox taken to its replacement ready.")},
+                "last_refill_seconds": {"type": ["number", "null"]},
+            })},
         "degraded": {"type": "array", "items": {"type": "string"}, "description": (
             "The isolation self-test checks that failed, when the server serves anyway "
             "(HUTCH_ALLOW_DEGRADED); absent when every check passed.")},

@@ -144,9 +144,8 @@ class ControlPlane:
 
     async def health(self, request: Request) -> Response:
         body: dict[str, Any] = {"status": "ok"}
-        pool = self.manager.pool
-        if pool is not None:
-            body["pool"] = {"template": pool.template, "size": pool.size, "ready": pool.ready}
+        if self.manager.pools:
+            body["pools"] = [pool.stats() for pool in self.manager.pools.values()]
         if self.degraded:
             body["degraded"] = list(self.degraded)
         return JSONResponse(body)

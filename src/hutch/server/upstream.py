@@ -27,6 +27,7 @@ from hutch.runtime.agent_socket import pinned_socket
 
 AGENT_SOCKET = "/run/hutch/agent.sock"   # inside the sandbox
 INTERPRETER_SOCKET = "/run/hutch/interpreter.sock"
+CODE_INTERPRETER_PORT = 49999     # the port E2B's code interpreter SDK talks to
 DEFAULT_USER = "user"                    # who commands run as unless a request names a user
 _MAX_HEAD = 64 * 1024
 _MAX_IDLE = 16
@@ -192,6 +193,32 @@ class Upstream:
                 raise
         raise AssertionError("unreachable")
 
+    async def call(self, method: str, path: str, body: dict | None = None,
+                   timeout: float = 10.0, token: str | None = None) -> tuple[int, bytes]:
+        """One small JSON request (hutch's own calls to a sandbox): status and body."""
+        headers = [(b"host", b"agent")]
+        if token:
+            headers.append((b"x-access-token", token.encode()))
+        content = b""
+        if body is not None:
+            content = json.dumps(body).encode()
+            headers.append((b"content-type", b"application/json"))
+        if body is not None or method in ("POST", "PUT"):
+            headers.append((b"content-length", str(len(content)).encode()))
+
+        async def exchange() -> tuple[int, bytes]:
+            resp = await self.request(method, path.encode(), headers, content)
+            try:
+                return resp.status, await resp.read()
+            finally:
+                resp.close()
+
+        try:
+            return await asyncio.wait_for(exchange(), timeout)
+        except asyncio.TimeoutError:
+            raise UpstreamError(f"the agent did not answer {method} {path} in {timeout} s") \
+                from None
+
     async def _exchange(self, conn: _Conn, method: str, target: bytes, headers, body,
                         chunked: bool) -> UpstreamResponse:
         w = conn.writer
@@ -315,34 +342,9 @@ class AgentLink(SocketLink):
         self.ready_after: float | None = None   # seconds from start() to an accepted /init
 
 
-    async def _call(self, method: str, path: str, body: dict | None = None,
-                    timeout: float = 10.0, token: str | None = None) -> tuple[int, bytes]:
-        headers = [(b"host", b"agent")]
-        if token:
-            headers.append((b"x-access-token", token.encode()))
-        content = b""
-        if body is not None:
-            content = json.dumps(body).encode()
-            headers.append((b"content-type", b"application/json"))
-        if body is not None or method in ("POST", "PUT"):
-            headers.append((b"content-length", str(len(content)).encode()))
-
-        async def exchange() -> tuple[int, bytes]:
-            resp = await self.request(method, path.encode(), headers, content)
-            try:
-                return resp.status, await resp.read()
-            finally:
-                resp.close()
-
-        try:
-            return await asyncio.wait_for(exchange(), timeout)
-        except asyncio.TimeoutError:
-            raise UpstreamError(f"the agent did not answer {method} {path} in {timeout} s") \
-                from None
-
     async def health(self, timeout: float = 5.0) -> bool:
         try:
-            status, _ = await self._call("GET", "/health", timeout=timeout)
+            status, _ = await self.call("GET", "/health", timeout=timeout)
         except (UpstreamError, OSError, asyncio.IncompleteReadError):
             return False
         return status in (200, 204)
@@ -358,7 +360,7 @@ class AgentLink(SocketLink):
                     "defaultUser": default_user}
         if default_workdir:
             settings["defaultWorkdir"] = default_workdir
-        status, body = await self._call("POST", "/init", settings,
+        status, body = await self.call("POST", "/init", settings,
                                         token=current_token or access_token)
         if status >= 300:
             raise SandboxError(f"agent refused /init: {status} {body[:200]!r}")

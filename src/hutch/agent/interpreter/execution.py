@@ -17,7 +17,7 @@ import asyncio
 import json
 import queue
 import time
-from typing import Any, AsyncIterator, Dict, Optional
+from typing import Any, AsyncIterator, Dict, List, Optional
 
 from . import outputs
 from .context import Context
@@ -82,6 +82,24 @@ async def _quiet(ctx: Context, code: str, timeout: float = 30.0) -> None:
         if (msg.get("parent_header", {}).get("msg_id") == msg_id
                 and msg["msg_type"] == "status" and msg["content"].get("execution_state") == "idle"):
             return
+
+
+async def warm(ctx: Context, modules: List[str]) -> None:
+    """Start ``ctx``'s kernel and import ``modules`` in it, silently and without binding any
+    name in the user's namespace (a module that fails to import is skipped): the first cell
+    of a sandbox handed out from the warm pool then finds them in ``sys.modules``. Silent
+    executions do not count, so that cell is still execution 1."""
+    async with ctx.lock:
+        await ctx.ready()
+        await _quiet(ctx, "def _hutch_warm():\n"
+                          "    import importlib\n"
+                          f"    for name in {list(modules)!r}:\n"
+                          "        try:\n"
+                          "            importlib.import_module(name)\n"
+                          "        except Exception:\n"
+                          "            pass\n"
+                          "_hutch_warm()\n"
+                          "del _hutch_warm\n", timeout=120.0)
 
 
 async def run(ctx: Context, code: str, env: Dict[str, str],

@@ -1,7 +1,9 @@
 """The code interpreter's HTTP routes, E2B's shape (../../docs/code-interpreter.md):
 
 ``POST /execute`` (NDJSON stream), ``POST /contexts``, ``GET /contexts``,
-``POST /contexts/{id}/restart``, ``DELETE /contexts/{id}``, ``GET /health``.
+``POST /contexts/{id}/restart``, ``DELETE /contexts/{id}``, ``GET /health``; and hutch's own
+``POST /warm`` (``{"imports": [...]}``), which the server sends a warm-pool sandbox so the
+default Python kernel is started and the data stack imported before anyone asks.
 
 It reuses the agent's HTTP/1.1 server, so streams are written as they are produced and a client
 that hangs up is noticed at once (the execution is then interrupted).
@@ -55,6 +57,8 @@ class InterpreterApp:
                 return _json(200, "OK")
             if path == "/execute" and method == "POST":
                 return await self._execute(request)
+            if path == "/warm" and method == "POST":
+                return await self._warm(request)
             if path == "/contexts":
                 if method == "GET":
                     return _json(200, [c.describe() for c in self.contexts.list()])
@@ -95,6 +99,16 @@ class InterpreterApp:
                                        f"got {timeout!r}")
         return Response(200, _lines(execution.run(ctx, code, env, timeout or None)),
                         content_type="application/x-ndjson")
+
+
+    async def _warm(self, request: Request) -> Response:
+        imports = (await _body(request)).get("imports") or []
+        if not isinstance(imports, list) or not all(
+                isinstance(m, str) and m and all(p.isidentifier() for p in m.split("."))
+                for m in imports):
+            raise InvalidArgumentError("imports must be a list of module names")
+        await execution.warm(self.contexts.default("python"), imports)
+        return _json(200, {})
 
 
 async def _lines(events: AsyncIterator[Dict[str, Any]]) -> AsyncIterator[bytes]:
