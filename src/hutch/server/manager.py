@@ -34,6 +34,7 @@ from hutch.server import audit, startup
 from hutch.server.config import Config
 from hutch.server.expiry import expire
 from hutch.server.keys import new_sandbox_id, new_token
+from hutch.server.metrics import Metrics
 from hutch.server.pool import WarmPool
 from hutch.server.quotas import Ledger, Quotas
 from hutch.server.reconcile import destroy_quietly, is_alive, maybe_await, reconcile
@@ -114,6 +115,7 @@ class SandboxManager:
         self._checks: set[asyncio.Task] = set()    # out-of-memory checks in flight
         # Templates tenants built (hutch.templates.custom), set by the app when it has them.
         self.custom: Any = None
+        self.prometheus = Metrics()   # GET /metrics (hutch.server.metrics)
 
     # -- start and stop ----------------------------------------------------------------------
 
@@ -299,6 +301,7 @@ class SandboxManager:
                     if claimed is not None:
                         timing["pool"] = time.perf_counter() - t0 - timing["template"]
                         timing["total"] = time.perf_counter() - t0
+                        self.prometheus.created(claimed.template, "pool", timing["total"])
                         self._created(claimed, timeout, pooled=True)
                         return claimed, timing
 
@@ -327,6 +330,7 @@ class SandboxManager:
                     _reraise(exc, "the template's start command failed")
                 timing["start_cmd"] = time.perf_counter() - t
             timing["total"] = time.perf_counter() - t0
+            self.prometheus.created(name, "cold", timing["total"])
             self.deadline_changed()
             self._created(live.record, timeout, pooled=False)
             log.debug("created %s (%s) in %.1f ms: %s", rec.id, name, timing["total"] * 1e3,

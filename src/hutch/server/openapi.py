@@ -484,6 +484,18 @@ def _operations() -> dict[str, dict[str, dict]]:
                            "creates); a sandbox's own are under /sandboxes/{id}/audit.",
             "tags": ["server"], "parameters": _AUDIT_QUERY,
             "responses": {**_ok(200, "The events, oldest first.", _AUDIT_PAGE), **_BAD}}},
+        "/metrics": {"get": {
+            "operationId": "getPrometheusMetrics", "tags": ["server"],
+            "summary": "hutch extra: Prometheus metrics of the server and its sandboxes",
+            "description": (
+                "The Prometheus text format (0.0.4): create latency by template and source "
+                "(pool or cold), process-start and code-run latency, data-plane requests, "
+                "sandboxes by state, the warm pools, and each running sandbox's CPU time and "
+                "memory (every tenant's: the admin key only). The key may come as "
+                "`Authorization: Bearer <key>`, what Prometheus sends. The metrics are listed "
+                "in docs/operations.md; scrapes are not recorded in the audit trail."),
+            "responses": {"200": {"description": "The metrics, read now.", "content": {
+                "text/plain": {"schema": {"type": "string"}}}}, **_ADMIN}}},
         "/sandboxes/{id}/metrics": {"get": {
             "operationId": "getSandboxMetrics", "summary": "A sandbox's resource use now",
             "tags": ["sandboxes"], "parameters": [_SANDBOX_ID],

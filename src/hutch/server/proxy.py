@@ -14,6 +14,8 @@ every request body chunk is forwarded as it arrives (``StreamInput`` sends one e
 chunk and waits for the effect), every response chunk is sent on as soon as it comes, and a
 client that goes away closes the upstream connection at once so the agent stops that stream.
 Upstream connections are pooled per sandbox (:class:`~hutch.server.upstream.AgentLink`).
+Every request is counted for ``GET /metrics`` (:mod:`hutch.server.metrics`), and a process
+start or a code run timed.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import asyncio
 import hmac
 import json
 import logging
+import time
 from typing import Any
 
 from hutch.server import egress as egress_rules
@@ -131,6 +134,25 @@ async def _json(send, status: int, body: dict, headers: list | None = None) -> N
     await send({"type": "http.response.body", "body": data})
 
 
+def _service(port: int | None, interpreter: bool) -> str:
+    """What a request is for, as metrics name it: envd (the agent), code_interpreter, or
+    port (any other port, the sandbox's own)."""
+    if port == AGENT_PORT:
+        return "envd"
+    if port == CODE_INTERPRETER_PORT and interpreter:
+        return "code_interpreter"
+    return "port"
+
+
+def _timed_kind(method: str, path: str, service: str) -> str | None:
+    """``exec`` for a process start, ``run_code`` for a code run; else None (not timed)."""
+    if method == "POST" and service == "envd" and path == "/process.Process/Start":
+        return "exec"
+    if method == "POST" and service == "code_interpreter" and path == "/execute":
+        return "run_code"
+    return None
+
+
 def not_found(sandbox_id: str) -> dict:
     # The SDK looks for "was not found" to tell a dead sandbox from an unreachable one.
     return {"sandboxId": sandbox_id, "message": "The sandbox was not found", "code": 502}
@@ -139,6 +161,7 @@ def not_found(sandbox_id: str) -> dict:
 class DataPlane:
     def __init__(self, manager: SandboxManager) -> None:
         self.manager = manager
+        self.metrics = manager.prometheus
         self._tasks: set[asyncio.Task] = set()
         self._stopping = False
 
@@ -152,6 +175,28 @@ class DataPlane:
 
     async def __call__(self, scope: dict, receive, send, sandbox_id: str,
                        port: int | None) -> None:
+        """Relay one request, counted by service and status; a process start and a code run
+        are also timed, from here to the end of their streamed answer."""
+        live = self.manager.lookup(sandbox_id)
+        service = _service(port, live is not None and live.interpreter)
+        kind = _timed_kind(scope["method"], scope["path"], service)
+        t0 = time.perf_counter()
+        answer: list = [None, False]     # status sent, whole body sent
+
+        async def watched(message) -> None:
+            if message["type"] == "http.response.start":
+                answer[0] = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                answer[1] = True
+            await send(message)
+        try:
+            await self._relay(scope, receive, watched, sandbox_id, port)
+        finally:
+            self.metrics.relayed(service, answer[0], kind, time.perf_counter() - t0,
+                                 complete=answer[1])
+
+    async def _relay(self, scope: dict, receive, send, sandbox_id: str,
+                     port: int | None) -> None:
         live = self.manager.lookup(sandbox_id)
         if live is None:
             return await _json(send, 502, not_found(sandbox_id))

@@ -26,6 +26,7 @@ from hutch.errors import (
     AuthenticationError,
     HutchError,
     InvalidArgumentError,
+    PermissionDeniedError,
     SandboxNotFoundError,
 )
 from hutch.server import egress as egress_rules
@@ -33,6 +34,7 @@ from hutch.server.audit import KINDS as AUDIT_KINDS
 from hutch.server.audit import ApiRecorder
 from hutch.server.keys import traffic_token
 from hutch.server.manager import SandboxManager
+from hutch.server.metrics import CONTENT_TYPE as METRICS_TYPE
 from hutch.server.store import AUDIT_FLUSH_SECONDS, LIVE_STATES, SandboxRecord, Store
 from hutch.server.snapshots import SnapshotAPI
 from hutch.server.template_api import TemplateAPI
@@ -357,6 +359,14 @@ class ControlPlane:
         headers = {"X-Next-Token": token} if token else None
         return JSONResponse([self.listed(r) for r in records], headers=headers)
 
+    async def prometheus(self, request: Request) -> Response:
+        """Prometheus metrics (:mod:`hutch.server.metrics`). They name every tenant's
+        sandboxes, so only the admin key reads them."""
+        if not caller(request).admin:
+            raise PermissionDeniedError("reading metrics needs the admin key")
+        body = await self.manager.prometheus.render(self.manager)
+        return Response(body, media_type=METRICS_TYPE, headers={"Cache-Control": "no-store"})
+
     async def openapi(self, request: Request) -> Response:
         from hutch.server.openapi import document   # imported late: it reads this module
         return JSONResponse(document())
@@ -386,6 +396,7 @@ class ControlPlane:
             Route("/sandboxes/{id}/egress", self.egress_log, methods=["GET"]),
             Route("/sandboxes/{id}/audit", self.audit_log, methods=["GET"]),
             Route("/audit", self.key_audit_log, methods=["GET"]),
+            Route("/metrics", self.prometheus, methods=["GET"]),
             *KeyAdmin(self.store, self.manager, rfc3339, _json_object).routes(),
             *TemplateAPI(self.manager, _json_object).routes(),
             *SnapshotAPI(self, _json_object).routes(),
@@ -403,7 +414,10 @@ class ControlPlane:
 
 class _Auth:
     """Every control-plane call but ``/health`` and ``/openapi.json`` needs a valid
-    ``X-API-KEY``; the key found is the caller's tenant (:mod:`hutch.server.tenants`)."""
+    ``X-API-KEY``; the key found is the caller's tenant (:mod:`hutch.server.tenants`).
+
+    Scrapes of ``/metrics`` are left out of the audit trail: one every few seconds would
+    push the admin key's own calls (key management) out of it within days."""
 
     def __init__(self, app, store: Store) -> None:
         self.app = app
@@ -416,6 +430,8 @@ class _Auth:
                 authenticate(scope, self.store)
             except AuthenticationError as exc:
                 return await error(401, exc.message)(scope, receive, send)
+            if scope["path"] == "/metrics":
+                return await self.app(scope, receive, send)
             return await self._recorded(scope, receive, send)
         await self.app(scope, receive, send)
 
