@@ -1,13 +1,17 @@
 """hutch's benchmark suite: one command, numbers written to docs/benchmarks.md.
 
-    .venv/bin/python bench/run.py [--quick] [--out FILE]
+    .venv/bin/python bench/run.py [--quick] [--out FILE] [--sections core,load,...]
 
 It starts its own server (instance `hutchb`, its own subnet and data dir, the test suite's
 built templates reused), measures through the HTTP API exactly what a client sees, and
 measures the floor beside it in the same run: fork+exec of /bin/true and a bare `runc run` of
 a bundle made by hutch's own runtime code. Sandboxes of the `code-interpreter` template are
-measured the same way, through the interpreter's `/execute` as `run_code` sends it. Nothing
-here is asserted; the numbers are reported.
+measured the same way, through the interpreter's `/execute` as `run_code` sends it. Load
+(bursts, the warm pool, sustained creates, idle capacity: bench/load.py) runs on servers of
+its own, one at a time, and the alternatives a user would pick (bwrap, podman, Jupyter Kernel
+Gateway: bench/peers.py) are measured after them. Nothing here is asserted; the numbers are
+reported. With --sections, only those sections run and their parts of the document replace
+the same parts of the existing one; the rest of it is kept.
 """
 
 from __future__ import annotations
@@ -34,7 +38,10 @@ from hutch.protocol import EnvelopeDecoder, encode_envelope
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import egress  # noqa: E402 - the egress proxy's section, a module of its own
+import load  # noqa: E402 - bursts, the warm pool, sustained creates, capacity
+import peers  # noqa: E402 - the alternatives, side by side
 import templates  # noqa: E402 - templates of your own, likewise
+from floor import template_rootfs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 INSTANCE = "hutchb"
@@ -379,7 +386,9 @@ def measure_bare_runc(n: int) -> list[float] | str:
     return times
 
 
-def start_server() -> tuple[subprocess.Popen, str, str]:
+def start_server(env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str, str]:
+    """Start a server of the bench's instance; `env`: settings of its own (a warm pool, a
+    limit lifted). One at a time: each is stopped (and its sandboxes gone) before the next."""
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     import socket
 
@@ -389,7 +398,7 @@ def start_server() -> tuple[subprocess.Popen, str, str]:
     env = dict(os.environ, HUTCH_DATA_DIR=str(DATA_DIR), HUTCH_PORT=str(port), HUTCH_HOST="127.0.0.1",
                HUTCH_INSTANCE=INSTANCE, HUTCH_SUBNET=SUBNET, HUTCH_TEMPLATES_DIR=str(TEMPLATES_DIR),
                # No bandwidth cap: the network measures show the path's own cost.
-               HUTCH_EGRESS_RATE_MBIT="0")
+               HUTCH_EGRESS_RATE_MBIT="0", **(env or {}))
     log = open(DATA_DIR / "server.log", "ab")
     proc = subprocess.Popen([sys.executable, "-m", "hutch", "serve"], env=env, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
@@ -428,153 +437,309 @@ def machine() -> str:
     return f"{os.cpu_count()} × {cpu}, {mem:.0f} GiB RAM, Linux {platform.release()}, Python {platform.python_version()}"
 
 
+SECTIONS = ("core", "network", "templates", "code", "load", "peers")
+
+
+def table(rows: list[tuple], head: str = "| measure | result | target |") -> list[str]:
+    cols = head.count("|") - 1
+    return [head, "|" + "---|" * cols, *["| " + " | ".join(r) + " |" for r in rows], ""]
+
+
+def merge(path: Path, blocks: list[tuple[str, list[str]]]) -> str:
+    """The existing document with these blocks in place of the ones of the same heading ("":
+    the part before the first `## `); blocks it has not got yet are appended."""
+    old: list[tuple[str, list[str]]] = [("", [])]
+    text = path.read_text() if path.exists() else ""
+    for line in text.splitlines():
+        if line.startswith("## "):
+            old.append((line, []))
+        old[-1][1].append(line)
+    new = dict(blocks)
+    out = [(h, new.pop(h, lines)) for h, lines in old]
+    out += [(h, lines) for h, lines in blocks if h in new]
+    return "\n".join(line for _, lines in out for line in lines).rstrip("\n") + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
+    ap.add_argument("--sections", default=",".join(SECTIONS),
+                    help=f"comma-separated, of {', '.join(SECTIONS)}; those not run keep their "
+                         "part of the existing document")
     args = ap.parse_args()
+    chosen = set(args.sections.split(","))
+    if not chosen <= set(SECTIONS):
+        ap.error(f"unknown sections {sorted(chosen - set(SECTIONS))}")
     n = 5 if args.quick else 50
-    proc, url, key = start_server()
     rows: list[tuple[str, str, str]] = []
     tpl_rows: list[tuple[str, str, str]] = []
     ci_rows: list[tuple[str, str, str]] = []
     net_rows: list[tuple[str, str, str]] = []
+    load_rows: list[tuple[str, str, str]] = []
+    hutch: dict[str, list[float] | None] = {}     # this run's numbers the peers are set beside
+    cold = None
+    proc, url, key = start_server()
     try:
         b = Bench(url, key)
         b.kill(b.create())  # warm the template cache and the server
-        create = measure_create_to_first_output(b, n)
-        rows.append(("create → first command output", summary(create), "p50 ≤ 100 ms"))
-        nets = measure_network_creates(b, max(5, n // 2))
-        base_net = pct(nets["no network (`allow_internet_access: false`)"], 50)
-        for name, times in nets.items():
-            extra = pct(times, 50) - base_net
-            net_rows.append((f"create → first output, {name}", summary(times),
-                             f"{extra:+.1f} ms p50 (target ≤ +5 ms)" if extra else "–"))
-        net_rows += egress.measure(b, b.run, 2 if args.quick else 5, 20 if args.quick else 100,
-                                   pct, summary)
-        sbx = b.create()
-        try:
-            ex = measure_exec(b, sbx, n * 4)
-            rows.append(('`commands.run("true")` round trip (`bash -l -c true`)', summary(ex), "p50 ≤ 5 ms"))
-            argv = measure_exec(b, sbx, n * 4, argv=["/bin/true"])
-            rows.append(('`sbx.exec("/bin/true")` round trip (no shell)', summary(argv), "–"))
-            w, r = measure_files(b, sbx, 100)
-            rows.append(("100 MiB file write / read", f"{w:.0f} MB/s / {r:.0f} MB/s", "≥ 300 MB/s each"))
-        finally:
-            b.kill(sbx)
-        single, shared = measure_idle_memory(b, 10, "base", lambda s: b.run(s, "true"), 1.0)
-        cg_text = f"; cgroup usage {shared.cgroup:.1f} MiB" if shared.cgroup is not None else ""
-        rows.append(("idle sandbox memory (PSS of init + agent)",
-                     f"{shared.total:.1f} MiB each with 10 idle; {single.total:.1f} MiB alone{cg_text}",
-                     "≤ 10 MiB"))
-        kills = measure_kill(b, max(5, n // 2))
-        rows.append(("kill → all kernel objects gone", summary(kills), "≤ 50 ms"))
+        if chosen & {"core", "peers"}:
+            create = hutch["create"] = measure_create_to_first_output(b, n)
+            rows.append(("create → first command output", summary(create),
+                         "p50 ≤ 50 ms · p99 ≤ 3× p50"))
+        if "core" in chosen:
+            sbx = b.create()
+            try:
+                ex = measure_exec(b, sbx, n * 4)
+                rows.append(('`commands.run("true")` round trip (`bash -l -c true`)', summary(ex), "p50 ≤ 5 ms"))
+                argv = measure_exec(b, sbx, n * 4, argv=["/bin/true"])
+                rows.append(('`sbx.exec("/bin/true")` round trip (no shell)', summary(argv), "–"))
+                w, r = measure_files(b, sbx, 100)
+                rows.append(("100 MiB file write / read", f"{w:.0f} MB/s / {r:.0f} MB/s", "≥ 500 MB/s each"))
+            finally:
+                b.kill(sbx)
+            single, shared = measure_idle_memory(b, 10, "base", lambda s: b.run(s, "true"), 1.0)
+            cg_text = f"; cgroup usage {shared.cgroup:.1f} MiB" if shared.cgroup is not None else ""
+            rows.append(("idle sandbox memory (PSS of init + agent)",
+                         f"{shared.total:.1f} MiB each with 10 idle; {single.total:.1f} MiB alone{cg_text}",
+                         "≤ 10 MiB"))
+            kills = measure_kill(b, max(5, n // 2))
+            rows.append(("kill → all kernel objects gone", summary(kills), "≤ 50 ms"))
 
-        tpl_rows = templates.measure(b, b.run, 3 if args.quick else 10, pct, summary)
+        if "network" in chosen:
+            nets = measure_network_creates(b, max(5, n // 2))
+            base_net = pct(nets["no network (`allow_internet_access: false`)"], 50)
+            for name, times in nets.items():
+                extra = pct(times, 50) - base_net
+                net_rows.append((f"create → first output, {name}", summary(times),
+                                 f"{extra:+.1f} ms p50 (target ≤ +5 ms)" if extra else "–"))
+            net_rows += egress.measure(b, b.run, 2 if args.quick else 5, 20 if args.quick else 100,
+                                       pct, summary)
 
-        total, create_ci, first = measure_first_run_code(b, 3 if args.quick else 10)
-        ci_rows.append(('create → result of the first `run_code("1+1")`', summary(total), "≤ 0.8 s"))
-        ci_rows.append(("… the create alone", summary(create_ci), "–"))
-        ci_rows.append(("… the first `run_code` alone (create answered → result)", summary(first), "–"))
-        sbx = b.create(templateID=CODE_TEMPLATE)
-        try:
-            warm = measure_run_code(b, sbx, 30 if args.quick else 200)
-        finally:
-            b.kill(sbx)
-        ci_rows.append(('`run_code("1+1")` round trip, warm context (to `end_of_execution`)', summary(warm),
-                        "p50 ≤ 5 ms · p99 ≤ 15 ms"))
-        single, shared = measure_idle_memory(b, 5, CODE_TEMPLATE, lambda s: b.run_code(s, "1+1"), 3.0)
-        ci_rows.append(("idle sandbox memory (PSS of all its processes)",
-                        f"{shared.total:.1f} MiB each with 5 idle; {single.total:.1f} MiB alone", "≤ 50 MiB"))
-        ci_rows.append(("… by process, each with 5 idle", shared.split(), "–"))
-        ci_rows.append(("… by process, alone", single.split(), "–"))
-        if shared.cgroup is not None and single.cgroup is not None:
-            ci_rows.append(("cgroup memory usage", f"{shared.cgroup:.1f} MiB each with 5 idle; "
-                            f"{single.cgroup:.1f} MiB alone", "–"))
+        if "templates" in chosen:
+            tpl_rows = templates.measure(b, b.run, 3 if args.quick else 10, pct, summary)
+
+        if chosen & {"code", "peers"}:
+            total, create_ci, first = measure_first_run_code(b, 3 if args.quick else 10)
+            ci_rows.append(('create → result of the first `run_code("1+1")`', summary(total), "≤ 0.8 s"))
+            ci_rows.append(("… the create alone", summary(create_ci), "–"))
+            ci_rows.append(("… the first `run_code` alone (create answered → result)", summary(first), "–"))
+            sbx = b.create(templateID=CODE_TEMPLATE)
+            try:
+                warm = measure_run_code(b, sbx, 30 if args.quick else 200)
+            finally:
+                b.kill(sbx)
+            ci_rows.append(('`run_code("1+1")` round trip, warm context (to `end_of_execution`)', summary(warm),
+                            "p50 ≤ 5 ms · p99 ≤ 15 ms"))
+            hutch["first_run_code"], hutch["run_code"] = total, warm
+        if "code" in chosen:
+            single, shared = measure_idle_memory(b, 5, CODE_TEMPLATE, lambda s: b.run_code(s, "1+1"), 3.0)
+            ci_rows.append(("idle sandbox memory (PSS of all its processes)",
+                            f"{shared.total:.1f} MiB each with 5 idle; {single.total:.1f} MiB alone", "≤ 50 MiB"))
+            ci_rows.append(("… by process, each with 5 idle", shared.split(), "–"))
+            ci_rows.append(("… by process, alone", single.split(), "–"))
+            if shared.cgroup is not None and single.cgroup is not None:
+                ci_rows.append(("cgroup memory usage", f"{shared.cgroup:.1f} MiB each with 5 idle; "
+                                f"{single.cgroup:.1f} MiB alone", "–"))
+
+        if "load" in chosen:
+            more, cold = load.measure_unpooled(b, args.quick, pct, summary, measure_files)
+            load_rows += more
     finally:
         stop_server(proc)
-    fork = measure_fork_exec(n * 4)
-    rows.append(("floor: fork+exec of /bin/true", summary(fork), "–"))
-    runc = measure_bare_runc(max(5, n // 2))
-    rows.append(("floor: bare `runc run` doing `true`", summary(runc) if isinstance(runc, list) else runc, "–"))
-    ratio = pct(create, 50) / pct(runc, 50) if isinstance(runc, list) else None
+
+    if "load" in chosen:
+        # A server with a warm pool, then one without the sandbox-count limit: each alone, so
+        # neither's sandboxes weigh on the other's numbers.
+        proc, url, key = start_server(load.pool_env())
+        try:
+            more, hutch["pooled"] = load.measure_pooled(Bench(url, key), args.quick, pct,
+                                                        summary, cold)
+            load_rows += more
+        finally:
+            stop_server(proc)
+        proc, url, key = start_server(load.capacity_env())
+        try:
+            load_rows += load.measure_capacity(Bench(url, key), args.quick, pct, sandbox_memory,
+                                               CODE_TEMPLATE)
+        finally:
+            stop_server(proc)
+
+    floors: dict = {}
+    if chosen & {"core", "peers"}:
+        fork = floors["fork"] = measure_fork_exec(n * 4)
+        rows.append(("floor: fork+exec of /bin/true", summary(fork), "–"))
+        runc = floors["runc"] = measure_bare_runc(max(5, n // 2))
+        rows.append(("floor: bare `runc run` doing `true`", summary(runc) if isinstance(runc, list) else runc, "–"))
+        ratio = pct(create, 50) / pct(runc, 50) if isinstance(runc, list) else None
+    if "peers" in chosen:
+        start_rows, code_rows = peers.measure(DATA_DIR, template_rootfs(TEMPLATES_DIR), hutch,
+                                              floors, args.quick, pct, summary)
 
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [
-        "# Benchmarks",
-        "",
-        "Measured by `bench/run.py` through the HTTP API, as a client sees it, without any warm pool.",
-        f"Run {stamp} on {machine()}.",
-        "Regenerate with `.venv/bin/python bench/run.py`.",
-        "",
-        "| measure | result | target |",
-        "|---|---|---|",
-        *[f"| {a} | {b_} | {c} |" for a, b_, c in rows],
-        "",
-    ]
-    if ratio:
-        lines.append(f"create → first output is {ratio:.1f}× a bare `runc run` of `true`.")
-        lines.append("")
-    lines += [
-        "Where a create's time goes (the `Server-Timing` header of every create answer has the",
-        "breakdown): `runc run` of the bundle (the floor above), then the agent's start-up, most",
-        "of it Python importing asyncio, then `/init`. A command's round trip is two HTTP hops",
-        "(client → server → agent socket), the spawn as the sandbox user, and the login shell",
-        "`commands.run` asks for. Idle memory is counted as PSS, so libraries shared by sandboxes",
-        "of one template are split between them; one sandbox alone carries all of them.",
-        "",
-        "## Network",
-        "",
-        "The cost of a sandbox's network: creates in each mode, interleaved, each against the",
-        "same create without any network. A sandbox with internet gets a network namespace, a",
-        "veth pair into the bridge (one netlink request) and an address; an egress policy adds",
-        "one nftables transaction (its chain, sets and map element) before the sandbox starts.",
-        "Then the egress proxy (`bench/egress.py`): downloads from a web server of the bench's",
-        "own, in a network namespace, by a sandbox whose policy has a domain rule (its port-80",
-        "connections go through the proxy) and by one whose policy has addresses only (straight",
-        "through the kernel), interleaved. The server runs without the bandwidth cap here",
-        "(`HUTCH_EGRESS_RATE_MBIT=0`; under the default 1000 Mbit/s both ways run at the cap). On",
-        "two cores the download's sender, the proxy and the receiver share two CPUs; the proxy's",
-        "relay is splice(2) in the kernel, nearly all of its time system time.",
-        "",
-        "| measure | result | against no network, or target |",
-        "|---|---|---|",
-        *[f"| {a} | {b_} | {c} |" for a, b_, c in net_rows],
-        "",
-        "## Templates of your own",
-        "",
-        "A two-step template built through `POST /templates`, then built again unchanged (every",
-        "step a cache hit); snapshots of a sandbox that wrote 1 GiB of random data (its processes",
-        "frozen while its writable layer is copied); creates from such a snapshot interleaved",
-        "with creates from `base`.",
-        "",
-        "| measure | result | target |",
-        "|---|---|---|",
-        *[f"| {a} | {b_} | {c} |" for a, b_, c in tpl_rows],
-        "",
-        "## Code interpreter",
-        "",
-        "Sandboxes of the `code-interpreter` template, measured through the interpreter's",
-        "`POST /execute` on port 49999 as `run_code` sends it, without any warm pool. Idle memory is",
-        "taken after one `run_code` and 3 s of quiet.",
-        "",
-        "| measure | result | target |",
-        "|---|---|---|",
-        *[f"| {a} | {b_} | {c} |" for a, b_, c in ci_rows],
-        "",
-        "A warm `run_code` is the same two HTTP hops (client → server → the interpreter's socket),",
-        "then the interpreter's exchange with the kernel over ZeroMQ: the execute request on the",
-        "shell channel, the outputs on IOPub until the kernel reports itself idle. The interpreter",
-        "starts the default Python kernel as the sandbox starts, so the first `run_code` after a",
-        "create waits only for what is left of that start. In memory, *init + agent* is the same",
-        "pair as in any sandbox, *interpreter* the Jupyter-client server, *kernel* the IPython",
-        "kernel of the default context. Most of the last two is their own heap (the objects of",
-        "the modules they import: jupyter_client and zmq; IPython and ipykernel), which PSS cannot",
-        "split between sandboxes the way it splits the template's mapped files.",
-        "",
-    ]
-    Path(args.out).write_text("\n".join(lines))
-    print("\n".join(lines))
+    partial = chosen != set(SECTIONS)
+    alone = ([f"_These numbers are from a run of this section alone ({'--quick, ' if args.quick else ''}"
+              f"{stamp}, same machine)._", ""] if partial else [])
+    blocks: list[tuple[str, list[str]]] = []
+    if "core" in chosen:
+        lines = [
+            "# Benchmarks",
+            "",
+            "Measured by `bench/run.py` through the HTTP API, as a client sees it, without any warm pool",
+            "except where a pool is named (the load section).",
+            f"Run {stamp} on {machine()}.",
+            "Regenerate with `.venv/bin/python bench/run.py` (one section: `--sections load`).",
+            "",
+            *table(rows),
+        ]
+        if ratio:
+            lines.append(f"create → first output is {ratio:.1f}× a bare `runc run` of `true`.")
+            lines.append("")
+        lines += [
+            "Where a create's time goes (the `Server-Timing` header of every create answer has the",
+            "breakdown): `runc run` of the bundle (the floor above), then the agent's start-up, most",
+            "of it Python importing asyncio, then `/init`. A command's round trip is two HTTP hops",
+            "(client → server → agent socket), the spawn as the sandbox user, and the login shell",
+            "`commands.run` asks for. Idle memory is counted as PSS, so libraries shared by sandboxes",
+            "of one template are split between them; one sandbox alone carries all of them.",
+            "",
+        ]
+        blocks.append(("", lines))
+    if "network" in chosen:
+        blocks.append(("## Network", [
+            "## Network",
+            "",
+            *alone,
+            "The cost of a sandbox's network: creates in each mode, interleaved, each against the",
+            "same create without any network. A sandbox with internet gets a network namespace, a",
+            "veth pair into the bridge (one netlink request) and an address; an egress policy adds",
+            "one nftables transaction (its chain, sets and map element) before the sandbox starts.",
+            "Then the egress proxy (`bench/egress.py`): downloads from a web server of the bench's",
+            "own, in a network namespace, by a sandbox whose policy has a domain rule (its port-80",
+            "connections go through the proxy) and by one whose policy has addresses only (straight",
+            "through the kernel), interleaved. The server runs without the bandwidth cap here",
+            "(`HUTCH_EGRESS_RATE_MBIT=0`; under the default 1000 Mbit/s both ways run at the cap). On",
+            "two cores the download's sender, the proxy and the receiver share two CPUs; the proxy's",
+            "relay is splice(2) in the kernel, nearly all of its time system time.",
+            "",
+            *table(net_rows, "| measure | result | against no network, or target |"),
+        ]))
+    if "templates" in chosen:
+        blocks.append(("## Templates of your own", [
+            "## Templates of your own",
+            "",
+            *alone,
+            "A two-step template built through `POST /templates`, then built again unchanged (every",
+            "step a cache hit); snapshots of a sandbox that wrote 1 GiB of random data (its processes",
+            "frozen while its writable layer is copied); creates from such a snapshot interleaved",
+            "with creates from `base`.",
+            "",
+            *table(tpl_rows),
+        ]))
+    if "code" in chosen:
+        blocks.append(("## Code interpreter", [
+            "## Code interpreter",
+            "",
+            *alone,
+            "Sandboxes of the `code-interpreter` template, measured through the interpreter's",
+            "`POST /execute` on port 49999 as `run_code` sends it, without any warm pool. Idle memory is",
+            "taken after one `run_code` and 3 s of quiet.",
+            "",
+            *table(ci_rows),
+            "A warm `run_code` is the same two HTTP hops (client → server → the interpreter's socket),",
+            "then the interpreter's exchange with the kernel over ZeroMQ: the execute request on the",
+            "shell channel, the outputs on IOPub until the kernel reports itself idle. The interpreter",
+            "starts the default Python kernel as the sandbox starts, so the first `run_code` after a",
+            "create waits only for what is left of that start. In memory, *init + agent* is the same",
+            "pair as in any sandbox, *interpreter* the Jupyter-client server, *kernel* the IPython",
+            "kernel of the default context. Most of the last two is their own heap (the objects of",
+            "the modules they import: jupyter_client and zmq; IPython and ipykernel), which PSS cannot",
+            "split between sandboxes the way it splits the template's mapped files.",
+            "",
+        ]))
+    if "load" in chosen:
+        blocks.append((LOAD_HEADING, [LOAD_HEADING, "", *alone, *LOAD_INTRO, "",
+                                      *table(load_rows), *LOAD_NOTES, ""]))
+    if "peers" in chosen:
+        blocks.append((PEERS_HEADING, [
+            PEERS_HEADING, "", *alone, *PEERS_INTRO, "",
+            *table(start_rows, "| starts `true` | result | hutch cold ÷ this (p50) "
+                               "| hutch pooled ÷ this (p50) |"),
+            *PEERS_START_NOTES, "",
+            *table(code_rows, "| runs `1+1` | result | hutch ÷ this (p50) |"),
+            *PEERS_CODE_NOTES, ""]))
+    out = Path(args.out)
+    text = merge(out, blocks) if partial else "\n".join(l for _, ls in blocks for l in ls)
+    out.write_text(text)
+    print(text)
+
+
+LOAD_HEADING = "## Under load: bursts, the warm pool, sustained creates, capacity"
+LOAD_INTRO = [
+    "`bench/load.py`, on servers of the bench's own, one at a time: one without a pool",
+    "(sequential creates, bursts, 1 GiB each way), one with `HUTCH_POOL=base=50` (sequential",
+    "creates from the pool; bursts, each started from a full pool; then create → first output →",
+    "kill looped by 8 clients), and one with the sandbox-count limit lifted",
+    "(`HUTCH_MAX_SANDBOXES`), where idle sandboxes are created 4 at a time, each used once, until",
+    f"a create fails, the host's available memory falls below {load.MEM_FLOOR_MIB} MiB (the bench's",
+    "own stop: the machine is shared) or the bench's cap, then checked on a spread sample and all",
+    "killed. A burst is that many client threads released at once, their connections already",
+    "open; each latency runs from the release to that client's first output, and the burst's",
+    "sandboxes are killed only after it. Each create → first output is split where the create's",
+    "answer arrives (its `Server-Timing` total is the server's own part). Host CPU per create is",
+    "the whole machine's busy time over the measured window divided by the creates: other work",
+    "on the machine counts too, and with the pool on, so does its refill.",
+]
+LOAD_NOTES = [
+    "Where the time goes. A cold create is CPU work: `runc` setting up namespaces, mounts,",
+    "cgroups and the seccomp filter, then the agent's Python start in the new sandbox. Concurrent",
+    "cold creates therefore queue for the cores: a burst of N ends after about N × the CPU per",
+    "create ÷ the cores, and its p50 is half of that. From the pool, a create is a claim (one",
+    "`/init` on the agent, cgroup writes, a store update) and the first output one more HTTP hop",
+    "to the agent and a spawn; in a burst those claims and spawns share the server's one event",
+    "loop, and the cores with the burst's client threads. Creates sustained by several clients",
+    "empty the pool within seconds and keep it empty: it refills only while no create is in",
+    "flight, and under a steady stream one always is, so the sustained rate is the cold rate,",
+    "bound by CPU. A file transfer goes client → server → agent over HTTP, relayed by Python at",
+    "each hop; a write is fsync'd in the sandbox's own ext4 image before it is acknowledged.",
+    "An idle sandbox holds, besides its processes' memory (PSS), kernel objects no process",
+    "shows: page tables, its overlay and loop-mounted writable layer, its network namespace and",
+    "veth pair, its cgroups; the drop in the host's available memory counts them all, and",
+    "whatever else the machine did meanwhile.",
+]
+PEERS_HEADING = "## Beside the alternatives"
+PEERS_INTRO = [
+    "`bench/peers.py`, in the same run, after hutch's servers are stopped: what a user would run",
+    "instead. `bwrap` (Debian's bubblewrap) runs `/bin/true` in new user, pid, mount, ipc, uts,",
+    "net and cgroup namespaces over the base template's root filesystem bound read-only (it maps",
+    "one uid where a sandbox maps 65,536, and sets no cgroup limits and no seccomp filter).",
+    "`podman run --rm --rootfs` (Debian's podman 4 over runc) runs it over an overlay of the same",
+    "root filesystem with the sandboxes' uid range, no network and a private cgroup namespace.",
+    "The hutch rows are this run's: a create through the HTTP API, then a command through the",
+    "agent until its first output. The ratio columns are hutch's p50 over the row's: how many",
+    "times that row's time hutch takes (below 1: hutch is faster).",
+]
+PEERS_START_NOTES = [
+    "Where the time goes: bwrap is one small C process doing a clone with the namespaces, a few",
+    "mounts, pivot_root and exec. runc does that and more (the id maps, a cgroup, the seccomp",
+    "filter, masked paths, a state directory) in a Go binary that re-executes itself; it is most",
+    "of hutch's cold create, to which hutch adds its writable layer, the network, the agent's",
+    "start and two HTTP round trips. podman does runc's work plus its own: a container record",
+    "in its store, conmon, and the removal `--rm` asks for. A pooled hutch create has all the",
+    "start-up done before the request.",
+]
+PEERS_CODE_NOTES = [
+    "Jupyter Kernel Gateway 3 (in a venv of the bench's own, with ipykernel) on loopback:",
+    "`POST /api/kernels`, then the kernel's websocket and an `execute_request` of `1+1` in the",
+    "Jupyter messaging protocol. A warm round trip ends once both the `execute_reply` and the",
+    "kernel's idle status are read, as hutch's `end_of_execution` does. The floor rows drive the",
+    "same kernel with jupyter_client directly over ZeroMQ, no gateway and no sandbox. A kernel's",
+    "start is the same Python start-up everywhere (ipykernel importing IPython, zmq, tornado);",
+    "hutch's first `run_code` also waits for the sandbox's create. The gateway's warm round trip",
+    "has a delay of its own: its websocket writes are small and Nagle's algorithm is on for its",
+    "socket, so the second message of a reply waits for the client's ACK, which Linux delays by",
+    "up to 40 ms (a client forcing quick ACKs, tried once by hand here, saw about 11 ms).",
+]
 
 
 if __name__ == "__main__":
