@@ -160,9 +160,28 @@ class Split:
 
 
 def _error(exc: BaseException) -> str:
+    """The failure in a line: the server's message (its last, most specific 240 characters)."""
     if isinstance(exc, httpx.HTTPStatusError):
-        return f"{exc.response.status_code} {exc.response.text.strip()[:160]}"
-    return f"{type(exc).__name__}: {str(exc)[:160]}"
+        try:
+            message = str(exc.response.json().get("message"))
+        except ValueError:
+            message = exc.response.text.strip()
+        return f"{exc.response.status_code}, “…{message[-240:]}”" if len(message) > 240 \
+            else f"{exc.response.status_code}, “{message}”"
+    return f"{type(exc).__name__}: {str(exc)[:240]}"
+
+
+#: What a limit's message means, for the notes under the table.
+LIMIT_NOTES = {
+    "session key": (
+        "The base count stopped at the kernel's quota of keys per user: runc gives every "
+        "sandbox a session keyring of its own, every sandbox's root is the same host uid, and "
+        "`kernel.keys.maxkeys` (200 by default) caps that uid's keys, whatever the memory left."),
+}
+
+
+def limit_notes(rows: list[tuple]) -> list[str]:
+    return [note for key, note in LIMIT_NOTES.items() if any(key in r[1] for r in rows)]
 
 
 def burst(b, size: int, split: Split, body: dict | None = None) -> tuple[list[float], list[str]]:

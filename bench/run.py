@@ -27,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -457,6 +458,9 @@ def merge(path: Path, blocks: list[tuple[str, list[str]]]) -> str:
     new = dict(blocks)
     out = [(h, new.pop(h, lines)) for h, lines in old]
     out += [(h, lines) for h, lines in blocks if h in new]
+    for _, lines in out:            # a blank line between blocks, however the old one ended
+        if lines and lines[-1] != "":
+            lines.append("")
     return "\n".join(line for _, lines in out for line in lines).rstrip("\n") + "\n"
 
 
@@ -658,8 +662,9 @@ def main() -> None:
             "",
         ]))
     if "load" in chosen:
+        found = [line for note in load.limit_notes(load_rows) for line in textwrap.wrap(note, 92)]
         blocks.append((LOAD_HEADING, [LOAD_HEADING, "", *alone, *LOAD_INTRO, "",
-                                      *table(load_rows), *LOAD_NOTES, ""]))
+                                      *table(load_rows), *LOAD_NOTES, *found, ""]))
     if "peers" in chosen:
         blocks.append((PEERS_HEADING, [
             PEERS_HEADING, "", *alone, *PEERS_INTRO, "",
@@ -681,9 +686,9 @@ LOAD_INTRO = [
     "creates from the pool; bursts, each started from a full pool; then create → first output →",
     "kill looped by 8 clients), and one with the sandbox-count limit lifted",
     "(`HUTCH_MAX_SANDBOXES`), where idle sandboxes are created 4 at a time, each used once, until",
-    f"a create fails, the host's available memory falls below {load.MEM_FLOOR_MIB} MiB (the bench's",
-    "own stop: the machine is shared) or the bench's cap, then checked on a spread sample and all",
-    "killed. A burst is that many client threads released at once, their connections already",
+    f"a create fails, the host's available memory falls below {load.MEM_FLOOR_MIB} MiB (the bench's own",
+    "stop: the machine is shared) or the bench's cap (1,000 base, 200 code-interpreter), then",
+    "checked on a spread sample and all killed. A burst is that many client threads released at once, their connections already",
     "open; each latency runs from the release to that client's first output, and the burst's",
     "sandboxes are killed only after it. Each create → first output is split where the create's",
     "answer arrives (its `Server-Timing` total is the server's own part). Host CPU per create is",
@@ -692,20 +697,23 @@ LOAD_INTRO = [
 ]
 LOAD_NOTES = [
     "Where the time goes. A cold create is CPU work: `runc` setting up namespaces, mounts,",
-    "cgroups and the seccomp filter, then the agent's Python start in the new sandbox. Concurrent",
-    "cold creates therefore queue for the cores: a burst of N ends after about N × the CPU per",
-    "create ÷ the cores, and its p50 is half of that. From the pool, a create is a claim (one",
-    "`/init` on the agent, cgroup writes, a store update) and the first output one more HTTP hop",
-    "to the agent and a spawn; in a burst those claims and spawns share the server's one event",
-    "loop, and the cores with the burst's client threads. Creates sustained by several clients",
-    "empty the pool within seconds and keep it empty: it refills only while no create is in",
-    "flight, and under a steady stream one always is, so the sustained rate is the cold rate,",
-    "bound by CPU. A file transfer goes client → server → agent over HTTP, relayed by Python at",
-    "each hop; a write is fsync'd in the sandbox's own ext4 image before it is acknowledged.",
-    "An idle sandbox holds, besides its processes' memory (PSS), kernel objects no process",
-    "shows: page tables, its overlay and loop-mounted writable layer, its network namespace and",
-    "veth pair, its cgroups; the drop in the host's available memory counts them all, and",
-    "whatever else the machine did meanwhile.",
+    "cgroups and the seccomp filter, then the agent's Python start in the new sandbox. The",
+    "creates of a burst are all in flight at once and share the cores, so they finish nearly",
+    "together: a burst of N takes about N × the host CPU per create ÷ the cores, and most of its",
+    "creates wait nearly that long. From the pool, a create is a claim (one `/init` on the agent,",
+    "cgroup writes, a store update) and the first output one more HTTP hop to the agent and the",
+    "spawn of a login shell; the pool's refill starts as soon as the create is answered (it",
+    "waits only while a create is in flight) and shares the cores with that first command. A",
+    "burst from the pool is CPU-bound the same way, at the pooled CPU per create (client",
+    "threads, server, agents and login shells together). Creates sustained by several clients",
+    "empty the pool within seconds and keep it empty, since under a steady stream a create is",
+    "always in flight: the sustained rate is about the cores ÷ the CPU of a cold create. A file",
+    "transfer goes client → server → agent over HTTP, relayed by Python at each hop; a write is",
+    "fsync'd in the sandbox's own ext4 image before it is acknowledged. An idle sandbox holds,",
+    "besides its processes' memory (PSS), kernel objects no process shows: page tables, its",
+    "overlay and loop-mounted writable layer, its network namespace and veth pair, its cgroups;",
+    "the drop in the host's available memory counts them all, and whatever else the machine did",
+    "meanwhile.",
 ]
 PEERS_HEADING = "## Beside the alternatives"
 PEERS_INTRO = [
@@ -735,10 +743,13 @@ PEERS_CODE_NOTES = [
     "kernel's idle status are read, as hutch's `end_of_execution` does. The floor rows drive the",
     "same kernel with jupyter_client directly over ZeroMQ, no gateway and no sandbox. A kernel's",
     "start is the same Python start-up everywhere (ipykernel importing IPython, zmq, tornado);",
-    "hutch's first `run_code` also waits for the sandbox's create. The gateway's warm round trip",
-    "has a delay of its own: its websocket writes are small and Nagle's algorithm is on for its",
-    "socket, so the second message of a reply waits for the client's ACK, which Linux delays by",
-    "up to 40 ms (a client forcing quick ACKs, tried once by hand here, saw about 11 ms).",
+    "hutch's first `run_code` waits for the sandbox's create as well, and inside the sandbox the",
+    "interpreter's own start (jupyter_client) and the kernel's share the sandbox's CPU quota (one",
+    "core by default), where the gateway's kernel starts alone on the host. The gateway's warm",
+    "round trip has a delay of its own: its websocket writes are small and Nagle's algorithm is",
+    "on for its socket, so the second message of a reply waits for the client's ACK, which Linux",
+    "delays by up to 40 ms (a client forcing quick ACKs, tried once by hand here, saw about",
+    "11 ms).",
 ]
 
 
