@@ -73,3 +73,37 @@ def test_remove_goes_leaf_first_in_every_hierarchy(tmp_path):
     cgroup.remove("hutchr", "box1", tmp_path)
     cgroup.remove_parent("hutchr", tmp_path)
     assert not list(tmp_path.glob("*/hutchr"))
+
+
+def test_set_limits_v2(tmp_path):
+    d = _v2(tmp_path)
+    (d / "memory.swap.max").write_text("0\n")
+    cgroup.set_limits("hutchr", "box1", 512 << 20, 150000, 100000, tmp_path)
+    assert (d / "memory.max").read_text() == str(512 << 20)
+    assert (d / "memory.swap.max").read_text() == "0"
+    assert (d / "cpu.max").read_text() == "150000 100000"
+    assert (d / "cpu.weight").read_text() == "100"
+
+
+def test_set_limits_v1_keeps_memory_below_memory_plus_swap(tmp_path, monkeypatch):
+    _v1(tmp_path)
+    mem = tmp_path / "memory/hutchr/box1"
+    (mem / "memory.memsw.limit_in_bytes").write_text("1048576\n")
+    order: list[str] = []
+    real = cgroup._write
+
+    def write(path, value):
+        order.append(path.name)
+        real(path, value)
+
+    monkeypatch.setattr(cgroup, "_write", write)
+    cgroup.set_limits("hutchr", "box1", 4 << 20, 50000, 100000, tmp_path)   # raise
+    assert order[:2] == ["memory.memsw.limit_in_bytes", "memory.limit_in_bytes"]
+    order.clear()
+    cgroup.set_limits("hutchr", "box1", 2 << 20, 50000, 100000, tmp_path)   # lower
+    assert order[:2] == ["memory.limit_in_bytes", "memory.memsw.limit_in_bytes"]
+    assert (mem / "memory.limit_in_bytes").read_text() == str(2 << 20)
+    cpu = tmp_path / "cpu/hutchr/box1"
+    assert (cpu / "cpu.cfs_quota_us").read_text() == "50000"
+    assert (cpu / "cpu.cfs_period_us").read_text() == "100000"
+    assert (cpu / "cpu.shares").read_text() == "1024"

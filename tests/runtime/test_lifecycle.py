@@ -205,3 +205,55 @@ def test_probe_reports_what_works_and_why_not(runtime):
     assert not by_name["/bin/false"].ok and by_name["/bin/false"].reason
     # the probe cleans up after itself
     assert not glob.glob(f"/sys/fs/cgroup/*/hutch-probe/probe{os.getpid()}")
+
+
+def _keys_of(uid: int) -> int:
+    """Kernel keys charged to host ``uid`` (/proc/key-users: ``uid: usage nkeys/...``)."""
+    for line in open("/proc/key-users"):
+        owner, _, rest = line.partition(":")
+        if int(owner) == uid:
+            return int(rest.split()[1].split("/")[0])
+    return 0
+
+
+async def test_sandboxes_charge_no_kernel_keys(runtime, rootfs):
+    """Every sandbox's root is one host uid, and the kernel's per-uid key quota
+    (kernel.keys.maxkeys, 200) would stop the 201st sandbox if each had a keyring."""
+    before = _keys_of(runtime.uid_base)
+    ids = [f"keys{i}" for i in range(3)]
+    await asyncio.gather(*(runtime.create(box_spec(i, rootfs, network="none")) for i in ids))
+    try:
+        assert _keys_of(runtime.uid_base) <= before     # (others may end meanwhile)
+    finally:
+        await asyncio.gather(*(runtime.destroy(i) for i in ids))
+
+
+def _cpu_cgroup(sandbox_id: str) -> Path:
+    for d in (f"/sys/fs/cgroup/cpu/{INSTANCE}/{sandbox_id}",
+              f"/sys/fs/cgroup/cpu,cpuacct/{INSTANCE}/{sandbox_id}",
+              f"/sys/fs/cgroup/{INSTANCE}/{sandbox_id}"):
+        if os.path.isdir(d):
+            return Path(d)
+    raise AssertionError(f"no cpu cgroup for {sandbox_id}")
+
+
+async def test_a_background_sandbox_waits_at_the_lowest_weight_until_resized(runtime, rootfs):
+    await runtime.create(box_spec("bg1", rootfs, network="none", background=True))
+    try:
+        cpu = _cpu_cgroup("bg1")
+        v2 = (cpu / "cpu.weight").exists()
+        weight = cpu / ("cpu.weight" if v2 else "cpu.shares")
+        assert int(weight.read_text()) == (1 if v2 else 2)
+        await runtime.resize("bg1", 0.5, 200)
+        assert int(weight.read_text()) == (100 if v2 else 1024)
+        stats = await runtime.stats("bg1")
+        assert stats["memory_limit"] == 200 * 2**20
+        quota = (cpu / "cpu.max").read_text().split()[0] if v2 else \
+            (cpu / "cpu.cfs_quota_us").read_text().strip()
+        assert quota == "50000"
+        await runtime.resize("bg1", 1, 2000)        # raising memory: swap limit first (v1)
+        assert (await runtime.stats("bg1"))["memory_limit"] == 2000 * 2**20
+    finally:
+        await runtime.destroy("bg1")
+    with pytest.raises(SandboxNotFoundError):
+        await runtime.resize("bg1", 1, 100)

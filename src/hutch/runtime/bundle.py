@@ -45,6 +45,9 @@ DEVICES: tuple[tuple[int, int], ...] = (
 )
 
 CPU_PERIOD_US = 100_000
+#: cgroup v1 cpu.shares of a sandbox started ahead of need (the minimum; runc turns it into
+#: the smallest cpu.weight on v2); normal sandboxes keep the default of 1024.
+BACKGROUND_SHARES = 2
 # When the host itself runs out of memory, sandbox processes go before the server and the
 # rest of the host (each sandbox is also capped by its own memory cgroup).
 OOM_SCORE_ADJ = 500
@@ -124,10 +127,13 @@ def resources(spec: SandboxSpec) -> dict:
     devices = [{"allow": False, "access": "rwm"}]
     devices += [{"allow": True, "type": "c", "major": ma, "minor": mi, "access": "rwm"}
                 for ma, mi in DEVICES]
+    cpu = {"quota": cpu_quota(spec.cpu), "period": CPU_PERIOD_US}
+    if spec.background:
+        cpu["shares"] = BACKGROUND_SHARES
     return {
         "devices": devices,
         "memory": {"limit": memory, "swap": memory},
-        "cpu": {"quota": cpu_quota(spec.cpu), "period": CPU_PERIOD_US},
+        "cpu": cpu,
         "pids": {"limit": spec.pids},
     }
 

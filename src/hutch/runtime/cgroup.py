@@ -102,9 +102,9 @@ def _write(path: Path, value: str) -> None:
 
 def set_limits(instance: str, sandbox_id: str, memory_bytes: int, cpu_quota_us: int,
                cpu_period_us: int, root: Path = ROOT) -> None:
-    """Memory (no swap on top) and CPU limits of a running sandbox, as the runtime set them
-    at start. Raises OSError when the sandbox has no cgroup, or when it already uses more
-    memory than the new limit (the kernel refuses)."""
+    """Memory (no swap on top) and CPU limits of a running sandbox, as the runtime sets them
+    at start, and the default CPU weight. Raises OSError when the sandbox has no cgroup, or
+    when it already uses more memory than the new limit (the kernel refuses)."""
     rel = cgroups_path(instance, sandbox_id).lstrip("/")
     if is_v2(root):
         d = root / rel
@@ -112,6 +112,7 @@ def set_limits(instance: str, sandbox_id: str, memory_bytes: int, cpu_quota_us: 
         if (d / "memory.swap.max").exists():
             _write(d / "memory.swap.max", "0")
         _write(d / "cpu.max", f"{cpu_quota_us} {cpu_period_us}")
+        _write(d / "cpu.weight", "100")
         return
     mem = root / "memory" / rel
     memsw = mem / "memory.memsw.limit_in_bytes"
@@ -129,6 +130,7 @@ def set_limits(instance: str, sandbox_id: str, memory_bytes: int, cpu_quota_us: 
         cpu = root / "cpu,cpuacct" / rel
     _write(cpu / "cpu.cfs_period_us", str(cpu_period_us))
     _write(cpu / "cpu.cfs_quota_us", str(cpu_quota_us))
+    _write(cpu / "cpu.shares", "1024")
 
 
 def list_ids(instance: str, root: Path = ROOT) -> set[str]:

@@ -399,7 +399,8 @@ class LocalRuntime:
             timings["bundle"] = time.perf_counter() - t
             t = time.perf_counter()
             await self.driver.run(spec.id, sdir, stdio=sdir / "disk" / "console.log",
-                                  log=sdir / "oci.log", pid_file=sdir / "init.pid")
+                                  log=sdir / "oci.log", pid_file=sdir / "init.pid",
+                                  background=spec.background)
             timings["oci_run"] = time.perf_counter() - t
             t = time.perf_counter()
             # Before anything but the init and the agent runs inside (user code comes later,
@@ -589,8 +590,9 @@ class LocalRuntime:
             return False
 
     async def resize(self, sandbox_id: str, cpu: float, memory_mb: int) -> None:
-        """Give a running sandbox other CPU and memory limits (a warm-pool sandbox handed out
-        with the size its create asked for)."""
+        """Give a running sandbox its CPU and memory limits and the normal CPU weight (a
+        warm-pool sandbox, started in the background, handed out with the size its create
+        asked for)."""
         try:
             cgroup.set_limits(self.instance, sandbox_id, memory_mb * 1024 * 1024,
                               bundle.cpu_quota(cpu), bundle.CPU_PERIOD_US)

@@ -35,14 +35,22 @@ class OciRuntime:
         return argv + list(args)
 
     async def run(self, container_id: str, bundle: Path, *, stdio: Path, log: Path,
-                  pid_file: Path) -> None:
-        """Create and start the container detached; its stdout/stderr go to `stdio`."""
+                  pid_file: Path, background: bool = False) -> None:
+        """Create and start the container detached; its stdout/stderr go to `stdio`.
+        ``background``: the runtime's own processes run at the lowest priority."""
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(stdio, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        # --no-new-keyring: a session keyring per container would be one more kernel key
+        # charged to the uid every sandbox's root maps to, and the kernel's per-uid quota
+        # (kernel.keys.maxkeys, 200 by default) would stop the 201st sandbox. Sandboxes
+        # cannot use keyrings at all (seccomp denies keyctl, add_key and request_key).
+        argv = self._argv("run", "--detach", "--no-new-keyring", "--bundle", str(bundle),
+                          "--pid-file", str(pid_file), container_id, log=log)
+        if background:
+            argv = ["nice", "-n", "19", *argv]
         try:
             proc = await asyncio.create_subprocess_exec(
-                *self._argv("run", "--detach", "--bundle", str(bundle), "--pid-file",
-                            str(pid_file), container_id, log=log),
+                *argv,
                 stdin=subprocess.DEVNULL, stdout=fd, stderr=fd)
         finally:
             os.close(fd)

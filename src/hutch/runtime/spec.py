@@ -37,6 +37,9 @@ class SandboxSpec:
     network: str = "internet"                # "internet" (veth + NAT, always-deny) or "none"
     mounts: tuple[Mount, ...] = field(default_factory=tuple)
     egress: EgressPolicy | None = None       # mode "internet": what it may reach (None: all)
+    # Started ahead of need (a warm pool): started and run at the lowest CPU weight, so it
+    # never slows a live request, until resize() hands it out at normal weight.
+    background: bool = False
 
 
 @dataclass(frozen=True)

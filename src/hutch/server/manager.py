@@ -361,7 +361,8 @@ class SandboxManager:
         async with live.lock:
             t1 = time.perf_counter()
             try:
-                handle = await self.runtime.create(self._spec(rec, tmpl))
+                handle = await self.runtime.create(
+                    self._spec(rec, tmpl, background=state == "pooled"))
             except BaseException as exc:
                 self._fail(live, f"runtime: {exc}")
                 await asyncio.shield(self._destroy_quietly(rec.id))
@@ -470,7 +471,7 @@ class SandboxManager:
             tmpl = await self.templates.ensure(name)
         return tmpl
 
-    def _spec(self, rec: SandboxRecord, tmpl) -> SandboxSpec:
+    def _spec(self, rec: SandboxRecord, tmpl, background: bool = False) -> SandboxSpec:
         env = tmpl.env.items() if isinstance(tmpl.env, dict) else tmpl.env
         env = [(k, v) for k, v in env if k != "PYTHONPATH"]
         env.append(("PYTHONPATH", AGENT_LIB))
@@ -487,6 +488,7 @@ class SandboxManager:
             cpu=rec.cpu, memory_mb=rec.memory_mb, pids=rec.pids, disk_mb=rec.disk_mb,
             network=rec.network,
             egress=self.egress_policy(rec.egress, rec.network),
+            background=background,
             mounts=(Mount(self._agent_lib or agent_lib.stage(self.config.data_dir),
                           f"{AGENT_LIB}/hutch", read_only=True),),
         )

@@ -130,8 +130,8 @@ class WarmPool:
         token = new_token()
         manager = self.manager
         try:
-            if (cpu, memory_mb) != (rec.cpu, rec.memory_mb):
-                await manager.runtime.resize(rec.id, cpu, memory_mb)
+            # Always: it also lifts the background CPU weight the sandbox waited at.
+            await manager.runtime.resize(rec.id, cpu, memory_mb)
             policy = manager.egress_policy(egress, rec.network)
             if policy is not None and not policy.is_open:
                 await manager.runtime.set_egress(rec.id, policy)
