@@ -24,6 +24,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from hutch.server import startup
 from hutch.server.keys import new_sandbox_id, new_token
 from hutch.server.store import SandboxRecord
 from hutch.server.upstream import CODE_INTERPRETER_PORT, DEFAULT_USER
@@ -109,6 +110,14 @@ class WarmPool:
             pids=cfg.default_pids, network=cfg.default_network, access_token=new_token(),
         )
         live = await self.manager.boot(rec, tmpl, {}, "pooled")
+        try:
+            # The first command a sandbox runs pays for its overlay's first lookups of the
+            # shell and the login scripts (inodes are per mount): paid here instead.
+            await startup.run(live.link, "/bin/bash", ["-l", "-c", "true"], user=DEFAULT_USER,
+                              token=rec.access_token)
+        except BaseException as exc:
+            await asyncio.shield(self.manager.discard(live, f"warming failed: {exc}"))
+            raise
         if live.interpreter:
             try:
                 status, body = await live.port(CODE_INTERPRETER_PORT).call(
