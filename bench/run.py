@@ -562,6 +562,12 @@ def main() -> None:
             load_rows += more
         finally:
             stop_server(proc)
+        proc, url, key = start_server({"HUTCH_POOL": f"{CODE_TEMPLATE}=2"})
+        try:
+            load_rows += load.measure_pooled_code(Bench(url, key), args.quick, pct, summary,
+                                                  CODE_TEMPLATE)
+        finally:
+            stop_server(proc)
         proc, url, key = start_server(load.capacity_env())
         try:
             load_rows += load.measure_capacity(Bench(url, key), args.quick, pct, sandbox_memory,
