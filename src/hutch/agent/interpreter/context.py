@@ -24,6 +24,18 @@ from .kernelspecs import DEFAULT_CWD, KERNELS, canonical
 START_TIMEOUT = 60.0
 
 
+class _Client(AsyncKernelClient):
+    """A kernel client that asks the kernel's process whether it lives. Without a kernel
+    manager, jupyter_client judges by heartbeats with a one-second deadline, and a kernel
+    starting on a busy host (its sandbox held to its CPU share) misses it and is declared
+    dead before it ever answered."""
+
+    process: Optional[KernelProcess] = None
+
+    async def _async_is_alive(self) -> bool:
+        return self.process is None or self.process.alive()
+
+
 class Context:
     def __init__(self, contexts: "Contexts", language: str, cwd: str, kernel: str,
                  context_id: Optional[str] = None) -> None:
@@ -63,7 +75,8 @@ class Context:
         km = self.contexts.take_prelaunched(self) or KernelProcess.from_spec(
             self.contexts.spec(self.kernel), self.contexts.kernel_env(), self.cwd,
             self.contexts.work, self.id)
-        kc = AsyncKernelClient()
+        kc = _Client()
+        kc.process = km
         kc.load_connection_info(km.info)
         kc.start_channels()
         try:
