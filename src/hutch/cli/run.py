@@ -90,7 +90,11 @@ def _discard(sbx: Optional[Sandbox]) -> None:
         return
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        sbx.kill()
+        # Through a connection of its own: the interrupt may have struck the sandbox's own
+        # client mid-request, in the middle of its connection pool's bookkeeping.
+        cfg = sbx.connection_config
+        type(sbx).kill(sandbox_id=sbx.sandbox_id, api_key=cfg.api_key, url=cfg.url,
+                       request_timeout=60)
     except errors.HutchError as exc:
         click.echo(f"hutch: could not kill sandbox {sbx.sandbox_id}: {exc}", err=True)
     finally:
