@@ -200,10 +200,16 @@ def test_run_streams_passes_the_exit_code_and_kills(hutch):
 def test_run_kills_the_sandbox_when_interrupted(hutch_server, hutch, signum):
     tag = uuid.uuid4().hex
     env = {**os.environ, "HUTCH_URL": hutch_server.url, "HUTCH_API_KEY": hutch_server.api_key}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hutch", "run", "-m", f"tag={tag}", "--",
-         "echo started; exec sleep 600"],
-        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # As from a terminal: a suite started in the background (`cmd &` without job control)
+    # runs with SIGINT ignored, and a child would inherit that and never see the interrupt.
+    saved = signal.signal(signal.SIGINT, signal.SIG_DFL)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hutch", "run", "-m", f"tag={tag}", "--",
+             "echo started; exec sleep 600"],
+            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    finally:
+        signal.signal(signal.SIGINT, saved)
     try:
         assert proc.stdout.readline() == b"started\n"  # the command runs: the sandbox exists
         assert len(_listed(hutch, tag)) == 1
