@@ -237,6 +237,17 @@ def _cpu_cgroup(sandbox_id: str) -> Path:
     raise AssertionError(f"no cpu cgroup for {sandbox_id}")
 
 
+def _niceness_of(cgroup_dir: Path) -> list[int]:
+    """The niceness of every thread in a cgroup, from the host's /proc (field 19 of stat)."""
+    out = []
+    for pid in (cgroup_dir / "cgroup.procs").read_text().split():
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+            out.append(int(stat.rsplit(")", 1)[1].split()[16]))
+    assert out, f"no process in {cgroup_dir}"
+    return out
+
+
 async def test_a_background_sandbox_waits_at_the_lowest_weight_until_resized(runtime, rootfs):
     await runtime.create(box_spec("bg1", rootfs, network="none", background=True))
     try:
@@ -244,8 +255,11 @@ async def test_a_background_sandbox_waits_at_the_lowest_weight_until_resized(run
         v2 = (cpu / "cpu.weight").exists()
         weight = cpu / ("cpu.weight" if v2 else "cpu.shares")
         assert int(weight.read_text()) == (1 if v2 else 2)
+        # its processes inherited the background niceness of the runtime that started them
+        assert set(_niceness_of(cpu)) == {19}
         await runtime.resize("bg1", 0.5, 200)
         assert int(weight.read_text()) == (100 if v2 else 1024)
+        assert set(_niceness_of(cpu)) == {0}      # every thread of every process
         stats = await runtime.stats("bg1")
         assert stats["memory_limit"] == 200 * 2**20
         quota = (cpu / "cpu.max").read_text().split()[0] if v2 else \

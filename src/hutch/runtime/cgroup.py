@@ -133,6 +133,43 @@ def set_limits(instance: str, sandbox_id: str, memory_bytes: int, cpu_quota_us: 
     _write(cpu / "cpu.shares", "1024")
 
 
+def _procs_file(instance: str, sandbox_id: str, root: Path) -> Path:
+    rel = cgroups_path(instance, sandbox_id).lstrip("/")
+    return (root / rel / "cgroup.procs") if is_v2(root) else (root / "pids" / rel / "cgroup.procs")
+
+
+def renice(instance: str, sandbox_id: str, niceness: int = 0, root: Path = ROOT,
+           proc: Path = Path("/proc")) -> int:
+    """Set the niceness of every thread in the sandbox's cgroup; returns how many changed.
+
+    A warm-pool sandbox's processes inherit the low priority its OCI runtime was started at
+    (so that refills never slow a live request); a claim gives them back the default. Only the
+    host can: lowering a niceness needs CAP_SYS_NICE, which sandboxes lack. Niceness is per
+    thread on Linux, so every task is set, and a pass is repeated while it still finds threads
+    at another value (one created by a not yet reniced thread inherits the old niceness).
+    Raises FileNotFoundError when the sandbox has no cgroup."""
+    procs = _procs_file(instance, sandbox_id, root)
+    changed = 0
+    for _ in range(4):
+        found = 0
+        for pid in procs.read_text().split():
+            try:
+                tids = os.listdir(proc / pid / "task")
+            except FileNotFoundError:
+                continue
+            for tid in tids:
+                try:
+                    if os.getpriority(os.PRIO_PROCESS, int(tid)) != niceness:
+                        os.setpriority(os.PRIO_PROCESS, int(tid), niceness)
+                        found += 1
+                except (ProcessLookupError, FileNotFoundError):
+                    continue
+        changed += found
+        if not found:
+            break
+    return changed
+
+
 def list_ids(instance: str, root: Path = ROOT) -> set[str]:
     ids: set[str] = set()
     for h in hierarchies(root):
@@ -182,7 +219,7 @@ def kill_all(instance: str, sandbox_id: str, root: Path = ROOT) -> None:
             return
         except OSError:
             pass
-    procs = (root / rel / "cgroup.procs") if is_v2(root) else (root / "pids" / rel / "cgroup.procs")
+    procs = _procs_file(instance, sandbox_id, root)
     for _ in range(3):
         try:
             pids = [int(p) for p in procs.read_text().split()]

@@ -590,12 +590,13 @@ class LocalRuntime:
             return False
 
     async def resize(self, sandbox_id: str, cpu: float, memory_mb: int) -> None:
-        """Give a running sandbox its CPU and memory limits and the normal CPU weight (a
-        warm-pool sandbox, started in the background, handed out with the size its create
-        asked for)."""
+        """Give a running sandbox its CPU and memory limits, the normal CPU weight and the
+        default niceness (a warm-pool sandbox, started in the background, handed out with the
+        size its create asked for)."""
         try:
             cgroup.set_limits(self.instance, sandbox_id, memory_mb * 1024 * 1024,
                               bundle.cpu_quota(cpu), bundle.CPU_PERIOD_US)
+            cgroup.renice(self.instance, sandbox_id)
         except FileNotFoundError:
             raise SandboxNotFoundError(f"sandbox {sandbox_id} is not running") from None
         except OSError as exc:
