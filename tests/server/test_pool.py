@@ -85,6 +85,8 @@ def test_warm_pool_hands_out_ready_sandboxes(pooled_server):
             assert sbx["sandboxID"] == pooled[0]
             assert sbx["envdAccessToken"] != old_token
             assert _run(server, sbx, "echo $A; whoami") == ("pool\nuser\n", 0)
+            # it waited at the lowest priority; what it runs once handed out does not
+            assert _run(server, sbx, "nice") == ("0\n", 0)
             stale = dict(sbx, envdAccessToken=old_token)
             assert _agent(server, stale, "/envs").status_code == 401
             d = api.get(f"/sandboxes/{sbx['sandboxID']}").json()
