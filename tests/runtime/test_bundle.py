@@ -89,6 +89,14 @@ def test_render_splices_the_profile_once():
     assert seccomp.profile_json() is seccomp.profile_json()  # serialized once per process
 
 
+def test_only_a_self_confining_process_gets_sys_admin_and_only_in_its_bounding_set():
+    plain = bundle.process(SPEC, 1024)["capabilities"]
+    assert all("CAP_SYS_ADMIN" not in caps for caps in plain.values())
+    confining = bundle.process(dataclasses.replace(SPEC, landlock=True), 1024)["capabilities"]
+    assert confining["bounding"] == plain["bounding"] + ["CAP_SYS_ADMIN"]
+    assert confining["effective"] == plain["effective"] == confining["permitted"]
+
+
 def test_denied_syscalls_are_never_allowed():
     prof = seccomp.profile()
     allowed = {n for r in prof["syscalls"] if r["action"] == "SCMP_ACT_ALLOW" for n in r["names"]}

@@ -59,10 +59,11 @@ INSIDE = {
     "uid_map": UID_MAP, "status": INSIDE_STATUS, "mounts": MOUNTS,
     "masked": {"/proc/kcore": {"errno": 2}, "/proc/keys": 0, "/proc/timer_list": 0},
     "proc_sys_rdonly": True, "proc_sys_write": errno.EACCES, "root_bytes": 2107482112,
-    "keyctl": errno.EPERM, "unshare": errno.EPERM,
+    "keyctl": errno.EPERM, "unshare": errno.EPERM, "leaked_fd": {"errno": errno.EACCES},
 }
 HOST = {"status": INIT_STATUS, "uid_map": UID_MAP, "user_ns": "user:[4026532256]",
-        "host_ns": "user:[4026531837]", "memory.max": "1073741824\n", "pids.max": "1024\n"}
+        "host_ns": "user:[4026531837]", "memory.max": "1073741824\n", "pids.max": "1024\n",
+        "landlock_abi": 7}
 
 
 def _judge(inside=None, host=None, **kw):
@@ -129,6 +130,33 @@ def test_extra_capabilities_are_named():
     # fewer than configured is fine (a process that dropped some)
     fewer = INSIDE_STATUS.replace("CapEff:\t00000000a80425fb", "CapEff:\t0000000000000000")
     assert _judge(inside={"status": fewer})["capabilities"].ok
+
+
+def test_the_init_may_keep_the_capability_the_agent_confines_itself_with():
+    admin = INIT_STATUS.replace("CapBnd:\t00000000a80425fb", "CapBnd:\t00000000a82425fb")
+    assert not _judge(host={"status": admin})["capabilities"].ok
+    assert _judge(host={"status": admin},
+                  init_extra_caps=[bundle.LANDLOCK_CAPABILITY])["capabilities"].ok
+    # ... but a process inside never: not in effect, not in its bounding set either
+    inside = INSIDE_STATUS.replace("CapBnd:\t00000000a80425fb", "CapBnd:\t00000000a82425fb")
+    c = _judge(inside={"status": inside}, host={"status": admin},
+               init_extra_caps=[bundle.LANDLOCK_CAPABILITY])["capabilities"]
+    assert not c.ok and c.detail.endswith("CAP_SYS_ADMIN")
+
+
+def test_a_leaked_host_fd_must_lead_nowhere():
+    assert _judge()["landlock"].detail.startswith("ABI 7")
+    c = _judge(inside={"leaked_fd": {"entries": 26}})["landlock"]
+    assert not c.ok and "26 entries" in c.detail
+    c = _judge(inside={"leaked_fd": {"errno": errno.EPERM}})["landlock"]
+    assert not c.ok and "not by Landlock: EPERM" in c.detail
+    c = _judge(inside={"leaked_fd": {"error": "timed out"}})["landlock"]
+    assert not c.ok and "did not run" in c.detail
+    c = _judge(inside={"leaked_fd": None})["landlock"]
+    assert not c.ok
+    # a kernel without Landlock: the layer is off, which is said, not failed
+    c = _judge(inside={"leaked_fd": {"entries": 26}}, host={"landlock_abi": 0})["landlock"]
+    assert c.ok and "no Landlock" in c.detail
 
 
 def test_seccomp_off_fails_where_seen():

@@ -145,9 +145,18 @@ def rlimits(nofile: int) -> list[dict]:
     ]
 
 
-def capabilities() -> dict:
+#: Only in the bounding set, and only for a process that confines itself with Landlock as it
+#: starts (SandboxSpec.landlock): restricting oneself takes CAP_SYS_ADMIN when no_new_privs is
+#: off, and the agent drops it from every set right after (agent/landlock.py). Root inside
+#: gets the bounding set on exec, so the init holds it too; no sandbox process can reach the
+#: init (ptrace needs its capabilities, and Landlock scopes ptrace and signals to the domain).
+LANDLOCK_CAPABILITY = "CAP_SYS_ADMIN"
+
+
+def capabilities(landlock: bool = False) -> dict:
     caps = list(CAPABILITIES)
-    return {"bounding": caps, "effective": list(caps), "permitted": list(caps)}
+    bounding = caps + [LANDLOCK_CAPABILITY] if landlock else list(caps)
+    return {"bounding": bounding, "effective": list(caps), "permitted": list(caps)}
 
 
 def process(spec: SandboxSpec, nofile: int) -> dict:
@@ -159,7 +168,7 @@ def process(spec: SandboxSpec, nofile: int) -> dict:
         "args": [INIT_PATH, "-g", "--", *spec.args],
         "env": [f"{k}={v}" for k, v in spec.env],
         "cwd": spec.cwd,
-        "capabilities": capabilities(),
+        "capabilities": capabilities(spec.landlock),
         "rlimits": rlimits(nofile),
         "noNewPrivileges": False,
         "oomScoreAdj": OOM_SCORE_ADJ,

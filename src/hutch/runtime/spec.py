@@ -40,6 +40,9 @@ class SandboxSpec:
     # Started ahead of need (a warm pool): started and run at the lowest CPU weight, so it
     # never slows a live request, until resize() hands it out at normal weight.
     background: bool = False
+    # The process confines itself with Landlock as it starts (the agent's --landlock): it gets
+    # CAP_SYS_ADMIN in the bounding set for that one step and must drop it (agent/landlock.py).
+    landlock: bool = False
 
 
 @dataclass(frozen=True)

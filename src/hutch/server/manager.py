@@ -475,8 +475,9 @@ class SandboxManager:
         env = tmpl.env.items() if isinstance(tmpl.env, dict) else tmpl.env
         env = [(k, v) for k, v in env if k != "PYTHONPATH"]
         env.append(("PYTHONPATH", AGENT_LIB))
-        # -S: the agent uses the standard library only, so site's path set-up is skipped
-        args = ("python3", "-S", "-m", "hutch.agent", "--socket", AGENT_SOCKET)
+        # -S: the agent uses the standard library only, so site's path set-up is skipped.
+        # --landlock: it confines itself (and all it starts) to the sandbox's root first.
+        args = ("python3", "-S", "-m", "hutch.agent", "--socket", AGENT_SOCKET, "--landlock")
         if CODE_INTERPRETER in getattr(tmpl, "services", ()):
             args += ("--interpreter", INTERPRETER_SOCKET)
         return SandboxSpec(
@@ -489,6 +490,7 @@ class SandboxManager:
             network=rec.network,
             egress=self.egress_policy(rec.egress, rec.network),
             background=background,
+            landlock=True,
             mounts=(Mount(self._agent_lib or agent_lib.stage(self.config.data_dir),
                           f"{AGENT_LIB}/hutch", read_only=True),),
         )

@@ -32,7 +32,7 @@ from typing import Any, Iterable
 #: the ``Hutch-Degraded`` header and /health's ``degraded`` list use.
 NAMES: tuple[str, ...] = (
     "probe_sandbox", "uid_map", "host_uid", "user_namespace", "capabilities", "seccomp_mode",
-    "seccomp_denies", "no_new_privs", "masked_proc", "readonly_proc_sys", "memory_limit",
+    "seccomp_denies", "no_new_privs", "landlock", "masked_proc", "readonly_proc_sys", "memory_limit",
     "pids_limit", "disk_quota", "firewall_table",
 )
 
@@ -102,8 +102,28 @@ keyctl = int(sys.argv[1])
 out["keyctl"] = errno_of(libc.syscall(ctypes.c_long(keyctl), ctypes.c_long(0),
                                       ctypes.c_long(-1), ctypes.c_long(0))) if keyctl else None
 out["unshare"] = errno_of(libc.unshare(0x10000000))
+if len(sys.argv) > 3:
+    # The host hands in an fd of its own root directory, as a leaking runtime would: opening
+    # anything through it must fail.
+    import socket
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(sys.argv[3])
+    server.listen(1)
+    server.settimeout(10)
+    try:
+        conn = server.accept()[0]
+        fds = socket.recv_fds(conn, 16, 1)[1]
+        try:
+            d = os.open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fds[0])
+            out["leaked_fd"] = {"entries": len(os.listdir(d))}
+        except OSError as e:
+            out["leaked_fd"] = {"errno": e.errno}
+    except OSError as e:
+        out["leaked_fd"] = {"error": str(e)}
 print(json.dumps(out))
 """
+#: Where the script above waits for the host's file descriptor (inside the sandbox).
+LEAK_SOCKET = "/tmp/.hutch-selftest.sock"
 
 
 # -- parsing (pure) ---------------------------------------------------------------------------
@@ -208,15 +228,18 @@ def judge_user_namespace(sandbox_ns: str, host_ns: str) -> Check:
 
 
 def judge_capabilities(inside: dict[str, str], init: dict[str, str],
-                       expected: Iterable[str]) -> Check:
-    """Root inside holds at most the configured set (effective and bounding)."""
+                       expected: Iterable[str], init_extra: Iterable[str] = ()) -> Check:
+    """Root inside holds at most the configured set (effective and bounding). The init may
+    hold ``init_extra`` in its bounding set besides: the capability the agent confines itself
+    with, which every process it starts has lost (a process inside is what is judged)."""
     allowed = cap_mask(expected)
     try:
         eff = int(inside["CapEff"], 16)
+        bnd_in = int(inside["CapBnd"], 16)
         bnd = int(init["CapBnd"], 16)
     except (KeyError, ValueError):
         return Check("capabilities", False, "no CapEff/CapBnd in /proc status")
-    extra = (eff | bnd) & ~allowed
+    extra = ((eff | bnd_in) & ~allowed) | (bnd & ~(allowed | cap_mask(init_extra)))
     if extra:
         return Check("capabilities", False, "capabilities beyond the configured set: "
                      + ", ".join(cap_names(extra)))
@@ -258,6 +281,23 @@ def judge_no_new_privs(inside: dict[str, str], expected: bool) -> Check:
     return Check("no_new_privs", True, f"NoNewPrivs: {got}, as the bundle asks"
                  + ("" if expected else " (off so that sudo works; seccomp and the user "
                                         "namespace bound what setuid programs gain)"))
+
+
+def judge_landlock(result: Any, host_abi: int) -> Check:
+    """A host directory's fd passed in (``result``: what opening through it gave inside) must
+    lead nowhere where the kernel has Landlock (``host_abi`` > 0)."""
+    if not host_abi:
+        return Check("landlock", True, "this kernel has no Landlock: the layer is off "
+                                       "(a leaked host fd would rely on the other layers)")
+    if not isinstance(result, dict) or "errno" not in result and "entries" not in result:
+        return Check("landlock", False, f"the leaked-fd probe did not run: {result!r}")
+    if "entries" in result:
+        return Check("landlock", False, "a host directory's fd passed into the sandbox could "
+                     f"be opened ({result['entries']} entries listed): Landlock is not in force")
+    if result["errno"] != errno.EACCES:
+        return Check("landlock", False, "opening through a leaked host fd failed, but not by "
+                     f"Landlock: {errno.errorcode.get(result['errno'], result['errno'])}")
+    return Check("landlock", True, f"ABI {host_abi}: a leaked host fd leads nowhere (EACCES)")
 
 
 def judge_masked(results: dict[str, Any]) -> Check:
@@ -340,9 +380,11 @@ def failed(checks: Iterable[Check]) -> list[str]:
 
 
 def judge(inside: dict[str, Any], host: dict[str, Any], *, expected_caps: Iterable[str],
-          no_new_privs: bool, memory_bytes: int, pids: int, disk_mb: int) -> list[Check]:
+          no_new_privs: bool, memory_bytes: int, pids: int, disk_mb: int,
+          init_extra_caps: Iterable[str] = ()) -> list[Check]:
     """Every sandbox check from the facts gathered inside (the script's JSON) and on the
-    host (``status``, ``uid_map``, ``user_ns``, ``host_ns``, ``memory.max``, ``pids.max``)."""
+    host (``status``, ``uid_map``, ``user_ns``, ``host_ns``, ``memory.max``, ``pids.max``,
+    ``landlock_abi``)."""
     def text(key: str) -> str:
         # a file the script could not read comes back as {"errno": n}: judged as empty
         value = inside.get(key)
@@ -354,10 +396,11 @@ def judge(inside: dict[str, Any], host: dict[str, Any], *, expected_caps: Iterab
         judge_uid_map(text("uid_map"), host.get("uid_map", "")),
         judge_host_uid(init_status),
         judge_user_namespace(host.get("user_ns", ""), host.get("host_ns", "")),
-        judge_capabilities(in_status, init_status, expected_caps),
+        judge_capabilities(in_status, init_status, expected_caps, init_extra_caps),
         judge_seccomp_mode(in_status, init_status),
         judge_seccomp_denies(inside),
         judge_no_new_privs(in_status, no_new_privs),
+        judge_landlock(inside.get("leaked_fd"), int(host.get("landlock_abi") or 0)),
         judge_masked(inside.get("masked") or {}),
         judge_readonly_proc_sys(inside.get("proc_sys_rdonly"), inside.get("proc_sys_write")),
         judge_limit("memory_limit", host.get("memory.max"), memory_bytes, " bytes"),
@@ -407,6 +450,47 @@ async def firewall_check(instance: str) -> Check:
     return judge_firewall(proc.returncode or 0, out.decode(errors="replace"), instance)
 
 
+def offer_host_fd(socket_path: Path, timeout: float = 10.0, directory: str = "/") -> None:
+    """Pass an fd of a host ``directory`` (O_PATH) to whoever listens on ``socket_path`` (a
+    sandbox's socket, seen through its root filesystem on the host), as a runtime that leaks
+    one would. Waits up to ``timeout`` for the socket to appear.
+
+    The socket is reached through an fd of its directory (``/proc/self/fd/N/name``): a data
+    dir's path can be longer than a unix socket address holds. The directory is opened without
+    following a link and the socket must be a socket, not a link: the host follows no path the
+    sandbox could have pointed elsewhere."""
+    import socket
+    import stat
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            parent = os.open(socket_path.parent, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW
+                             | os.O_CLOEXEC)
+        except FileNotFoundError:
+            parent = None
+        if parent is not None:
+            try:
+                if stat.S_ISSOCK(os.stat(socket_path.name, dir_fd=parent,
+                                         follow_symlinks=False).st_mode):
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(parent)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{socket_path} did not appear")
+        time.sleep(0.01)
+    fd = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        with socket.socket(socket.AF_UNIX) as conn:
+            conn.settimeout(timeout)
+            conn.connect(f"/proc/self/fd/{parent}/{socket_path.name}")
+            socket.send_fds(conn, [b"fd"], [fd])
+    finally:
+        os.close(fd)
+        os.close(parent)
+
+
 async def run_inside(link, script: str, args: list[str], timeout: float = 15.0) -> str:
     """Run ``python3 -c script args...`` as root through the agent's process service and
     return its stdout."""
@@ -425,6 +509,8 @@ async def probe(runtime, spec, *, no_new_privs: bool, expected_caps: Iterable[st
     """Start the probe sandbox ``spec`` through ``runtime``, judge it, destroy it.
 
     Returns the checks and a timing breakdown (seconds)."""
+    from hutch.agent import landlock
+    from hutch.runtime import bundle
     from hutch.server.upstream import DEFAULT_USER, AgentLink
 
     timing: dict[str, float] = {}
@@ -440,15 +526,25 @@ async def probe(runtime, spec, *, no_new_privs: bool, expected_caps: Iterable[st
         t = time.perf_counter()
         pid = int((runtime.sandboxes_dir / spec.id / "init.pid").read_text())
         keyctl = KEYCTL_NR.get(platform.machine(), 0)
-        host, text = await asyncio.gather(
+        leak = runtime.sandboxes_dir / spec.id / "rootfs" / LEAK_SOCKET.lstrip("/")
+        host, text, offered = await asyncio.gather(
             asyncio.to_thread(host_view, pid),
-            run_inside(link, INSIDE_SCRIPT, [str(keyctl), json.dumps(MASKED_PROBES)]))
+            run_inside(link, INSIDE_SCRIPT, [str(keyctl), json.dumps(MASKED_PROBES),
+                                             LEAK_SOCKET]),
+            asyncio.to_thread(offer_host_fd, leak), return_exceptions=True)
+        for result in (host, text):
+            if isinstance(result, BaseException):
+                raise result
         inside = json.loads(text)
+        if isinstance(offered, BaseException):
+            inside["leaked_fd"] = {"error": f"the host could not pass its fd: {offered}"}
+        host["landlock_abi"] = landlock.abi()
         timing["checks"] = time.perf_counter() - t
         checks = [Check("probe_sandbox", True, f"{spec.id} started and answered")]
         checks += judge(inside, host, expected_caps=expected_caps, no_new_privs=no_new_privs,
                         memory_bytes=spec.memory_mb << 20, pids=spec.pids,
-                        disk_mb=spec.disk_mb)
+                        disk_mb=spec.disk_mb,
+                        init_extra_caps=[bundle.LANDLOCK_CAPABILITY] if spec.landlock else [])
         return checks, timing
     except Exception as exc:   # noqa: BLE001 - any failure is the probe's verdict
         return [Check("probe_sandbox", False, f"the probe sandbox did not run: {exc}")], timing
