@@ -28,9 +28,8 @@ MEM_FLOOR_MIB = 2048
 
 
 def pool_env(size: int = POOL_SIZE) -> dict[str, str]:
-    """The server's settings for a base pool of `size` (both spellings: `HUTCH_POOL` is the
-    per-template setting; older servers read only `HUTCH_POOL_SIZE`)."""
-    return {"HUTCH_POOL": f"base={size}", "HUTCH_POOL_SIZE": str(size)}
+    """The server's settings for a base pool of `size`."""
+    return {"HUTCH_POOL": f"base={size}"}
 
 
 def capacity_env() -> dict[str, str]:
@@ -77,17 +76,18 @@ def pool_stats(b, template: str = "base") -> dict | None:
     return None
 
 
-def wait_pool(b, size: int, timeout: float = 300) -> int | None:
-    """Wait until the pool holds `size` ready sandboxes; how many it holds at the end (None if
-    the server does not say: then a generous guess of the fill time is waited out)."""
+def wait_pool(b, size: int, timeout: float = 300, template: str = "base") -> int | None:
+    """Wait until the pool of `template` holds `size` ready sandboxes; how many it holds at
+    the end (None if the server does not say: then a generous guess of the fill time is
+    waited out)."""
     deadline = time.monotonic() + timeout
-    stats = pool_stats(b)
+    stats = pool_stats(b, template)
     if stats is None:
         time.sleep(min(timeout, size * 0.5))
         return None
     while stats is not None and stats["ready"] < size and time.monotonic() < deadline:
         time.sleep(0.25)
-        stats = pool_stats(b)
+        stats = pool_stats(b, template)
     time.sleep(1.0)   # let the last start's after-effects (page cache, GC) settle
     return stats["ready"] if stats else None
 
@@ -492,8 +492,8 @@ def measure_pooled_code(b, quick: bool, pct, summary, code_template: str) -> lis
     n = 3 if quick else 10
     first, creates, runs = [], [], []
     for _ in range(n):
-        wait_pool_of(b, code_template, 2)
-        time.sleep(0.5)                   # the refill's last steps settle
+        if (wait_pool(b, 2, 600, code_template) or 0) < 2:
+            raise RuntimeError(f"the {code_template} pool did not fill in 600 s")
         t0 = time.perf_counter()
         r = b.api.post("/sandboxes", json={"templateID": code_template})
         r.raise_for_status()
@@ -512,14 +512,6 @@ def measure_pooled_code(b, quick: bool, pct, summary, code_template: str) -> lis
              "≤ 50 ms from the pool"),
             ("… the create alone / the first `run_code` alone",
              f"p50 {pct(creates, 50):.1f} ms / p50 {pct(runs, 50):.1f} ms", "–")]
-
-
-def wait_pool_of(b, template: str, size: int, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while (pool_stats(b, template) or {}).get("ready", 0) < size:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the {template} pool did not fill in {timeout:.0f} s")
-        time.sleep(0.1)
 
 
 def measure_capacity(b, quick: bool, pct, memory: Callable, code_template: str) -> list:
@@ -552,13 +544,8 @@ def measure_capacity(b, quick: bool, pct, memory: Callable, code_template: str) 
     return rows
 
 
-def main() -> None:
-    sys.argv.insert(1, "--sections=load")
-    import run as suite
-
-    suite.main()
-
-
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    main()
+    import run
+
+    run.main_for("load")

@@ -383,13 +383,8 @@ def measure(data_dir: Path, rootfs: Path, hutch: dict[str, list[float] | None], 
     return start_rows, code_rows
 
 
-def main() -> None:
-    sys.argv.insert(1, "--sections=peers")
-    import run as suite
-
-    suite.main()
-
-
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    main()
+    import run
+
+    run.main_for("peers")

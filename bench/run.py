@@ -464,6 +464,12 @@ def merge(path: Path, blocks: list[tuple[str, list[str]]]) -> str:
     return "\n".join(line for _, lines in out for line in lines).rstrip("\n") + "\n"
 
 
+def main_for(section: str) -> None:
+    """A section's module run as a script: the suite with only that section."""
+    sys.argv.insert(1, f"--sections={section}")
+    main()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run)")
