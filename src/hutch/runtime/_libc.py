@@ -51,3 +51,10 @@ def setns(fd: int, nstype: int) -> None:
 
 def unshare(flags: int) -> None:
     _check(_libc.unshare(flags), "unshare")
+
+
+def landlock_abi() -> int:
+    """The kernel's Landlock ABI version; 0 where it has none (not built in, or disabled).
+    landlock_create_ruleset's number is the same on every architecture."""
+    version = _libc.syscall(ctypes.c_long(444), None, ctypes.c_size_t(0), ctypes.c_uint32(1))
+    return max(version, 0)

@@ -26,7 +26,7 @@ from typing import Callable
 from hutch.errors import AlreadyExistsError, InvalidArgumentError, RuntimeError_
 from hutch.errors import SandboxNotFoundError
 from hutch.runtime import (
-    bundle, cgroup, conntrack, disk, egress, firewall, kernel_limits, network, nflog, oci,
+    _libc, bundle, cgroup, conntrack, disk, egress, firewall, kernel_limits, network, nflog, oci,
 )
 from hutch.runtime.dns import DnsForwarder, host_resolvers
 from hutch.runtime.egress_proxy import EgressProxy
@@ -588,6 +588,12 @@ class LocalRuntime:
                 return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
         except (OSError, ValueError, IndexError):
             return False
+
+    @property
+    def landlock_abi(self) -> int:
+        """The host kernel's Landlock ABI (0: none): whether the agents' confinement of
+        sandboxes to their own root (SandboxSpec.landlock) is in force here."""
+        return _libc.landlock_abi()
 
     async def resize(self, sandbox_id: str, cpu: float, memory_mb: int) -> None:
         """Give a running sandbox its CPU and memory limits, the normal CPU weight and the
