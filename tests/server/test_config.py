@@ -42,6 +42,7 @@ def test_environment_and_overrides():
     ("HUTCH_SUBNET", "10.0.0.0/30"), ("HUTCH_TRUST_HOST_CAS", "maybe"),
     ("HUTCH_DEFAULT_TIMEOUT", "-5"), ("HUTCH_DEFAULT_CPU", "0"),
     ("HUTCH_DEFAULT_NETWORK", "all"), ("HUTCH_LOG_LEVEL", "loud"),
+    ("HUTCH_EVENT_LOOP", "trio"),
 ])
 def test_bad_values_name_the_setting(var, value):
     with pytest.raises(ConfigError) as err:

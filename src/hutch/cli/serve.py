@@ -59,12 +59,22 @@ def serve(host, port, data_dir):
                    f"E2B_API_KEY=$(cat {cfg.admin_key_path})")
 
     try:
-        asyncio.run(run(cfg, progress=progress, on_ready=ready))
+        with asyncio.Runner(loop_factory=_loop_factory(cfg.event_loop)) as runner:
+            runner.run(run(cfg, progress=progress, on_ready=ready))
     except (KeyboardInterrupt, asyncio.CancelledError):
         pass
     except HutchError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo("hutch stopped (sandboxes keep running)")
+
+
+def _loop_factory(name: str):
+    """The event loop HUTCH_EVENT_LOOP names (None: the standard library's)."""
+    if name == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return None
 
 
 @click.command()
