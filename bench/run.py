@@ -357,6 +357,55 @@ def measure_kill(b: Bench, n: int) -> list[float]:
     return times
 
 
+def process_cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU seconds of a process itself, and of the children it has reaped (with theirs)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
+
+
+def sandbox_cpu_seconds(sandbox_id: str) -> float:
+    """CPU seconds the sandbox's cgroup has used (every process in it, since it was made)."""
+    for path, scale in ((f"/sys/fs/cgroup/cpu,cpuacct/{INSTANCE}/{sandbox_id}/cpuacct.usage", 1e-9),
+                        (f"/sys/fs/cgroup/cpuacct/{INSTANCE}/{sandbox_id}/cpuacct.usage", 1e-9)):
+        if os.path.exists(path):
+            return int(Path(path).read_text()) * scale
+    for line in Path(f"/sys/fs/cgroup/{INSTANCE}/{sandbox_id}/cpu.stat").read_text().splitlines():
+        if line.startswith("usage_usec "):
+            return int(line.split()[1]) * 1e-6
+    raise RuntimeError(f"no cpu accounting for {sandbox_id}")
+
+
+def measure_cold_cpu(b: Bench, server_pid: int, n: int) -> dict[str, float]:
+    """Where the host's CPU goes over one cold create → first output → kill (until every
+    kernel object is gone), in ms per sandbox: the server itself, the processes it starts
+    (the OCI runtime's own process, nsenter/sysctl, nft), the sandbox's cgroup (the init, the
+    agent's start, the command) and the rest of the host (kernel threads doing namespace,
+    mount and network teardown, and whatever else runs on the machine)."""
+    sums = dict.fromkeys(("server", "its child processes", "inside the sandbox",
+                          "the rest of the host", "total"), 0.0)
+    for _ in range(n):
+        time.sleep(0.5)
+        busy0, (self0, kids0) = load.cpu_busy_seconds(), process_cpu_seconds(server_pid)
+        sbx = b.create()
+        b.run(sbx, "true", first_output=True)
+        inside = sandbox_cpu_seconds(sbx["sandboxID"])
+        b.kill(sbx)
+        deadline = time.perf_counter() + 5
+        while host_objects(sbx["sandboxID"]) and time.perf_counter() < deadline:
+            time.sleep(0.001)
+        time.sleep(0.2)                  # deferred kernel work (namespace cleanup) runs now
+        busy1, (self1, kids1) = load.cpu_busy_seconds(), process_cpu_seconds(server_pid)
+        total = busy1 - busy0
+        parts = {"server": self1 - self0, "its child processes": kids1 - kids0,
+                 "inside the sandbox": inside}
+        parts["the rest of the host"] = max(0.0, total - sum(parts.values()))
+        parts["total"] = total
+        for k, v in parts.items():
+            sums[k] += v * 1000 / n
+    return sums
+
+
 def measure_fork_exec(n: int) -> list[float]:
     times = []
     for _ in range(n):
@@ -515,6 +564,9 @@ def main() -> None:
                          "≤ 10 MiB"))
             kills = measure_kill(b, max(5, n // 2))
             rows.append(("kill → all kernel objects gone", summary(kills), "≤ 50 ms"))
+            cpu = measure_cold_cpu(b, proc.pid, max(5, n // 2))
+            rows.append(("host CPU of one cold create → first output → kill, by where it went",
+                         ", ".join(f"{k} {v:.0f} ms" for k, v in cpu.items()), "–"))
 
         if "network" in chosen:
             nets = measure_network_creates(b, max(5, n // 2))
