@@ -123,9 +123,16 @@ async def test_a_dockerfile_builds_and_its_sandboxes_see_it(custom, runtime, con
     assert [e["cached"] for e in events if e["type"] == "step"] == [True, True, True]
     (context / "app" / "main.py").write_text("print('changed')\n")
     events.clear()
+    previous = set(custom.record("owner1", "webapp")["layers"])
+    custom.collect_age = 0          # (a running build's layers are younger than the default)
     tmpl = await custom.build("owner1", "webapp", definition, context, events.append)
+    custom.collect_age = 3600
     assert [e["cached"] for e in events if e["type"] == "step"] == [True, False, False]
     assert "changed" in await in_sandbox(runtime, tmpl, "cat /opt/app/main.py")
+    # The rebuild collected the two layers of the previous build that nothing lists now.
+    replaced = previous - set(custom.record("owner1", "webapp")["layers"])
+    assert len(replaced) == 2
+    assert not any((custom.root / "layers" / key).exists() for key in replaced)
 
     # A template on top of another of the same owner's.
     child = dockerfile.parse("FROM webapp\nUSER root\nRUN echo child > /opt/app/child.txt\n")

@@ -48,6 +48,12 @@ GENERATED = ("etc/hostname", "etc/hosts", "etc/resolv.conf")
 Event = Callable[[dict], Any]
 
 
+#: Seconds an unlisted layer is kept before collection (a build in progress records its
+#: template only after its last layer, and a failed build's finished steps stay cached for a
+#: retry meanwhile).
+COLLECT_AGE = 3600.0
+
+
 class CustomTemplates:
     """``store`` holds the built-in templates (the bases), ``runtime`` runs build sandboxes.
     Build sandboxes get ``cpu`` cores, ``memory_mb`` and a writable layer of ``disk_mb``."""
@@ -60,6 +66,8 @@ class CustomTemplates:
         self.images = images
         self.cpu, self.memory_mb, self.disk_mb = cpu, memory_mb, disk_mb
         self.root = Path(root) if root is not None else store.root / "custom"
+        # Unlisted layers younger than this are kept: they may be an unfinished build's.
+        self.collect_age = COLLECT_AGE
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -210,6 +218,9 @@ class CustomTemplates:
         tmpl = self.get(owner, name)
         assert tmpl is not None
         on_event({"type": "done", "template": name, "layers": total})
+        # A rebuild that changed a step leaves the layers of the template's previous build
+        # unlisted: collected now rather than only when some template is removed.
+        await self.collect()
         return tmpl
 
     @staticmethod
@@ -391,10 +402,11 @@ class CustomTemplates:
         self._record_path(owner, name).unlink()
         await self.collect()
 
-    async def collect(self, min_age: float = 3600.0) -> list[str]:
-        """Remove layers no template lists and older than ``min_age`` seconds (a build in
-        progress records its template only after its last layer: younger layers may be its).
-        Returns the keys removed."""
+    async def collect(self, min_age: Optional[float] = None) -> list[str]:
+        """Remove layers no template lists and older than ``min_age`` seconds (default
+        ``collect_age``: a build in progress records its template only after its last layer,
+        so younger layers may be its). Returns the keys removed."""
+        min_age = self.collect_age if min_age is None else min_age
         used = set()
         for path in (self.root / "templates").glob("*/*.json"):
             try:
