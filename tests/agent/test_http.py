@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 
 from .conftest import AgentProcess
@@ -103,11 +104,13 @@ def test_a_request_right_behind_a_streamed_answer_keeps_its_first_byte(agent, tm
     """A client reusing its connection the instant a streamed download ends must be
     understood. The agent's disconnect watch may read the next request's first byte in the
     same turn as the stream ends (that byte must start the next request); the timing is the
-    kernel's, so this loop makes the window likely rather than certain."""
+    kernel's, so this loop makes the window likely rather than certain. (A gzip download is
+    streamed chunk by chunk; a plain one is sent from the file, see the next test.)"""
     big = tmp_path / "big"
     big.write_bytes(b"x" * (1 << 20))
     host, port = agent.url.rsplit("/", 1)[-1].split(":")
-    download = (f"GET /files?path={big}&username=root HTTP/1.1\r\nHost: a\r\n\r\n").encode()
+    download = (f"GET /files?path={big}&username=root HTTP/1.1\r\nHost: a\r\n"
+                f"Accept-Encoding: gzip\r\n\r\n").encode()
     health = b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n"
     with socket.create_connection((host, int(port))) as s:
         for _ in range(100):
@@ -121,3 +124,34 @@ def test_a_request_right_behind_a_streamed_answer_keeps_its_first_byte(agent, tm
             s.sendall(health)
             answer = s.recv(4096)
             assert answer.startswith(b"HTTP/1.1 204"), answer[:200]
+
+
+def test_a_file_download_has_its_length_and_the_connection_goes_on(agent, tmp_path):
+    """A plain download of a regular file comes with Content-Length and exactly that many
+    bytes (sent from the file by the kernel), and a request pipelined right behind it is
+    answered on the same connection."""
+    data = os.urandom(3 * (1 << 20) + 12345)
+    big = tmp_path / "big"
+    big.write_bytes(data)
+    download = f"GET /files?path={big}&username=root HTTP/1.1\r\nHost: a\r\n\r\n".encode()
+    with _connect(agent) as s:
+        f = s.makefile("rb")
+        for _ in range(3):
+            s.sendall(download + b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n")
+            status, headers, body = _read_response(f)
+            assert status == 200 and "transfer-encoding" not in headers
+            assert int(headers["content-length"]) == len(data) and body == data
+            assert _read_response(f)[0] == 204
+
+
+def test_a_client_leaving_mid_download_leaves_the_agent_serving(agent, tmp_path):
+    big = tmp_path / "big"
+    big.write_bytes(os.urandom(32 << 20))
+    for _ in range(3):
+        with _connect(agent) as s:
+            s.sendall(f"GET /files?path={big}&username=root HTTP/1.1\r\nHost: a\r\n\r\n".encode())
+            assert s.recv(65536).startswith(b"HTTP/1.1 200")
+    with _connect(agent) as s:
+        f = s.makefile("rb")
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert _read_response(f)[0] == 204

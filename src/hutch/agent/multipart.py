@@ -1,12 +1,13 @@
 """A streaming multipart/form-data reader: parts arrive as (headers, async chunks) in order.
 
 Uploads can be large, so the parser never holds a whole part: it scans for the boundary
-across chunk edges and hands body bytes on as soon as they cannot be part of a boundary.
+across chunk edges and hands body bytes on as soon as they cannot be part of a boundary
+(as bytes-like pieces: views of what was read, where they can be).
 """
 
 from __future__ import annotations
 
-from typing import AsyncIterator, Dict, Optional, Tuple
+from typing import AsyncIterator, Dict, Tuple, Union
 
 from .http import BadRequest, Body
 
@@ -31,6 +32,14 @@ def disposition(headers: Dict[str, str]) -> Dict[str, str]:
     return out
 
 
+def _take(buf: bytearray, n: int) -> bytes:
+    """The first ``n`` bytes of ``buf``, removed from it (one copy)."""
+    with memoryview(buf) as view:
+        out = bytes(view[:n])
+    del buf[:n]
+    return out
+
+
 class MultipartReader:
     def __init__(self, body: Body, boundary: str) -> None:
         self._body = body
@@ -45,7 +54,7 @@ class MultipartReader:
             self._eof = True
         self._buf += data
 
-    async def parts(self) -> AsyncIterator[Tuple[Dict[str, str], AsyncIterator[bytes]]]:
+    async def parts(self) -> AsyncIterator[Tuple[Dict[str, str], AsyncIterator[Union[bytes, memoryview]]]]:
         # Skip the preamble up to the first delimiter.
         while True:
             at = self._buf.find(self._delim)
@@ -85,25 +94,62 @@ class MultipartReader:
                 headers[name.strip().lower()] = value.strip()
         return headers
 
-    async def _part_body(self) -> AsyncIterator[bytes]:
-        keep = len(self._delim)
-        done: Optional[bool] = False
-        while not done:
-            at = self._buf.find(self._delim)
+    async def _part_body(self) -> AsyncIterator[Union[bytes, memoryview]]:
+        """The part's body, as bytes-like pieces, up to the next delimiter.
+
+        A new read is searched where it lies (bytes.find runs at memory speed) and handed on
+        as views of itself, never appended to a buffer first: only the few bytes at its end
+        that could begin a delimiter are held back, and a delimiter straddling two reads is
+        found by searching just the seam between them."""
+        delim = self._delim
+        keep = len(delim)
+        buf = self._buf
+        at = buf.find(delim)
+        if at >= 0:
+            if at:
+                yield _take(buf, at)
+            del buf[:keep]
+            return
+        while True:
+            # Invariant: buf holds no whole delimiter, so all but its last keep - 1 bytes
+            # are body.
+            if len(buf) >= keep:
+                yield _take(buf, len(buf) - (keep - 1))
+            data = await self._body.read()
+            if not data:
+                self._eof = True
+                raise BadRequest("multipart part not closed by a boundary")
+            if len(data) < keep:
+                # A short read: too short to hold what is left of a delimiter begun in buf.
+                buf += data
+                at = buf.find(delim)
+                if at >= 0:
+                    if at:
+                        yield _take(buf, at)
+                    del buf[:keep]
+                    return
+                continue
+            if buf:
+                # A delimiter begun in buf ends within data's first keep - 1 bytes.
+                seam = bytes(buf) + data[: keep - 1]
+                at = seam.find(delim)
+                if at >= 0:
+                    if at:
+                        yield bytes(buf[:at])
+                    rest = data[at + keep - len(buf):]
+                    buf.clear()
+                    buf += rest
+                    return
+            at = data.find(delim)
+            view = memoryview(data)
+            if buf:   # none begins in it: all body
+                yield bytes(buf)
+                buf.clear()
             if at >= 0:
-                chunk = bytes(self._buf[:at])
-                del self._buf[: at + keep]
-                done = True
-            else:
-                if self._eof:
-                    raise BadRequest("multipart part not closed by a boundary")
-                safe = len(self._buf) - keep
-                chunk = b""
-                if safe > 0:
-                    chunk = bytes(self._buf[:safe])
-                    del self._buf[:safe]
-                if not chunk:
-                    await self._more()
-                    continue
-            if chunk:
-                yield chunk
+                if at:
+                    yield view[:at]
+                buf += view[at + keep:]
+                return
+            cut = len(data) - (keep - 1)
+            yield view[:cut]
+            buf += view[cut:]
