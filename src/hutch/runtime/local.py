@@ -99,6 +99,7 @@ class LocalRuntime:
         self._init: Path | None = None
         self._oci: oci.OciRuntime | None = None
         self._nofile = NOFILE
+        self._limits = kernel_limits.LimitWriter()
         self.addresses = network.AddressPool(self.state_dir / "addresses", self.subnet)
         self._masked = tuple(sorted(
             p for p in glob.glob("/sys/devices/system/cpu/cpu*/thermal_throttle")))
@@ -348,6 +349,7 @@ class LocalRuntime:
         if self._proxy is not None:
             await self._proxy.close()
             self._proxy = None
+        await self._limits.close()
 
     # -- sandboxes ----------------------------------------------------------------------
 
@@ -405,7 +407,7 @@ class LocalRuntime:
             t = time.perf_counter()
             # Before anything but the init and the agent runs inside (user code comes later,
             # through the agent), so no sandbox ever holds more than its share.
-            await kernel_limits.limit_sandbox(int((sdir / "init.pid").read_text()))
+            await self._limits.limit_sandbox(int((sdir / "init.pid").read_text()))
             timings["limits"] = time.perf_counter() - t
         except BaseException as e:
             try:
