@@ -167,8 +167,6 @@ def run_checks(config: Config) -> list[Check]:
     checks.append(_tool("ip", "ip", "iproute2", "network namespaces"))
     checks.append(_tool("mkfs.ext4", "mkfs.ext4", "e2fsprogs", "quota'd writable layers"))
     checks.append(_tool("mmdebstrap", "mmdebstrap", "mmdebstrap", "builds the templates"))
-    checks.append(_tool("nsenter", "nsenter", "util-linux", "per-sandbox kernel limits"))
-    checks.append(_tool("sysctl", "sysctl", "procps", "per-sandbox kernel limits"))
     static_init = any(os.access(p, os.X_OK) for p in ("/usr/bin/tini-static", "/usr/bin/tini"))
     checks.append(Check("init for PID 1 (tini)", static_init, "", fix="apt-get install -y tini"))
     try:
