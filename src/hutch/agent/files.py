@@ -406,19 +406,20 @@ class FilesRoute:
         objects per piece and no pass through the event loop (the stream reader's way cost
         about four times the CPU, and the agent has one core at most).
 
-        What the stream reader already holds is written first; while the client sends
-        nothing the thread hands back and the event loop waits for it, so a stalled upload
-        holds no thread."""
+        What the stream reader already holds is written first, by the same thread; while the
+        client sends nothing the thread hands back and the event loop waits for it, so a
+        stalled upload holds no thread."""
         run = self.state.identities.run
         view = memoryview(bytearray(CHUNK))
         while not body.done:
             data = await body.read(DRAIN)
-            if data:
-                await run(user, sink.write, data)
+            # The reader holds nothing now: take the socket before the loop reads more into it.
             sock = body.detach()
             if sock < 0:
+                if data:
+                    await run(user, sink.write, data)
                 continue
-            job = asyncio.ensure_future(run(user, sink.receive, sock, view, body.left))
+            job = asyncio.ensure_future(run(user, sink.receive, sock, view, body.left, data))
             try:
                 moved = await asyncio.shield(job)
             except BaseException:
@@ -478,10 +479,12 @@ class _Sink:
                 pass    # not a regular file: nothing to hint
             self.flushed = self.offset
 
-    def receive(self, sock: int, view: memoryview, count: int) -> int:
-        """Move up to ``count`` bytes from socket ``sock`` into the file; how many were moved
-        (fewer when the client paused for IDLE seconds). The socket's errors are the
-        connection's; the file's are the path's."""
+    def receive(self, sock: int, view: memoryview, count: int, first: bytes = b"") -> int:
+        """Write ``first``, then move up to ``count`` bytes from socket ``sock`` into the file;
+        how many were moved (fewer when the client paused for IDLE seconds). The socket's
+        errors are the connection's; the file's are the path's."""
+        if first:
+            self.write(first)
         moved = 0
         while moved < count:
             n = receive_into(sock, view[:min(len(view), count - moved)], IDLE)
