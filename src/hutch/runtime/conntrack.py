@@ -15,12 +15,13 @@ listener asks for the entry by its original tuple and reports the answer. Everyt
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 import socket
 import struct
 from typing import Callable, Iterator, NamedTuple, Optional
+
+from hutch.runtime.netlink import Listener
 
 log = logging.getLogger(__name__)
 
@@ -128,32 +129,20 @@ def open_socket() -> socket.socket:
     return sock
 
 
-class ConntrackListener:
+class ConntrackListener(Listener):
     """Hand each finished connection from `subnet` to ``sink`` once (on the event loop)."""
 
     def __init__(self, subnet: str, sink: Callable[[Flow], None], *,
                  make_socket: Callable[[], socket.socket] = open_socket) -> None:
+        super().__init__()
         net = ipaddress.IPv4Network(subnet)
         self._net, self._mask = int(net.network_address), int(net.netmask)
         self.sink, self._make_socket = sink, make_socket
-        self._sock: Optional[socket.socket] = None
         self._seen: dict[int, int] = {}     # conntrack id -> _ASKED or _DONE
         self._seq = 0
 
     def start(self) -> None:
-        self._sock = self._make_socket()
-        asyncio.get_running_loop().add_reader(self._sock.fileno(), self._readable)
-
-    def _readable(self) -> None:
-        while self._sock is not None:
-            try:
-                datagram = self._sock.recv(65536)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:          # ENOBUFS: the kernel dropped some; go on
-                log.debug("conntrack: %s", exc)
-                return
-            self._receive(datagram)
+        self._attach(self._make_socket())
 
     def _receive(self, datagram: bytes) -> None:
         for seq, kind, ctid, flow, state, tuple_ in _decode(datagram):
@@ -191,9 +180,3 @@ class ConntrackListener:
             self.sink(flow)
         except Exception:  # noqa: BLE001 - a sink bug must not stop the listener
             log.exception("connection byte count sink failed")
-
-    def close(self) -> None:
-        if self._sock is not None:
-            asyncio.get_running_loop().remove_reader(self._sock.fileno())
-            self._sock.close()
-            self._sock = None

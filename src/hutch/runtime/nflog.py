@@ -9,12 +9,13 @@ library: the message format is a handful of netlink attributes (linux/netfilter/
 
 from __future__ import annotations
 
-import asyncio
 import os
 import logging
 import socket
 import struct
 from typing import Callable, Optional
+
+from hutch.runtime.netlink import Listener
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +89,12 @@ def _packet(attrs: bytes) -> Optional[Event]:
     return prefix.strip(), src, dst, proto, port
 
 
-class NflogListener:
+class NflogListener(Listener):
     """Bind an NFLOG group and hand each logged packet to ``sink`` (on the event loop)."""
 
     def __init__(self, group: int, sink: Callable[[Event], None]) -> None:
+        super().__init__()
         self.group, self.sink = group, sink
-        self._sock: Optional[socket.socket] = None
 
     def start(self) -> None:
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
@@ -115,26 +116,11 @@ class NflogListener:
         except BaseException:
             sock.close()
             raise
-        self._sock = sock
-        asyncio.get_running_loop().add_reader(sock.fileno(), self._readable)
+        self._attach(sock)
 
-    def _readable(self) -> None:
-        while self._sock is not None:
+    def _receive(self, datagram: bytes) -> None:
+        for event in parse(datagram):
             try:
-                datagram = self._sock.recv(65536)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:          # ENOBUFS: the kernel dropped some; go on
-                log.debug("nflog: %s", exc)
-                return
-            for event in parse(datagram):
-                try:
-                    self.sink(event)
-                except Exception:  # noqa: BLE001 - a sink bug must not stop the listener
-                    log.exception("egress log sink failed")
-
-    def close(self) -> None:
-        if self._sock is not None:
-            asyncio.get_running_loop().remove_reader(self._sock.fileno())
-            self._sock.close()
-            self._sock = None
+                self.sink(event)
+            except Exception:  # noqa: BLE001 - a sink bug must not stop the listener
+                log.exception("egress log sink failed")
