@@ -15,7 +15,7 @@ import time
 import pytest
 from e2b import Sandbox
 
-from hutch.runtime.kernel_limits import SANDBOX_LIMITS
+from hutch.runtime.kernel_limits import HOST_LIMITS, SANDBOX_LIMITS
 
 HOARD = ("import ctypes, time; l = ctypes.CDLL(None, use_errno=True); "
          "fds = [l.inotify_init() for _ in range({n})]; "
@@ -53,3 +53,11 @@ def test_one_sandbox_cannot_take_every_inotify_instance(two):
         assert time.monotonic() < deadline, "the other sandbox's watch saw nothing"
         time.sleep(0.1)
     handle.stop()
+
+
+def test_host_wide_counts_leave_room_for_every_sandbox_at_its_limits(hutch_server):
+    """Counts the kernel keeps for the whole host (open files, pids, threads, inotify) are
+    raised at start past what many sandboxes at their own limits use together, so none of
+    them is what stops a sandbox (each one's pids and memory limits do that)."""
+    for name, floor in HOST_LIMITS.items():
+        assert int(open(f"/proc/sys/{name}").read()) >= floor, name

@@ -16,7 +16,10 @@ per MiB of RAM by default) is checked for everyone but host root, and one sandbo
 may each hold RLIMIT_NOFILE files: a few hundred of them reach it, and then every other
 sandbox gets ENFILE. Open files are charged to the opener's memory cgroup, so with the
 host-wide count out of the way each sandbox's memory limit bounds them (as systemd sets it).
-`kernel.pid_max` (32768 by default) is smaller than a few dozen sandboxes at their pids limit.
+`kernel.pid_max` (32768 by default) is smaller than a few dozen sandboxes at their pids limit,
+and `kernel.threads-max` (about 190,000 on a 24 GiB host) than a few hundred: past it every
+fork on the host fails. Threads' kernel stacks are charged to the memory cgroup of the
+sandbox that makes them, so with the count raised each sandbox's memory limit bounds them.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ HOST_LIMITS = {
     "fs/inotify/max_user_watches": 1 << 23,
     "fs/file-max": (1 << 63) - 1,
     "kernel/pid_max": 1 << 22,
+    "kernel/threads-max": 1 << 22,
 }
 
 
