@@ -266,3 +266,35 @@ def test_crashes_and_oom_are_kernel_deaths(code_interpreter, code):
             assert sbx.run_code("6 * 7", timeout=120).text == "42"
         finally:
             sbx.kill()
+
+
+def test_output_without_a_newline_and_from_threads_arrives_before_the_end(ci):
+    run = ci.run_code(
+        "import sys, threading\n"
+        "print('a', end='')\n"
+        "sys.stdout.flush(); sys.stdout.flush()\n"              # a flush with nothing left
+        "t = threading.Thread(target=lambda: print('b', end='')); t.start(); t.join()\n"
+        "print('c', end='')\n"
+        "print('d', end='', file=sys.stderr)\n"
+        "'done'")
+    assert run.error is None, run.error
+    assert "".join(run.logs.stdout) == "abc"
+    assert "".join(run.logs.stderr) == "d"
+    assert run.text == "'done'"
+
+
+def test_a_kernel_the_template_installs_the_usual_way_is_found(ci):
+    # An "ir" kernel spec in Jupyter's system directory (here ipykernel's own launcher, stock:
+    # none of the interpreter's settings) serves language="r".
+    spec = {"argv": ["python3", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "display_name": "R (stand-in)", "language": "R"}
+    path = "/usr/local/share/jupyter/kernels/ir/kernel.json"
+    ci.files.write(path, __import__("json").dumps(spec), user="root")
+    try:
+        run = ci.run_code("import sys; print(sys.argv[0].endswith('ipykernel_launcher.py')); 6*7",
+                          language="r")
+        assert run.error is None, run.error
+        assert run.logs.stdout == ["True\n"] and run.text == "42"
+        assert ci.run_code("6*7", language="r").execution_count == 2
+    finally:
+        ci.commands.run("rm -rf /usr/local/share/jupyter/kernels/ir", user="root")

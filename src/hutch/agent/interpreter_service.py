@@ -2,7 +2,7 @@
 
 In sandboxes whose template provides a code interpreter the agent is started with
 ``--interpreter PATH``. On the first ``POST /init`` (which carries the sandbox's env vars) it
-starts ``python3 -m hutch.agent.interpreter --socket PATH`` as root, in a session of its own,
+starts ``python3 -S -m hutch.agent.interpreter --fd N`` as root, in a session of its own,
 with the sandbox environment; the interpreter's kernels inherit it. If the interpreter exits
 it is started again (at most once a second), so a crash costs the kernels' state but not the
 service. A later ``/init`` that changes the env vars restarts it, so kernels see the new ones.
@@ -18,6 +18,7 @@ import sys
 from typing import Dict, Optional
 
 from .server import bind_unix
+from .state import PRIVATE_ENV
 from .users import lookup
 
 
@@ -47,12 +48,15 @@ class InterpreterService:
         root = lookup("root")
         env = dict(self._env or {})
         env.update(root.environ())
-        # The interpreter needs the hutch package (its own code) and the template's
-        # site-packages (jupyter_client), so: PYTHONPATH for the first, no -S for the second.
+        # The interpreter's environment is its kernels' (so none of the agent's own settings),
+        # plus the PYTHONPATH that finds the hutch package, which it keeps to itself. It needs
+        # nothing else outside the standard library, so -S: site's path set-up would be
+        # start-up time and memory for nothing (the kernels it starts get site as usual).
+        env = {k: v for k, v in env.items() if k not in PRIVATE_ENV}
         env["PYTHONPATH"] = os.environ.get("PYTHONPATH", "")
         fd = self._sock.fileno()
         return subprocess.Popen(
-            [sys.executable, "-m", "hutch.agent.interpreter", "--fd", str(fd)],
+            [sys.executable, "-S", "-m", "hutch.agent.interpreter", "--fd", str(fd)],
             env=env, cwd=root.home if os.path.isdir(root.home) else "/",
             stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True, pass_fds=(fd,))
 

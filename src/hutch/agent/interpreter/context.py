@@ -1,52 +1,41 @@
 """Code contexts: each one a Jupyter kernel with its own language, working directory and state.
 
-A context owns one kernel (started through ``jupyter_client``) and a lock: executions sent to
-one context run one after another in arrival order (``asyncio.Lock`` is first come, first
-served), while different contexts run in parallel. A kernel that dies is replaced on the next
-execution; the context keeps its id, and the execution that found it dead says so.
+A context owns one kernel (its process, :mod:`.kernel`, and the connection to it,
+:mod:`.client`) and a lock: executions sent to one context run one after another in arrival
+order (``asyncio.Lock`` is first come, first served), while different contexts run in parallel.
+A kernel that dies is replaced on the next execution; the context keeps its id, and the
+execution that found it dead says so.
 """
 
 from __future__ import annotations
 
 import asyncio
-import uuid
-from pathlib import Path
+import os
 from typing import Dict, List, Optional
 
-from jupyter_client.asynchronous import AsyncKernelClient
-from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
-
 from ...errors import InvalidArgumentError, NotFoundError
+from . import kernelspecs
+from .client import KernelClient
 from .kernel import KernelProcess
 from .kernelspecs import DEFAULT_CWD, KERNELS, canonical
 
-#: How long a kernel may take to answer its first request before we give up on it.
+#: How long a kernel may take to answer its first request before we give up on it. A kernel
+#: is judged alive by its process (not by heartbeats: one starting on a busy host, its sandbox
+#: held to its CPU share, would miss their deadline long before it failed to start).
 START_TIMEOUT = 60.0
-
-
-class _Client(AsyncKernelClient):
-    """A kernel client that asks the kernel's process whether it lives. Without a kernel
-    manager, jupyter_client judges by heartbeats with a one-second deadline, and a kernel
-    starting on a busy host (its sandbox held to its CPU share) misses it and is declared
-    dead before it ever answered."""
-
-    process: Optional[KernelProcess] = None
-
-    async def _async_is_alive(self) -> bool:
-        return self.process is None or self.process.alive()
 
 
 class Context:
     def __init__(self, contexts: "Contexts", language: str, cwd: str, kernel: str,
                  context_id: Optional[str] = None) -> None:
         self.contexts = contexts
-        self.id = context_id or uuid.uuid4().hex
+        self.id = context_id or os.urandom(16).hex()
         self.language = language
         self.cwd = cwd
         self.kernel = kernel
         self.lock = asyncio.Lock()
         self.km: Optional[KernelProcess] = None
-        self.kc: Optional[AsyncKernelClient] = None
+        self.kc: Optional[KernelClient] = None
         self._starting: Optional[asyncio.Task] = None
         #: Why the previous kernel went away, told to the next execution (then cleared).
         self.lost: Optional[str] = None
@@ -75,20 +64,19 @@ class Context:
         km = self.contexts.take_prelaunched(self) or KernelProcess.from_spec(
             self.contexts.spec(self.kernel), self.contexts.kernel_env(), self.cwd,
             self.contexts.work, self.id)
-        kc = _Client()
-        kc.process = km
-        kc.load_connection_info(km.info)
-        kc.start_channels()
+        kc = KernelClient(km.info)
         try:
-            await kc.wait_for_ready(timeout=START_TIMEOUT)
+            await kc.connect(km.alive, START_TIMEOUT)
         except BaseException:
-            kc.stop_channels()
+            kc.close()
             km.stop()
             raise
         self.km, self.kc = km, kc
 
     async def alive(self) -> bool:
-        return self.km is not None and self.km.alive()
+        """The kernel's process runs and our connection to it holds."""
+        return (self.km is not None and self.km.alive()
+                and self.kc is not None and self.kc.connected())
 
     def exit_code(self) -> Optional[int]:
         return None if self.km is None else self.km.exit_code()
@@ -99,7 +87,7 @@ class Context:
         self.km = self.kc = None
         self._starting = None
         if kc is not None:
-            kc.stop_channels()
+            kc.close()
         if km is not None:
             await asyncio.get_running_loop().run_in_executor(None, km.stop)
 
@@ -118,14 +106,12 @@ class Contexts:
     """Every context of the sandbox, plus one default context per language (made on first use;
     the Python one at start-up, so the first ``run_code`` finds its kernel warm)."""
 
-    def __init__(self, work: Path, kernel_dirs: List[str], env: Dict[str, str],
+    def __init__(self, work: str, kernel_dirs: List[str], env: Dict[str, str],
                  prelaunched: Optional[KernelProcess] = None) -> None:
         self.work = work
-        # The default Python kernel, launched before jupyter_client was imported (__main__).
+        # The default Python kernel, launched first thing at start-up (__main__).
         self._prelaunched = prelaunched
-        ksm = KernelSpecManager()
-        ksm.kernel_dirs = kernel_dirs + [d for d in ksm.kernel_dirs if d not in kernel_dirs]
-        self.spec_manager = ksm
+        self.kernel_dirs = list(kernel_dirs)
         self.env = dict(env)
         self._all: Dict[str, Context] = {}
         self._defaults: Dict[str, str] = {}
@@ -134,8 +120,7 @@ class Contexts:
         return dict(self.env)
 
     def spec(self, name: str) -> dict:
-        spec = self.spec_manager.get_kernel_spec(name)
-        return {"argv": spec.argv, "env": spec.env}
+        return kernelspecs.load(name, self.kernel_dirs)
 
     def take_prelaunched(self, ctx: "Context") -> Optional[KernelProcess]:
         km, self._prelaunched = self._prelaunched, None
@@ -147,7 +132,7 @@ class Contexts:
         return None
 
     def _kernel_for(self, language: str) -> str:
-        names = self.spec_manager.find_kernel_specs()
+        names = kernelspecs.find(self.kernel_dirs)
         for name in KERNELS.get(language, ()):
             if name in names:
                 return name
@@ -156,7 +141,7 @@ class Contexts:
             f"(available: {', '.join(self.languages())})")
 
     def languages(self) -> List[str]:
-        names = self.spec_manager.find_kernel_specs()
+        names = kernelspecs.find(self.kernel_dirs)
         return [lang for lang, kernels in KERNELS.items() if any(k in names for k in kernels)]
 
     def create(self, language: Optional[str], cwd: Optional[str],
@@ -210,4 +195,4 @@ class Contexts:
             self._prelaunched.stop()
 
 
-__all__ = ["Context", "Contexts", "NoSuchKernel", "DEFAULT_CWD"]
+__all__ = ["Context", "Contexts", "DEFAULT_CWD"]

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import queue
 import time
 from typing import Any, AsyncIterator, Dict, List, Optional
 
 from . import outputs
+from .client import Empty
 from .context import Context
 
 #: Stream output (stdout + stderr) one execution may send; beyond it a marker and no more.
@@ -75,7 +75,7 @@ async def _quiet(ctx: Context, code: str, timeout: float = 30.0) -> None:
     while time.monotonic() < deadline:
         try:
             msg = await kc.get_iopub_msg(timeout=POLL)
-        except queue.Empty:
+        except Empty:
             if not await ctx.alive():
                 return
             continue
@@ -142,7 +142,7 @@ async def _execute(ctx: Context, code: str, timeout: Optional[float]):
             wait = POLL if deadline is None else max(0.0, min(POLL, deadline - time.monotonic()))
             try:
                 msg = await kc.get_iopub_msg(timeout=wait)
-            except queue.Empty:
+            except Empty:
                 if deadline is not None and time.monotonic() >= deadline:
                     async for line in _timed_out(ctx, msg_id, timeout):
                         yield line
@@ -203,7 +203,7 @@ async def _reply_error(kc, msg_id: str) -> Optional[Dict[str, Any]]:
     while time.monotonic() < deadline:
         try:
             reply = await kc.get_shell_msg(timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
+        except Empty:
             return None
         if reply.get("parent_header", {}).get("msg_id") != msg_id:
             continue
@@ -223,7 +223,7 @@ async def _timed_out(ctx: Context, msg_id: str, timeout: float):
     while time.monotonic() < deadline:
         try:
             msg = await kc.get_iopub_msg(timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
+        except Empty:
             break
         if msg.get("parent_header", {}).get("msg_id") != msg_id:
             continue

@@ -1,9 +1,7 @@
 """One kernel process: launched from its spec, interrupted, watched and stopped.
 
-Stdlib only, so the interpreter can launch the default Python kernel before it has imported
-``jupyter_client`` (a quarter of a second): the two start-ups overlap, which is most of what a
-first ``run_code`` waits for. The protocol side (messages over ZeroMQ) is ``jupyter_client``'s
-kernel client, attached to :attr:`KernelProcess.info`.
+The protocol side (messages over ZeroMQ) is :class:`.client.KernelClient`, given
+:attr:`KernelProcess.info`.
 
 Kernels talk over unix sockets (ZeroMQ's ``ipc`` transport) in the interpreter's private
 directory rather than TCP on localhost: nothing else in the sandbox can even try their ports,
@@ -16,18 +14,16 @@ import json
 import os
 import signal
 import subprocess
-from pathlib import Path
-from typing import Any, Dict, List, Optional
 
 _CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
 
 
 class KernelProcess:
-    def __init__(self, argv: List[str], env: Dict[str, str], cwd: str, work: Path,
+    def __init__(self, argv: list[str], env: dict[str, str], cwd: str, work: str,
                  name: str) -> None:
-        self.prefix = str(work / f"kernel-{name}")
+        self.prefix = os.path.join(work, f"kernel-{name}")
         self.connection_file = self.prefix + ".json"
-        self.info: Dict[str, Any] = {
+        self.info: dict[str, object] = {
             "transport": "ipc", "ip": self.prefix, "key": os.urandom(32).hex(),
             "signature_scheme": "hmac-sha256", "kernel_name": name,
             **{f"{channel}_port": n for n, channel in enumerate(_CHANNELS, 1)},
@@ -52,14 +48,14 @@ class KernelProcess:
             pass
 
     @classmethod
-    def from_spec(cls, spec: Dict[str, Any], env: Dict[str, str], cwd: str, work: Path,
+    def from_spec(cls, spec: dict[str, object], env: dict[str, str], cwd: str, work: str,
                   name: str) -> "KernelProcess":
         return cls(list(spec["argv"]), {**env, **spec.get("env", {})}, cwd, work, name)
 
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def exit_code(self) -> Optional[int]:
+    def exit_code(self) -> int | None:
         return self.process.poll()
 
     def interrupt(self) -> None:

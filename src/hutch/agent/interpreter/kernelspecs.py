@@ -3,7 +3,8 @@
 The specs live in a directory of the interpreter's own rather than in the template, so the
 kernel command lines always match the agent copy that is running (the JavaScript kernel and
 the Python kernel's start-up file ship with it), and a template only has to provide packages.
-Kernels a template installs the usual way (IRkernel's ``ir``, say) are found as well.
+Kernels a template installs the usual way (IRkernel's ``ir``, say) are found as well, in
+Jupyter's data directories (:func:`search_path`).
 """
 
 from __future__ import annotations
@@ -11,13 +12,11 @@ from __future__ import annotations
 import json
 import os
 import sys
-from pathlib import Path
-from typing import Dict, Optional
 
-HERE = Path(__file__).resolve().parent
+HERE = os.path.dirname(os.path.realpath(__file__))
 #: The directory that holds the ``hutch`` package, put on the JavaScript kernel's path.
-LIB = str(HERE.parent.parent.parent)
-STARTUP = HERE / "kernel_startup.py"
+LIB = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
+STARTUP = os.path.join(HERE, "kernel_startup.py")
 DEFAULT_CWD = "/home/user"
 #: The kernel of the default Python context, launched as the interpreter starts.
 DEFAULT_PYTHON = "hutch-python"
@@ -46,7 +45,7 @@ KERNELS = {
 }
 
 
-def specs(python: str = sys.executable) -> Dict[str, dict]:
+def specs(python: str = sys.executable) -> dict[str, dict]:
     """The kernel.json documents for hutch's own kernels."""
     return {
         "hutch-python": {
@@ -63,7 +62,7 @@ def specs(python: str = sys.executable) -> Dict[str, dict]:
             # Plots go to the notebook-style inline backend (the template's default for
             # scripts is Agg); the start-up file reads charts.py from here, then drops it.
             "env": {"MPLBACKEND": "module://matplotlib_inline.backend_inline",
-                    "HUTCH_CHARTS_MODULE": str(HERE / "charts.py")},
+                    "HUTCH_CHARTS_MODULE": os.path.join(HERE, "charts.py")},
         },
         "hutch-bash": {
             "argv": [python, "-m", "bash_kernel", "-f", "{connection_file}"],
@@ -78,19 +77,63 @@ def specs(python: str = sys.executable) -> Dict[str, dict]:
     }
 
 
-def write(directory: Path, python: str = sys.executable) -> Path:
+def write(directory: str, python: str = sys.executable) -> str:
     """Write the specs under ``directory/kernels`` and return that directory."""
-    root = directory / "kernels"
+    root = os.path.join(directory, "kernels")
     for name, spec in specs(python).items():
-        d = root / name
-        d.mkdir(parents=True, exist_ok=True)
-        tmp = d / "kernel.json.tmp"
-        tmp.write_text(json.dumps(spec, indent=1))
-        os.replace(tmp, d / "kernel.json")
+        d = os.path.join(root, name)
+        os.makedirs(d, exist_ok=True)
+        tmp = os.path.join(d, "kernel.json.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(spec, f, indent=1)
+        os.replace(tmp, os.path.join(d, "kernel.json"))
     return root
 
 
-def canonical(language: Optional[str]) -> Optional[str]:
+def search_path(own: str) -> list[str]:
+    """Where kernel specs are looked for, first match wins: ``own`` (hutch's), then Jupyter's
+    data directories in Jupyter's order (``JUPYTER_PATH``, the user's, the Python prefix's,
+    the system's)."""
+    dirs = [own]
+    dirs += [os.path.join(d, "kernels") for d in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if d]
+    data = os.environ.get("JUPYTER_DATA_DIR") or os.path.join(
+        os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share"), "jupyter")
+    dirs.append(os.path.join(data, "kernels"))
+    for prefix in (sys.prefix, "/usr/local", "/usr"):
+        dirs.append(os.path.join(prefix, "share", "jupyter", "kernels"))
+    out: list[str] = []
+    for d in dirs:
+        if d not in out:
+            out.append(d)
+    return out
+
+
+def find(dirs: list[str]) -> dict[str, str]:
+    """Kernel spec name -> its directory, for every spec in ``dirs`` (the first of a name wins)."""
+    found: dict[str, str] = {}
+    for d in dirs:
+        try:
+            entries = sorted(os.listdir(d))
+        except OSError:
+            continue
+        for entry in entries:
+            path = os.path.join(d, entry)
+            if entry.lower() not in found and os.path.isfile(os.path.join(path, "kernel.json")):
+                found[entry.lower()] = path
+    return found
+
+
+def load(name: str, dirs: list[str]) -> dict[str, object]:
+    """The spec ``name`` as ``{"argv", "env", "resource_dir"}``; KeyError if there is none."""
+    path = find(dirs)[name]
+    with open(os.path.join(path, "kernel.json"), encoding="utf-8") as f:
+        spec = json.load(f)
+    argv = [str(a).replace("{resource_dir}", path).replace("{prefix}", sys.prefix)
+            for a in spec["argv"]]
+    return {"argv": argv, "env": dict(spec.get("env") or {}), "resource_dir": path}
+
+
+def canonical(language: str | None) -> str | None:
     """The canonical name of a language the API accepts, or None."""
     if language is None:
         return "python"
