@@ -283,6 +283,18 @@ def test_output_without_a_newline_and_from_threads_arrives_before_the_end(ci):
     assert run.text == "'done'"
 
 
+def test_the_sessions_history_without_a_history_database(ci):
+    ctx = ci.create_code_context()
+    try:
+        ci.run_code("a = 1", context=ctx)
+        ci.run_code("a + 1", context=ctx)
+        run = ci.run_code("print(In[1], '|', _i2, '|', Out[2])\n%history -n 1-2", context=ctx)
+        assert run.error is None, run.error
+        assert "".join(run.logs.stdout) == "a = 1 | a + 1 | 2\n   1: a = 1\n   2: a + 1\n"
+    finally:
+        ci.remove_code_context(ctx)
+
+
 def test_a_kernel_the_template_installs_the_usual_way_is_found(ci):
     # An "ir" kernel spec in Jupyter's system directory (here ipykernel's own launcher, stock:
     # none of the interpreter's settings) serves language="r".

@@ -366,3 +366,12 @@ def test_the_search_path_is_ours_then_jupyters(monkeypatch, tmp_path):
                         f"{tmp_path}/data/kernels"]
     assert "/usr/local/share/jupyter/kernels" in path and "/usr/share/jupyter/kernels" in path
     assert len(path) == len(set(path))
+
+
+def test_written_specs_point_at_the_launcher_and_start_up_file(tmp_path):
+    root = kernelspecs.write(str(tmp_path), python="/usr/bin/python3")
+    spec = kernelspecs.load("hutch-python", [root])
+    assert spec["argv"][:2] == ["/usr/bin/python3", "-c"]
+    assert kernelspecs.LAUNCHER in spec["argv"][2] and os.path.isfile(kernelspecs.LAUNCHER)
+    assert f"--IPKernelApp.exec_files={kernelspecs.STARTUP}" in spec["argv"]
+    assert set(kernelspecs.find([root])) == {"hutch-python", "hutch-bash", "hutch-javascript"}

@@ -21,8 +21,10 @@ DEFAULT_CWD = "/home/user"
 #: The kernel of the default Python context, launched as the interpreter starts.
 DEFAULT_PYTHON = "hutch-python"
 
-LAUNCH = ("import sys; sys.modules['debugpy'] = None; "
-          "from ipykernel.kernelapp import launch_new_instance; launch_new_instance()")
+LAUNCHER = os.path.join(HERE, "kernel_launch.py")
+#: The Python kernel's command (``python -c``): ipykernel, started by :data:`LAUNCHER`.
+LAUNCH = ("import sys; sys.modules['debugpy'] = None; import ipykernel.kernelapp; "
+          f"exec(compile(open({LAUNCHER!r}).read(), {LAUNCHER!r}, 'exec'))")
 
 #: Language names the API accepts -> the canonical language.
 LANGUAGES = {
@@ -49,14 +51,20 @@ def specs(python: str = sys.executable) -> dict[str, dict]:
     """The kernel.json documents for hutch's own kernels."""
     return {
         "hutch-python": {
-            # History in memory: a sandbox is thrown away, and the SQLite write per cell is a
-            # third of a small cell's round trip.
+            # No history database: a sandbox is thrown away, the SQLite write per cell was a
+            # third of a small cell's round trip, and even in memory the database costs sqlite3
+            # and start-up time. In, Out, _i<n> and %history of the session work without it;
+            # only %history -g (a search of the database) then finds nothing.
             # ipykernel imports the debugger's bundle (debugpy, ~4 MiB and tens of ms) at
             # start for a feature no client of the interpreter uses: it is held off while the
             # kernel starts (the start-up file lets user code import it again).
+            # ipykernel also sleeps half a millisecond after each execution, a workaround for
+            # output racing the reply on the shell channel; the interpreter ends a cell on
+            # IOPub's idle status, after all of its output.
             "argv": [python, "-c", LAUNCH, "-f", "{connection_file}",
                      f"--IPKernelApp.exec_files={STARTUP}",
-                     "--HistoryManager.hist_file=:memory:"],
+                     "--HistoryManager.enabled=False",
+                     "--IPythonKernel._execute_sleep=0"],
             "display_name": "Python 3", "language": "python",
             "interrupt_mode": "signal",
             # Plots go to the notebook-style inline backend (the template's default for
