@@ -187,3 +187,63 @@ async def test_missing_socket_and_closed_link(tmp_path):
     await link.aclose()
     with pytest.raises(UpstreamError):
         await link.request("GET", b"/", [(b"host", b"a")])
+
+
+async def test_a_big_sized_body_comes_whole_in_any_pieces_and_the_connection_goes_on(tmp_path):
+    """A body over a MiB is taken past the stream reader while it comes in; it must arrive
+    byte-exact however the agent's writes fall, and the connection serve the next request."""
+    import os
+
+    blob = os.urandom(5 * (1 << 20) + 333)
+
+    async def trickled(writer):
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(blob) + blob[:7])
+        await writer.drain()
+        at = 7
+        for size in (1, 65536, 300_000, 1 << 20, 17, 3 << 20):
+            writer.write(blob[at:at + size])
+            await writer.drain()
+            at += size
+            await asyncio.sleep(0.01)
+        writer.write(blob[at:])
+        await writer.drain()
+
+    peer = Peer(tmp_path / "s", [trickled, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nnext!",
+                                 b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(blob)
+                                 + blob + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"])
+    await peer.start()
+    link = AgentLink(tmp_path / "s")
+    try:
+        assert await _collect(await link.request("GET", b"/f", [(b"host", b"a")])) == (200, blob)
+        assert await _collect(await link.request("GET", b"/g", [(b"host", b"a")])) == \
+            (200, b"next!")
+        # An answer and the next one in one write: the second is the stream reader's again.
+        resp = await link.request("GET", b"/h", [(b"host", b"a")])
+        assert await _collect(resp) == (200, blob)
+        assert peer.connections == 1
+    finally:
+        await link.aclose()
+        await peer.stop()
+
+
+async def test_a_big_body_cut_short_is_an_error_and_the_connection_is_dropped(tmp_path):
+    async def cut(writer):
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (4 << 20)
+                     + bytes(3 << 20))
+        await writer.drain()
+
+    peer = Peer(tmp_path / "s", [cut, b"HTTP/1.1 204 No Content\r\n\r\n"], close_after=True)
+    await peer.start()
+    link = AgentLink(tmp_path / "s")
+    try:
+        resp = await link.request("GET", b"/", [(b"host", b"a")])
+        with pytest.raises(UpstreamError):
+            await asyncio.wait_for(resp.read(), 10)
+        resp.close()
+        # Abandoned half-way: the connection is not reused for the next request.
+        resp = await link.request("GET", b"/health", [(b"host", b"a")])
+        assert await _collect(resp) == (204, b"")
+        assert peer.connections == 2
+    finally:
+        await link.aclose()
+        await peer.stop()

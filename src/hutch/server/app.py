@@ -23,7 +23,7 @@ from typing import Any
 import uvicorn
 
 from hutch.errors import HutchError
-from hutch.server import http_limits, selftest
+from hutch.server import heap, http_limits, selftest
 from hutch.server.config import Config
 from hutch.server.keys import ensure_admin_key
 from hutch.server.manager import SandboxManager
@@ -283,6 +283,7 @@ class Server:
 
 async def run(config: Config, progress: Any = None, on_ready=None) -> None:
     """Start, serve until SIGINT/SIGTERM, stop (leaving the sandboxes running)."""
+    heap.keep_freed_memory()
     server = Server(config)
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
