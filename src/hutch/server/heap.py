@@ -4,8 +4,8 @@ A relayed file moves as pieces of up to 256 KiB, each a new bytes object. With g
 defaults, whether such a piece is served from memory the process already has depends on
 what came before: its threshold for giving memory back to the kernel follows the largest
 block freed so far, so after a download relayed in loop-sized pieces, every upload piece
-was a fresh mapping, page-faulted in and given back again (a third more server CPU per
-uploaded byte, measured). Fixed thresholds make it the same every time: blocks below 4 MiB
+was a fresh mapping, page-faulted in and given back again (half as much server CPU again
+per uploaded byte, measured). Fixed thresholds make it the same every time: blocks below 4 MiB
 come from the heap, and up to 32 MiB of freed heap is kept for the next ones.
 """
 
