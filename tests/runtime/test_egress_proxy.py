@@ -11,12 +11,20 @@ and HTTPS on 443 and record what reached them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
+import os
+import socket
 import ssl
+import struct
 import subprocess
+import time
 
 import pytest
 
+from hutch.runtime import egress_proxy
 from hutch.runtime.egress import EgressPolicy
+from hutch.runtime.egress_proxy import Bucket, _relay
 
 from .conftest import FAKE_RECORDS, box_spec, make_box
 from .helpers import listening_socket, make_fake_host, remove_fake_host
@@ -30,12 +38,19 @@ NAMES = {"allowed.test.": REAL, "other.test.": SPOOF, "rebind.test.": "169.254.1
 
 
 class Site:
-    """HTTP and HTTPS on one fake address; remembers the Host headers and server names."""
+    """HTTP and HTTPS on one fake address; remembers the Host headers and server names.
+    ``PUT /echo`` answers its body back; ``GET /hold`` answers, then keeps the connection
+    until the client goes (``holding`` counts those open)."""
 
     def __init__(self, address: str) -> None:
         self.address = address
         self.hosts: list[str] = []
         self.server_names: list[str] = []
+        self.holding = 0
+
+    def answer(self, host: str, size: int) -> bytes:
+        body = f"answered-by-{self.address} host={host}\n".encode() + b"x" * size
+        return b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
 
     async def handle(self, reader, writer) -> None:
         try:
@@ -43,13 +58,30 @@ class Site:
         except Exception:  # noqa: BLE001 - a client that goes away is fine
             writer.close()
             return
-        host = next((line.split(b":", 1)[1].strip().decode() for line in head.split(b"\r\n")
+        lines = head.split(b"\r\n")
+        host = next((line.split(b":", 1)[1].strip().decode() for line in lines
                      if line.lower().startswith(b"host:")), "")
         self.hosts.append(host)
-        size = 300_000 if head.startswith(b"GET /big") else 0
-        body = f"answered-by-{self.address} host={host}\n".encode() + b"x" * size
-        writer.write(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
-        await writer.drain()
+        try:
+            if head.startswith(b"PUT /echo"):
+                size = next(int(line.split(b":", 1)[1]) for line in lines
+                            if line.lower().startswith(b"content-length:"))
+                body = await asyncio.wait_for(reader.readexactly(size), 60)
+                writer.write(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % size + body)
+            elif head.startswith(b"GET /hold"):
+                writer.write(b"HTTP/1.1 200 OK\r\n\r\nheld\n")
+                await writer.drain()
+                self.holding += 1
+                try:
+                    while await reader.read(65536):
+                        pass
+                finally:
+                    self.holding -= 1
+            else:
+                writer.write(self.answer(host, 300_000 if head.startswith(b"GET /big") else 0))
+            await writer.drain()
+        except Exception:  # noqa: BLE001 - a client that goes away is fine
+            pass
         writer.close()
 
 
@@ -200,7 +232,8 @@ async def logged(runtime):
 async def test_proxied_connections_are_logged_with_their_bytes(box, sites, logged):
     rc, out = await box.run(raw_http(SPOOF, "GET /big HTTP/1.1\\r\\nHost: allowed.test\\r\\n"
                                             "\\r\\n") + " | wc -c")
-    assert int(out.split()[-1]) > 300_000, out
+    answer = sites[REAL].answer("allowed.test", 300_000)
+    assert int(out.split()[-1]) == len(answer), out
     await box.run(raw_http(REAL, "GET / HTTP/1.1\\r\\nHost: other.test\\r\\n\\r\\n"))
     for _ in range(50):
         closed = [e for e in logged if e["kind"] == "closed"]
@@ -214,7 +247,65 @@ async def test_proxied_connections_are_logged_with_their_bytes(box, sites, logge
     assert any(e["kind"] == "connection" and not e["allowed"] and e["name"] == "other.test"
                and e["reason"] == "name not allowed" for e in mine), mine
     done = [e for e in mine if e["kind"] == "closed" and e["name"] == "allowed.test"]
-    assert done and done[-1]["bytes_in"] > 300_000 and done[-1]["bytes_out"] > 30, mine
+    # Exactly what went each way: the request (its head is read before the relay starts)
+    # and the whole answer.
+    assert done and done[-1]["bytes_in"] == len(answer), mine
+    assert done[-1]["bytes_out"] == len(b"GET /big HTTP/1.1\r\nHost: allowed.test\r\n\r\n")
+
+
+async def test_large_transfers_through_the_proxy_arrive_byte_exact_both_ways(box, sites,
+                                                                             logged):
+    size = 8 << 20
+    rc, out = await box.run(
+        f"rm -f /tmp/sent /tmp/got; head -c {size} /dev/urandom > /tmp/sent; "
+        f"(printf 'PUT /echo HTTP/1.1\\r\\nHost: allowed.test\\r\\n"
+        f"Content-Length: {size}\\r\\n\\r\\n'; cat /tmp/sent) | nc -w 10 {SPOOF} 80 > /tmp/got; "
+        f"sha256sum < /tmp/sent; tail -c {size} /tmp/got | sha256sum; wc -c < /tmp/got",
+        timeout=120)
+    sent, got, total = out.split()[0], out.split()[2], int(out.split()[-1])
+    assert sent == got, out
+    head = b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % size
+    assert total == size + len(head), out
+    for _ in range(50):
+        done = [e for e in logged if e["kind"] == "closed" and e["sandbox_id"] == box.id]
+        if done:
+            break
+        await asyncio.sleep(0.1)
+    assert done and done[-1]["bytes_in"] == total, done
+    request = b"PUT /echo HTTP/1.1\r\nHost: allowed.test\r\nContent-Length: %d\r\n\r\n" % size
+    assert done[-1]["bytes_out"] == len(request) + size, done
+
+
+async def test_a_sandboxs_open_connections_end_when_it_is_forgotten(runtime, rootfs, sites):
+    sid = f"px5{RUN}"
+    box = await make_box(runtime, box_spec(sid, rootfs, network="internet",
+                                           egress=EgressPolicy.parse(False, ["allowed.test"])))
+    destroyed = False
+    try:
+        hold = ("((printf 'GET /hold HTTP/1.1\\r\\nHost: allowed.test\\r\\n\\r\\n'; "
+                f"sleep 300) | nc {REAL} 80 >/dev/null 2>&1 &)")
+        await box.run(hold)
+        await _until(lambda: sites[REAL].holding == 1 and runtime._proxy.connections(sid) == 1)
+        # What a destroy does once the sandbox's namespace is gone (its side of the
+        # connection then vanishes without a FIN): the proxy lets go of the connection,
+        # and the far end sees it close.
+        runtime._proxy.forget(sid)
+        await _until(lambda: sites[REAL].holding == 0 and runtime._proxy.connections(sid) == 0)
+        await box.run(hold)
+        await _until(lambda: sites[REAL].holding == 1)
+        await runtime.destroy(sid)
+        destroyed = True
+        await _until(lambda: sites[REAL].holding == 0 and runtime._proxy.connections(sid) == 0)
+    finally:
+        if not destroyed:
+            await runtime.destroy(sid)
+
+
+async def _until(condition, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "not within the time"
+        await asyncio.sleep(0.05)
 
 
 async def test_fails_closed_without_the_proxy(runtime, box, sites):
@@ -253,3 +344,147 @@ async def test_proxied_connections_count_against_the_caps(capped, rootfs, sites)
         assert took >= 1.2, took
     finally:
         await capped.destroy(sid)
+
+
+# -- the relay on its own, between loopback sockets ------------------------------------------
+
+@contextlib.contextmanager
+def relay_ends(client_rcvbuf: int = 0):
+    """(client, inside, outside, server): two loopback TCP connections; a relay joins
+    ``inside`` (its client end) and ``outside`` (its server end). A small ``client_rcvbuf``
+    makes a slow reader, so the relay has to wait for it."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.socket()
+        if client_rcvbuf:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, client_rcvbuf)
+        client.connect(listener.getsockname())
+        inside, _ = listener.accept()
+        outside = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+    for sock in (inside, outside):
+        sock.setblocking(False)
+    try:
+        yield client, inside, outside, server
+    finally:
+        for sock in (client, inside, outside, server):
+            sock.close()
+
+
+def send_all(sock: socket.socket, data: bytes, then_close: bool = True) -> None:
+    sock.sendall(data)
+    if then_close:
+        sock.shutdown(socket.SHUT_WR)
+
+
+def receive_all(sock: socket.socket, step: int = 1 << 16) -> bytes:
+    parts = []
+    while chunk := sock.recv(step):
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def pipes_open() -> int:
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):      # one closed since the listing
+            n += os.readlink(f"/proc/self/fd/{fd}").startswith("pipe:")
+    return n
+
+
+async def test_the_relay_carries_large_transfers_byte_exact_both_ways():
+    up, down = os.urandom(24 << 20), os.urandom(40 << 20)
+    pipes = pipes_open()
+    with relay_ends(client_rcvbuf=64 << 10) as (client, inside, outside, server):
+        count = [0, 0]
+        relay = asyncio.ensure_future(_relay(inside, outside, (None, None), count))
+        _, at_server, _, at_client = await asyncio.wait_for(asyncio.gather(
+            asyncio.to_thread(send_all, client, up),
+            asyncio.to_thread(receive_all, server),
+            asyncio.to_thread(send_all, server, down),
+            asyncio.to_thread(receive_all, client, 4096)), 120)
+        await asyncio.wait_for(relay, 30)
+    assert hashlib.sha256(at_server).digest() == hashlib.sha256(up).digest()
+    assert hashlib.sha256(at_client).digest() == hashlib.sha256(down).digest()
+    assert count == [len(up), len(down)]
+    assert pipes_open() == pipes
+
+
+async def test_the_relay_passes_a_half_close_on_and_carries_the_other_way_on():
+    request, answer = os.urandom(1 << 20), os.urandom(3 << 20)
+
+    def serve(sock: socket.socket) -> bytes:
+        got = receive_all(sock)         # returns only once the client's end came through
+        time.sleep(0.3)                 # the relay must not have ended with that end
+        send_all(sock, answer)
+        return got
+
+    with relay_ends() as (client, inside, outside, server):
+        count = [0, 0]
+        relay = asyncio.ensure_future(_relay(inside, outside, (None, None), count))
+        _, got, back = await asyncio.wait_for(asyncio.gather(
+            asyncio.to_thread(send_all, client, request), asyncio.to_thread(serve, server),
+            asyncio.to_thread(receive_all, client)), 60)
+        await asyncio.wait_for(relay, 30)
+    assert got == request and back == answer
+    assert count == [len(request), len(answer)]
+
+
+async def test_the_relay_holds_a_sandboxs_connections_to_its_buckets():
+    # Two connections share one sandbox's buckets: 2.5 MB at 1 MB/s with a second's burst
+    # cannot take less than 1.5 s (a lower bound only: the cap, not the speed, is tested).
+    rate, each = 1_000_000, 1_250_000
+    buckets = (Bucket(rate), Bucket(rate))
+    with relay_ends() as (c1, i1, o1, s1), relay_ends() as (c2, i2, o2, s2):
+        counts = [[0, 0], [0, 0]]
+        t0 = time.monotonic()
+        relays = [asyncio.ensure_future(_relay(i1, o1, buckets, counts[0])),
+                  asyncio.ensure_future(_relay(i2, o2, buckets, counts[1]))]
+        for client in (c1, c2):
+            client.shutdown(socket.SHUT_WR)
+        got = await asyncio.wait_for(asyncio.gather(
+            asyncio.to_thread(send_all, s1, b"a" * each),
+            asyncio.to_thread(send_all, s2, b"b" * each),
+            asyncio.to_thread(receive_all, c1), asyncio.to_thread(receive_all, c2)), 60)
+        took = time.monotonic() - t0
+        await asyncio.wait_for(asyncio.gather(*relays), 30)
+    assert got[2] == b"a" * each and got[3] == b"b" * each
+    assert counts == [[0, each], [0, each]]
+    assert took >= 1.2, took
+    assert buckets[0].tokens == rate        # nothing went the other way: nothing charged
+
+
+async def test_the_relay_leaves_nothing_open_when_broken_or_cancelled():
+    pipes = pipes_open()
+    # The far end resets in the middle of a transfer: the relay ends at once.
+    with relay_ends() as (client, inside, outside, server):
+        relay = asyncio.ensure_future(_relay(inside, outside, (None, None), [0, 0]))
+        await asyncio.to_thread(send_all, client, b"x" * (256 << 10), False)
+        await asyncio.sleep(0.1)
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        server.close()
+        await asyncio.wait_for(relay, 30)
+        assert pipes_open() == pipes
+    # Cancelled (its sandbox destroyed, the server stopping) while both ways wait.
+    with relay_ends() as (client, inside, outside, server):
+        relay = asyncio.ensure_future(_relay(inside, outside, (None, None), [0, 0]))
+        await asyncio.sleep(0.1)
+        relay.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await relay
+        assert pipes_open() == pipes
+    # No descriptor left for the second direction's pipe: the first one's is closed too.
+    real = os.pipe2
+    made = []
+
+    def pipe2(flags):
+        if made:
+            raise OSError(24, "Too many open files")
+        made.append(real(flags))
+        return made[-1]
+
+    with relay_ends() as (client, inside, outside, server), \
+            pytest.MonkeyPatch.context() as patch:
+        patch.setattr(egress_proxy.os, "pipe2", pipe2)
+        with pytest.raises(OSError):
+            await _relay(inside, outside, (None, None), [0, 0])
+    assert made and pipes_open() == pipes

@@ -18,8 +18,8 @@ HTTP Host or the TLS server name (hostname.py), and then:
 Once a connection is judged, its bytes never enter Python: each direction is spliced from one
 socket into a pipe and from the pipe into the other socket (splice(2), zero copy), driven by
 the event loop's readiness callbacks, counted for the egress log and held to the sandbox's
-bandwidth cap. If the proxy is down the redirected connections find nothing listening and are
-reset: the policy fails closed.
+bandwidth cap. A destroyed sandbox's connections are closed with it. If the proxy is down the
+redirected connections find nothing listening and are reset: the policy fails closed.
 """
 
 from __future__ import annotations
@@ -112,7 +112,8 @@ class _Pump:
     """One direction of a relayed connection: ``src`` to ``dst`` through a pipe with
     splice(2), driven by readiness callbacks (a callback per wakeup costs a few
     microseconds; a coroutine step per chunk would cost the proxy half its throughput).
-    Ends by passing the end on (half-close); ``done`` gets None, or the error that broke it."""
+    ``count[index]`` grows by what reached ``dst``. Ends by passing the end on (half-close);
+    ``done`` gets None, or the error that broke it."""
 
     ROUNDS = 16        # chunks moved per wakeup at most, so one connection cannot hog the loop
 
@@ -130,6 +131,7 @@ class _Pump:
             pass                            # the default size still works, in smaller steps
         self.pending, self.ended = 0, False
         self.waiting: Optional[str] = None  # "read", "write" or "time"
+        self.timer: Optional[asyncio.TimerHandle] = None
 
     def start(self) -> None:
         self._wait("read")
@@ -154,10 +156,12 @@ class _Pump:
             for _ in range(self.ROUNDS):
                 if self.pending:
                     try:
-                        self.pending -= os.splice(self.r, self.dst, self.pending, flags=flags)
+                        moved = os.splice(self.r, self.dst, self.pending, flags=flags)
                     except BlockingIOError:
                         self._wait("write")             # the other side reads slowly
                         return
+                    self.pending -= moved
+                    self.count[self.index] += moved
                     if self.pending:
                         continue
                 if self.ended:
@@ -167,10 +171,11 @@ class _Pump:
                     return
                 size = PIPE_SIZE
                 if self.bucket is not None:
+                    # The cap holds by what is spliced: never more than the bucket has.
                     size = min(size, self.bucket.available())
                     if size < min(Bucket.STEP, self.bucket.rate):
                         self._wait("time")
-                        self.loop.call_later(self.bucket.wait(), self._resume)
+                        self.timer = self.loop.call_later(self.bucket.wait(), self._resume)
                         return
                 try:
                     n = os.splice(self.src, self.w, size, flags=flags)
@@ -181,7 +186,6 @@ class _Pump:
                     self.ended = True
                     continue
                 self.pending += n
-                self.count[self.index] += n
                 if self.bucket is not None:
                     self.bucket.spend(n)
             self._wait("read" if not self.pending else "write")
@@ -189,6 +193,7 @@ class _Pump:
             self._finish(exc)
 
     def _resume(self) -> None:
+        self.timer = None
         if not self.done.done():
             self.waiting = None
             self._wait("read")
@@ -206,7 +211,11 @@ class _Pump:
         self.done.set_result(exc)
 
     def close(self) -> None:
+        """Stop watching, and let go of the pipe (whatever is still in it is dropped)."""
         self._wait(None)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         for fd in (self.r, self.w):
             if fd >= 0:
                 os.close(fd)
@@ -215,10 +224,12 @@ class _Pump:
 
 async def _relay(inside: socket.socket, outside: socket.socket,
                  buckets: tuple[Optional[Bucket], Optional[Bucket]], count: list[int]) -> None:
-    """Both directions until both have ended; an error in one ends the other."""
-    pumps = [_Pump(inside, outside, buckets[0], count, 0),
-             _Pump(outside, inside, buckets[1], count, 1)]
+    """Both directions until both have ended; an error in one ends the other. Cancelled, or
+    failing to start (no file descriptors left for a pipe), it leaves nothing open."""
+    pumps: list[_Pump] = []
     try:
+        pumps.append(_Pump(inside, outside, buckets[0], count, 0))
+        pumps.append(_Pump(outside, inside, buckets[1], count, 1))
         for pump in pumps:
             pump.start()
         pending = {pump.done for pump in pumps}
@@ -278,6 +289,7 @@ class EgressProxy:
         self.denied, self.record, self.rate = denied, record, rate
         self._sock: Optional[socket.socket] = None
         self._tasks: set[asyncio.Task] = set()
+        self._open: dict[str, set[asyncio.Task]] = {}     # sandbox id -> its connections
         self._buckets: dict[str, tuple[Bucket, Bucket]] = {}
 
     async def start(self) -> None:
@@ -303,8 +315,17 @@ class EgressProxy:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def forget(self, sandbox_id: str) -> None:
-        """A sandbox is gone (its buckets with it)."""
+        """A sandbox is gone: its buckets, and its connections still open. Its side of them
+        vanished with its network namespace without a word, so they would otherwise wait on
+        the far end (an idle keep-alive connection for ever), holding its upstream
+        connection, two sockets and two pipes."""
         self._buckets.pop(sandbox_id, None)
+        for task in self._open.pop(sandbox_id, ()):
+            task.cancel()
+
+    def connections(self, sandbox_id: str) -> int:
+        """How many connections of the sandbox the proxy holds."""
+        return len(self._open.get(sandbox_id, ()))
 
     def _accept(self) -> None:
         while self._sock is not None:
@@ -321,8 +342,9 @@ class EgressProxy:
             task.add_done_callback(self._tasks.discard)
 
     async def _handle(self, conn: socket.socket, client: str) -> None:
-        upstream: Optional[socket.socket] = None
         early: Optional[asyncio.Future] = None
+        mine: Optional[set[asyncio.Task]] = None
+        task = asyncio.current_task()
         try:
             try:
                 raw = conn.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
@@ -332,8 +354,10 @@ class EgressProxy:
             entry = self.lookup(client)
             if entry is None:               # its policy went while it connected
                 return
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sandbox_id, policy = entry
+            mine = self._open.setdefault(sandbox_id, set())
+            mine.add(task)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if judge(policy, NAMELESS, address,
                      self.learned(sandbox_id, address)).action == "address":
                 # Reaching this address is allowed whatever the connection turns out to ask
@@ -341,19 +365,21 @@ class EgressProxy:
                 # bytes arrive reveals nothing new, and takes the dial off the critical path.
                 early = asyncio.ensure_future(_dial([address], port))
             head, asked = await _read_head(conn)
-            upstream = await self._serve(conn, entry, address, port, head, asked, early)
+            await self._serve(conn, entry, address, port, head, asked, early)
         except OSError as exc:
             log.debug("egress proxy: %s", exc)
         finally:
-            if early is not None and upstream is None:
-                _discard(early)
-            for sock in (conn, upstream):
-                if sock is not None:
-                    sock.close()
+            if early is not None:
+                _discard(early)             # (closing what _serve closed already is nothing)
+            conn.close()
+            if mine is not None:
+                mine.discard(task)
+                if not mine and self._open.get(sandbox_id) is mine:
+                    del self._open[sandbox_id]
 
     async def _serve(self, conn: socket.socket, entry: tuple[str, EgressPolicy], address: str,
                      port: int, head: bytes, asked: hostname.Requested,
-                     early: Optional[asyncio.Future]) -> Optional[socket.socket]:
+                     early: Optional[asyncio.Future]) -> None:
         sandbox_id, policy = entry
 
         def event(allowed: bool, reason: str, **extra) -> None:
@@ -376,7 +402,7 @@ class EgressProxy:
         if verdict.action == "refuse":
             event(False, verdict.reason)
             await _refuse(conn, asked, address, port, verdict.reason)
-            return None
+            return
         upstream = None
         if early is not None and targets[0] == address:
             upstream = await early
@@ -388,19 +414,21 @@ class EgressProxy:
         if upstream is None:
             event(True, verdict.reason, dialled=None, error="no answer from the destination")
             await _refuse(conn, asked, address, port, "the destination did not answer", 502)
-            return None
-        dialled = upstream.getpeername()[0]
-        event(True, verdict.reason, dialled=dialled)
-        count = [0, 0]
-        try:
-            if head:
-                await asyncio.get_running_loop().sock_sendall(upstream, head)
-                count[0] += len(head)
-            await _relay(conn, upstream, self._buckets_of(sandbox_id), count)
-        finally:
-            event(True, "closed", kind="closed", dialled=dialled, bytes_out=count[0],
-                  bytes_in=count[1])
-        return upstream
+            return
+        # Closed here whatever happens, a cancel too (the sandbox gone, the server stopping):
+        # the far end must see the connection end, not wait for its own timeout.
+        with upstream:
+            dialled = upstream.getpeername()[0]
+            event(True, verdict.reason, dialled=dialled)
+            count = [0, 0]
+            try:
+                if head:
+                    await asyncio.get_running_loop().sock_sendall(upstream, head)
+                    count[0] += len(head)
+                await _relay(conn, upstream, self._buckets_of(sandbox_id), count)
+            finally:
+                event(True, "closed", kind="closed", dialled=dialled, bytes_out=count[0],
+                      bytes_in=count[1])
 
     def _buckets_of(self, sandbox_id: str) -> tuple[Optional[Bucket], Optional[Bucket]]:
         if not self.rate:
