@@ -1,22 +1,23 @@
-"""The agent's side of the code interpreter: starting it, restarting it, stopping it.
+"""The code interpreter, served by the agent itself: its socket, its kernels, its restarts.
 
 In sandboxes whose template provides a code interpreter the agent is started with
-``--interpreter PATH``. On the first ``POST /init`` (which carries the sandbox's env vars) it
-starts ``python3 -S -m hutch.agent.interpreter --fd N`` as root, in a session of its own,
-with the sandbox environment; the interpreter's kernels inherit it. If the interpreter exits
-it is started again (at most once a second), so a crash costs the kernels' state but not the
-service. A later ``/init`` that changes the env vars restarts it, so kernels see the new ones.
+``--interpreter PATH``. It makes that listening socket at once (requests that come early wait
+in its backlog). On the first ``POST /init`` (which carries the sandbox's env vars) it starts
+the default Python kernel, as root with the sandbox environment, and begins serving the
+interpreter's routes (:mod:`.interpreter.server`) on the socket, in its own event loop: the
+interpreter needs nothing but the standard library and the agent's HTTP server, so a second
+Python process would only add its start-up (a tenth of a second of CPU, taken from the
+kernel's start: the sandbox's processes share its CPU quota) and its memory (10 MiB). A
+later ``/init`` that changes the env vars replaces every kernel, so kernels see the new ones.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import subprocess
-import sys
 from typing import Dict, Optional
 
+from .http import READ_LIMIT, serve_connection
 from .server import bind_unix
 from .state import PRIVATE_ENV
 from .users import lookup
@@ -25,69 +26,64 @@ from .users import lookup
 class InterpreterService:
     def __init__(self, socket_path: str) -> None:
         self.socket_path = socket_path
-        # The agent makes the listening socket itself, now, and hands it down: it exists
-        # before the interpreter has finished importing (requests wait in the backlog instead
-        # of failing), and it survives the interpreter's restarts.
         self._sock = bind_unix(socket_path)
         self._env: Optional[Dict[str, str]] = None
-        self._proc: Optional[subprocess.Popen] = None
-        self._task: Optional[asyncio.Task] = None
-        self._stopping = False
+        self._work: Optional[str] = None
+        self._kernel_dirs = None
+        self._contexts = None
+        self._app = None
+        self._server: Optional[asyncio.Task] = None
 
     def configure(self, env: Dict[str, str]) -> None:
-        """Start the interpreter with ``env`` (or restart it if ``env`` changed)."""
-        if env == self._env and self._task is not None:
+        """Start the interpreter with ``env`` (or replace its kernels if ``env`` changed)."""
+        if env == self._env and self._contexts is not None:
             return
         self._env = dict(env)
-        if self._task is None:
-            self._task = asyncio.ensure_future(self._supervise())
-        elif self._proc is not None and self._proc.poll() is None:
-            self._kill()   # the supervisor starts it again with the new env
+        # The default kernel first: the first run_code waits for its start-up, and the
+        # interpreter's own imports and set-up happen during it.
+        from .interpreter import kernelspecs
+        from .interpreter.kernel import KernelProcess
 
-    def _spawn(self) -> subprocess.Popen:
-        root = lookup("root")
-        env = dict(self._env or {})
-        env.update(root.environ())
-        # The interpreter's environment is its kernels' (so none of the agent's own settings),
-        # plus the PYTHONPATH that finds the hutch package, which it keeps to itself. It needs
-        # nothing else outside the standard library, so -S: site's path set-up would be
-        # start-up time and memory for nothing (the kernels it starts get site as usual).
-        env = {k: v for k, v in env.items() if k not in PRIVATE_ENV}
-        env["PYTHONPATH"] = os.environ.get("PYTHONPATH", "")
-        fd = self._sock.fileno()
-        return subprocess.Popen(
-            [sys.executable, "-S", "-m", "hutch.agent.interpreter", "--fd", str(fd)],
-            env=env, cwd=root.home if os.path.isdir(root.home) else "/",
-            stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True, pass_fds=(fd,))
+        if self._work is None:
+            self._work = _workdir()
+            self._kernel_dirs = kernelspecs.search_path(kernelspecs.write(self._work))
+        kernel_env = dict(env)
+        kernel_env.update(lookup("root").environ())
+        kernel_env = {k: v for k, v in kernel_env.items() if k not in PRIVATE_ENV}
+        default_id = os.urandom(16).hex()
+        spec = kernelspecs.specs()[kernelspecs.DEFAULT_PYTHON]
+        try:
+            first = KernelProcess.from_spec(spec, kernel_env, kernelspecs.DEFAULT_CWD,
+                                            self._work, default_id)
+        except OSError:
+            first = None                # started again, with its error reported, on first use
 
-    async def _supervise(self) -> None:
-        loop = asyncio.get_running_loop()
-        while not self._stopping:
-            started = loop.time()
-            try:
-                self._proc = self._spawn()
-            except OSError as exc:
-                sys.stderr.write(f"hutch agent: cannot start the code interpreter: {exc}\n")
-                await asyncio.sleep(5)
-                continue
-            await _exited(self._proc)
-            if self._stopping:
-                return
-            await asyncio.sleep(max(0.0, 1.0 - (loop.time() - started)))
+        from .interpreter.context import Contexts
+        from .interpreter.server import InterpreterApp
 
-    def _kill(self) -> None:
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        old = self._contexts
+        self._contexts = Contexts(self._work, self._kernel_dirs, kernel_env, prelaunched=first)
+        self._app = InterpreterApp(self._contexts)
+        self._contexts.default("python", default_id)    # adopts the kernel started above
+        if old is not None:
+            asyncio.ensure_future(old.close())
+        if self._server is None:
+            self._server = asyncio.ensure_future(asyncio.start_unix_server(
+                lambda r, w: serve_connection(r, w, self._serve), sock=self._sock,
+                limit=READ_LIMIT))
+
+    async def _serve(self, request):
+        return await self._app(request)
 
     def close(self) -> None:
-        self._stopping = True
-        self._kill()
-        if self._task is not None:
-            self._task.cancel()
+        """Stop serving and kill every kernel (the agent is stopping)."""
+        if self._contexts is not None:
+            self._contexts.kill()
+        if self._server is not None:
+            if not self._server.done():
+                self._server.cancel()
+            elif not self._server.cancelled() and self._server.exception() is None:
+                self._server.result().close()
         self._sock.close()
         try:
             os.unlink(self.socket_path)
@@ -95,15 +91,14 @@ class InterpreterService:
             pass
 
 
-async def _exited(proc: subprocess.Popen) -> None:
-    """Wait for ``proc`` to end without polling: its pidfd becomes readable when it does."""
-    loop = asyncio.get_running_loop()
-    fd = os.pidfd_open(proc.pid)
-    done = loop.create_future()
-    loop.add_reader(fd, lambda: done.done() or done.set_result(None))
-    try:
-        await done
-    finally:
-        loop.remove_reader(fd)
-        os.close(fd)
-        proc.wait()
+def _workdir() -> str:
+    """A private directory for the kernels' connection files and sockets (0700: only root in
+    the sandbox can reach a kernel)."""
+    parent = "/run" if os.access("/run", os.W_OK) else (os.environ.get("TMPDIR") or "/tmp")
+    while True:
+        path = os.path.join(parent, "hutch-interpreter-" + os.urandom(6).hex())
+        try:
+            os.mkdir(path, 0o700)
+            return path
+        except FileExistsError:
+            continue

@@ -61,9 +61,8 @@ class Context:
         return self.kc
 
     async def _start(self) -> None:
-        km = self.contexts.take_prelaunched(self) or KernelProcess.from_spec(
-            self.contexts.spec(self.kernel), self.contexts.kernel_env(), self.cwd,
-            self.contexts.work, self.id)
+        km = self.contexts.take_prelaunched(self) or self.contexts.launch(self.kernel, self.cwd,
+                                                                          self.id)
         kc = KernelClient(km.info)
         try:
             await kc.connect(km.alive, START_TIMEOUT)
@@ -113,6 +112,7 @@ class Contexts:
         self._prelaunched = prelaunched
         self.kernel_dirs = list(kernel_dirs)
         self.env = dict(env)
+        self._launched: List[KernelProcess] = [prelaunched] if prelaunched is not None else []
         self._all: Dict[str, Context] = {}
         self._defaults: Dict[str, str] = {}
 
@@ -121,6 +121,12 @@ class Contexts:
 
     def spec(self, name: str) -> dict:
         return kernelspecs.load(name, self.kernel_dirs)
+
+    def launch(self, kernel: str, cwd: str, name: str) -> KernelProcess:
+        """Start a kernel process (tracked, so that closing stops it even mid-start)."""
+        km = KernelProcess.from_spec(self.spec(kernel), self.kernel_env(), cwd, self.work, name)
+        self._launched = [k for k in self._launched if k.alive()] + [km]
+        return km
 
     def take_prelaunched(self, ctx: "Context") -> Optional[KernelProcess]:
         km, self._prelaunched = self._prelaunched, None
@@ -191,8 +197,17 @@ class Contexts:
     async def close(self) -> None:
         await asyncio.gather(*(c.stop() for c in self._all.values()), return_exceptions=True)
         self._all.clear()
-        if self._prelaunched is not None:
-            self._prelaunched.stop()
+        self.kill()
+
+    def kill(self) -> None:
+        """Kill every kernel now, started or starting (the interpreter is going away)."""
+        for ctx in self._all.values():
+            if ctx.kc is not None:
+                ctx.kc.close()
+        self._prelaunched = None
+        for km in self._launched:
+            km.stop()
+        self._launched = []
 
 
 __all__ = ["Context", "Contexts", "DEFAULT_CWD"]
