@@ -314,3 +314,22 @@ def test_a_kernel_the_template_installs_the_usual_way_is_found(ci):
         assert ci.run_code("6*7", language="r").execution_count == 2
     finally:
         ci.commands.run("rm -rf /usr/local/share/jupyter/kernels/ir", user="root")
+
+
+def test_kernels_get_the_sandbox_environment_as_root_and_none_of_the_agents(code_interpreter):
+    hutch_server = code_interpreter
+    from hutch import Sandbox
+
+    with Sandbox.create(template="code-interpreter", url=hutch_server.url,
+                        api_key=hutch_server.api_key, envs={"SANDBOX_WIDE": "yes"}) as sbx:
+        try:
+            run = sbx.run_code(
+                "import os, importlib.util\n"
+                "(os.environ.get('SANDBOX_WIDE'), os.environ.get('HOME'), os.getuid(),\n"
+                " 'PYTHONPATH' in os.environ, importlib.util.find_spec('hutch') is None)")
+            assert run.error is None, run.error
+            assert run.text == "('yes', '/root', 0, False, True)"
+            bash = sbx.run_code("echo $SANDBOX_WIDE ${PYTHONPATH:-none}", language="bash")
+            assert bash.logs.stdout == ["yes none\n"]
+        finally:
+            sbx.kill()
