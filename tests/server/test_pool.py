@@ -164,18 +164,35 @@ def test_a_pooled_code_interpreter_has_its_kernel_warm(pooled_server, monkeypatc
     for k, v in server.e2b_env().items():
         monkeypatch.setenv(k, v)
     wait_full(server, "code-interpreter", 1, timeout=600)
-    sbx = Sandbox.create()          # the SDK's default template: code-interpreter-v1
+    # the SDK's default template (code-interpreter-v1), with variables the pooled sandbox
+    # did not start with: its kernel gets them in place and stays warm
+    sbx = Sandbox.create(envs={"FROM_CREATE": "it's set", "LANG": "C.UTF-8"})
     try:
         assert sbx.sandbox_id not in _pooled_ids()
-        first = sbx.run_code("import sys; sorted(m for m in ('numpy', 'pandas', "
-                             "'matplotlib.pyplot') if m in sys.modules)")
+        first = sbx.run_code("import os, sys; (sorted(m for m in ('numpy', 'pandas', "
+                             "'matplotlib.pyplot') if m in sys.modules), "
+                             "os.environ['FROM_CREATE'], os.environ['LANG'])")
         assert first.error is None, first.error
-        assert first.text == "['matplotlib.pyplot', 'numpy', 'pandas']"
+        assert first.text == "(['matplotlib.pyplot', 'numpy', 'pandas'], \"it's set\", 'C.UTF-8')"
         assert first.execution_count == 1            # the warming did not count
-        # Nothing of the warming is in the user's namespace.
+        # Nothing of the warming or of the variables' setting is in the user's namespace.
         names = sbx.run_code("sorted(n for n in dir() if n.startswith('_hutch'))")
         assert names.text == "[]"
+        assert sbx.run_code("import subprocess; subprocess.run(['sh', '-c', "
+                            "'echo $FROM_CREATE'], capture_output=True, text=True).stdout"
+                            ).text == "\"it's set\\n\""
         stats = pools(server)["code-interpreter"]
         assert stats["hits"] == 1
+    finally:
+        sbx.kill()
+    # A variable only read as Python starts: the kernel is restarted with it instead.
+    wait_full(server, "code-interpreter", 1, timeout=600)
+    sbx = Sandbox.create(envs={"PYTHONHASHSEED": "7"})
+    try:
+        r = sbx.run_code("import os, sys; (os.environ['PYTHONHASHSEED'], 'pandas' in "
+                         "sys.modules, sys.flags.hash_randomization)")
+        assert r.error is None, r.error
+        assert r.text == "('7', False, 1)"
+        assert pools(server)["code-interpreter"]["hits"] == 2
     finally:
         sbx.kill()

@@ -8,7 +8,10 @@ interpreter's routes (:mod:`.interpreter.server`) on the socket, in its own even
 interpreter needs nothing but the standard library and the agent's HTTP server, so a second
 Python process would only add its start-up (a tenth of a second of CPU, taken from the
 kernel's start: the sandbox's processes share its CPU quota) and its memory (10 MiB). A
-later ``/init`` that changes the env vars replaces every kernel, so kernels see the new ones.
+later ``/init`` that changes the env vars (a warm-pool claim does: the pooled sandbox started
+without the create's) gives running kernels the new ones before their next execution, set in
+place so that their warm state (the data stack imported) is kept; a change to a variable only
+read at start-up restarts the kernel instead (:func:`.interpreter.execution.sync_env`).
 """
 
 from __future__ import annotations
@@ -35,10 +38,13 @@ class InterpreterService:
         self._server: Optional[asyncio.Task] = None
 
     def configure(self, env: Dict[str, str]) -> None:
-        """Start the interpreter with ``env`` (or replace its kernels if ``env`` changed)."""
+        """Start the interpreter with ``env``, or give its kernels ``env`` if it changed."""
         if env == self._env and self._contexts is not None:
             return
         self._env = dict(env)
+        if self._contexts is not None:
+            self._contexts.update_env(_kernel_env(env))
+            return
         # The default kernel first: the first run_code waits for its start-up, and the
         # interpreter's own imports and set-up happen during it.
         from .interpreter import kernelspecs
@@ -47,9 +53,7 @@ class InterpreterService:
         if self._work is None:
             self._work = _workdir()
             self._kernel_dirs = kernelspecs.search_path(kernelspecs.write(self._work))
-        kernel_env = dict(env)
-        kernel_env.update(lookup("root").environ())
-        kernel_env = {k: v for k, v in kernel_env.items() if k not in PRIVATE_ENV}
+        kernel_env = _kernel_env(env)
         default_id = os.urandom(16).hex()
         spec = kernelspecs.specs()[kernelspecs.DEFAULT_PYTHON]
         try:
@@ -61,12 +65,9 @@ class InterpreterService:
         from .interpreter.context import Contexts
         from .interpreter.server import InterpreterApp
 
-        old = self._contexts
         self._contexts = Contexts(self._work, self._kernel_dirs, kernel_env, prelaunched=first)
         self._app = InterpreterApp(self._contexts)
         self._contexts.default("python", default_id)    # adopts the kernel started above
-        if old is not None:
-            asyncio.ensure_future(old.close())
         if self._server is None:
             self._server = asyncio.ensure_future(asyncio.start_unix_server(
                 lambda r, w: serve_connection(r, w, self._serve), sock=self._sock,
@@ -89,6 +90,14 @@ class InterpreterService:
             os.unlink(self.socket_path)
         except OSError:
             pass
+
+
+def _kernel_env(env: Dict[str, str]) -> Dict[str, str]:
+    """The kernels' environment: the sandbox's, root's login variables, none of the agent's
+    own settings."""
+    kernel_env = dict(env)
+    kernel_env.update(lookup("root").environ())
+    return {k: v for k, v in kernel_env.items() if k not in PRIVATE_ENV}
 
 
 def _workdir() -> str:

@@ -39,6 +39,8 @@ class Context:
         self._starting: Optional[asyncio.Task] = None
         #: Why the previous kernel went away, told to the next execution (then cleared).
         self.lost: Optional[str] = None
+        #: The sandbox environment the running kernel has (Contexts.env may have moved on).
+        self.env: Dict[str, str] = {}
 
     def describe(self) -> dict:
         return {"id": self.id, "language": self.language, "cwd": self.cwd}
@@ -71,6 +73,7 @@ class Context:
             km.stop()
             raise
         self.km, self.kc = km, kc
+        self.env = dict(km.launch_env)
 
     async def alive(self) -> bool:
         """The kernel's process runs and our connection to it holds."""
@@ -118,6 +121,12 @@ class Contexts:
 
     def kernel_env(self) -> Dict[str, str]:
         return dict(self.env)
+
+    def update_env(self, env: Dict[str, str]) -> None:
+        """The sandbox's environment changed (a later ``/init``, as a warm-pool claim sends):
+        kernels started from now on get ``env``, and running ones are brought up to it before
+        their next execution (:func:`.execution.sync_env`), keeping their state."""
+        self.env = dict(env)
 
     def spec(self, name: str) -> dict:
         return kernelspecs.load(name, self.kernel_dirs)

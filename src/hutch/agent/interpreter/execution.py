@@ -66,6 +66,53 @@ def env_snippets(language: str, env: Dict[str, str]) -> Optional[tuple]:
     return None
 
 
+#: Variables a running program reads only as it starts (the interpreter's own settings, the
+#: dynamic linker's, the thread pools numerical libraries size when they are imported): a
+#: change to one of these restarts the kernel rather than being set in it.
+STARTUP_ONLY = ("PYTHON", "LD_", "NODE_", "OMP_", "OPENBLAS_", "MKL_", "NUMEXPR_",
+                "MPLBACKEND")
+
+
+def env_changes(language: str, old: Dict[str, str], new: Dict[str, str]) -> Optional[str]:
+    """Code that turns a running kernel's environment ``old`` into ``new``: "" when they are
+    equal, None when only a restart can (a start-up-only variable, or a language without
+    an environment snippet)."""
+    changed = {k: v for k, v in new.items() if old.get(k) != v}
+    removed = [k for k in old if k not in new]
+    if not changed and not removed:
+        return ""
+    if any(k.startswith(STARTUP_ONLY) for k in [*changed, *removed]):
+        return None
+    if language == "python":
+        return ("import os as _hutch_os, json as _hutch_json\n"
+                f"_hutch_os.environ.update(_hutch_json.loads({json.dumps(changed)!r}))\n"
+                f"for _k in {removed!r}: _hutch_os.environ.pop(_k, None)\n"
+                "del _hutch_os, _hutch_json\n" + ("del _k\n" if removed else ""))
+    if language == "bash":
+        lines = [f"export {k}='" + v.replace("'", "'\\''") + "'" for k, v in changed.items()]
+        return "\n".join(lines + [f"unset {k}" for k in removed])
+    if language == "javascript":
+        return (f"Object.assign(process.env, {json.dumps(changed)}); "
+                f"for (const k of {json.dumps(removed)}) delete process.env[k]; undefined")
+    return None
+
+
+async def sync_env(ctx: Context) -> None:
+    """Bring ``ctx``'s running kernel to the sandbox's current environment (the caller holds
+    its lock and has its kernel ready): set in place, so its state and imports are kept, or
+    by a restart where setting cannot work (then the state is lost, as for a fresh kernel)."""
+    target = ctx.contexts.kernel_env()
+    code = env_changes(ctx.language, ctx.env, target)
+    if code == "":
+        return
+    if code is None:
+        await ctx.stop()
+        await ctx.ready()
+        return
+    await _quiet(ctx, code)
+    ctx.env = target
+
+
 async def _quiet(ctx: Context, code: str, timeout: float = 30.0) -> None:
     """Run bookkeeping code (env set-up) silently and wait for it to finish."""
     kc = ctx.kc
@@ -91,6 +138,7 @@ async def warm(ctx: Context, modules: List[str]) -> None:
     executions do not count, so that cell is still execution 1."""
     async with ctx.lock:
         await ctx.ready()
+        await sync_env(ctx)
         await _quiet(ctx, "def _hutch_warm():\n"
                           "    import importlib\n"
                           f"    for name in {list(modules)!r}:\n"
@@ -117,6 +165,7 @@ async def run(ctx: Context, code: str, env: Dict[str, str],
                                 f"start: {exc}", [])
             yield outputs.END
             return
+        await sync_env(ctx)
         snippets = env_snippets(ctx.language, env)
         if snippets:
             await _quiet(ctx, snippets[0])

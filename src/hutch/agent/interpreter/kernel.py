@@ -21,6 +21,7 @@ _CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
 class KernelProcess:
     def __init__(self, argv: list[str], env: dict[str, str], cwd: str, work: str,
                  name: str) -> None:
+        self.launch_env: dict[str, str] = dict(env)
         self.prefix = os.path.join(work, f"kernel-{name}")
         self.connection_file = self.prefix + ".json"
         self.info: dict[str, object] = {
@@ -50,7 +51,9 @@ class KernelProcess:
     @classmethod
     def from_spec(cls, spec: dict[str, object], env: dict[str, str], cwd: str, work: str,
                   name: str) -> "KernelProcess":
-        return cls(list(spec["argv"]), {**env, **spec.get("env", {})}, cwd, work, name)
+        km = cls(list(spec["argv"]), {**env, **spec.get("env", {})}, cwd, work, name)
+        km.launch_env = dict(env)       # the sandbox environment it started with
+        return km
 
     def alive(self) -> bool:
         return self.process.poll() is None
