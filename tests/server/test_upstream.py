@@ -170,13 +170,19 @@ async def test_hostile_bodies_are_errors(tmp_path, answer):
     await peer.start()
     link = AgentLink(tmp_path / "s")
     try:
-        resp = await link.request("GET", b"/", [(b"host", b"a")])
-        with pytest.raises(UpstreamError):
-            await asyncio.wait_for(resp.read(), 10)
-        resp.close()
+        await _body_fails(link)
     finally:
         await link.aclose()
         await peer.stop()
+
+
+async def _body_fails(link) -> None:
+    """A GET whose answer's body cannot be read whole: an UpstreamError, and the answer
+    released."""
+    resp = await link.request("GET", b"/", [(b"host", b"a")])
+    with pytest.raises(UpstreamError):
+        await asyncio.wait_for(resp.read(), 10)
+    resp.close()
 
 
 async def test_missing_socket_and_closed_link(tmp_path):
@@ -236,10 +242,7 @@ async def test_a_big_body_cut_short_is_an_error_and_the_connection_is_dropped(tm
     await peer.start()
     link = AgentLink(tmp_path / "s")
     try:
-        resp = await link.request("GET", b"/", [(b"host", b"a")])
-        with pytest.raises(UpstreamError):
-            await asyncio.wait_for(resp.read(), 10)
-        resp.close()
+        await _body_fails(link)
         # Abandoned half-way: the connection is not reused for the next request.
         resp = await link.request("GET", b"/health", [(b"host", b"a")])
         assert await _collect(resp) == (204, b"")

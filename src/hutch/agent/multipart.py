@@ -7,7 +7,7 @@ across chunk edges and hands body bytes on as soon as they cannot be part of a b
 
 from __future__ import annotations
 
-from typing import AsyncIterator, Dict, Tuple, Union
+from typing import AsyncIterator, Dict, Optional, Tuple, Union
 
 from .http import BadRequest, Body
 
@@ -38,6 +38,17 @@ def _take(buf: bytearray, n: int) -> bytes:
         out = bytes(view[:n])
     del buf[:n]
     return out
+
+
+def _cut(buf: bytearray, delim: bytes) -> Optional[bytes]:
+    """If ``buf`` holds ``delim``: the body before it (maybe empty), and both removed from
+    ``buf``; else None and ``buf`` as it was."""
+    at = buf.find(delim)
+    if at < 0:
+        return None
+    head = _take(buf, at)
+    del buf[:len(delim)]
+    return head
 
 
 class MultipartReader:
@@ -104,11 +115,10 @@ class MultipartReader:
         delim = self._delim
         keep = len(delim)
         buf = self._buf
-        at = buf.find(delim)
-        if at >= 0:
-            if at:
-                yield _take(buf, at)
-            del buf[:keep]
+        head = _cut(buf, delim)
+        if head is not None:
+            if head:
+                yield head
             return
         while True:
             # Invariant: buf holds no whole delimiter, so all but its last keep - 1 bytes
@@ -122,11 +132,10 @@ class MultipartReader:
             if len(data) < keep:
                 # A short read: too short to hold what is left of a delimiter begun in buf.
                 buf += data
-                at = buf.find(delim)
-                if at >= 0:
-                    if at:
-                        yield _take(buf, at)
-                    del buf[:keep]
+                head = _cut(buf, delim)
+                if head is not None:
+                    if head:
+                        yield head
                     return
                 continue
             if buf:
