@@ -36,6 +36,7 @@ from typing import Callable, NamedTuple
 import httpx
 
 from hutch.protocol import EnvelopeDecoder, encode_envelope
+from hutch.runtime import cgroup
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import egress  # noqa: E402 - the egress proxy's section, a module of its own
@@ -340,6 +341,13 @@ def host_objects(sandbox_id: str) -> list[str]:
     return left
 
 
+def wait_gone(sandbox_id: str, timeout: float = 5.0) -> None:
+    """Until no mount, netns, cgroup or process of the sandbox is left (at most ``timeout``)."""
+    deadline = time.perf_counter() + timeout
+    while host_objects(sandbox_id) and time.perf_counter() < deadline:
+        time.sleep(0.001)
+
+
 def measure_kill(b: Bench, n: int) -> list[float]:
     """DELETE, then wait until no mount, netns, cgroup or process of the sandbox is left."""
     times = []
@@ -348,9 +356,7 @@ def measure_kill(b: Bench, n: int) -> list[float]:
         b.run(sbx, "true")
         t0 = time.perf_counter()
         b.kill(sbx)
-        deadline = t0 + 5
-        while host_objects(sbx["sandboxID"]) and time.perf_counter() < deadline:
-            time.sleep(0.001)
+        wait_gone(sbx["sandboxID"])
         times.append((time.perf_counter() - t0) * 1000)
         if host_objects(sbx["sandboxID"]):
             raise RuntimeError(f"sandbox {sbx['sandboxID']} left {host_objects(sbx['sandboxID'])} behind")
@@ -364,23 +370,11 @@ def process_cpu_seconds(pid: int) -> tuple[float, float]:
     return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
 
 
-def sandbox_cpu_seconds(sandbox_id: str) -> float:
-    """CPU seconds the sandbox's cgroup has used (every process in it, since it was made)."""
-    for path, scale in ((f"/sys/fs/cgroup/cpu,cpuacct/{INSTANCE}/{sandbox_id}/cpuacct.usage", 1e-9),
-                        (f"/sys/fs/cgroup/cpuacct/{INSTANCE}/{sandbox_id}/cpuacct.usage", 1e-9)):
-        if os.path.exists(path):
-            return int(Path(path).read_text()) * scale
-    for line in Path(f"/sys/fs/cgroup/{INSTANCE}/{sandbox_id}/cpu.stat").read_text().splitlines():
-        if line.startswith("usage_usec "):
-            return int(line.split()[1]) * 1e-6
-    raise RuntimeError(f"no cpu accounting for {sandbox_id}")
-
-
 def measure_cold_cpu(b: Bench, server_pid: int, n: int) -> dict[str, float]:
     """Where the host's CPU goes over one cold create → first output → kill (until every
     kernel object is gone), in ms per sandbox: the server itself, the processes it starts
-    (the OCI runtime's own process, nsenter/sysctl, nft), the sandbox's cgroup (the init, the
-    agent's start, the command) and the rest of the host (kernel threads doing namespace,
+    (the OCI runtime's own process, nft, the user-namespace limits' helper), the sandbox's
+    cgroup (the init, the agent's start, the command) and the rest of the host (kernel threads doing namespace,
     mount and network teardown, and whatever else runs on the machine)."""
     sums = dict.fromkeys(("server", "its child processes", "inside the sandbox",
                           "the rest of the host", "total"), 0.0)
@@ -389,11 +383,9 @@ def measure_cold_cpu(b: Bench, server_pid: int, n: int) -> dict[str, float]:
         busy0, (self0, kids0) = load.cpu_busy_seconds(), process_cpu_seconds(server_pid)
         sbx = b.create()
         b.run(sbx, "true", first_output=True)
-        inside = sandbox_cpu_seconds(sbx["sandboxID"])
+        inside = cgroup.stats(INSTANCE, sbx["sandboxID"])["cpu_ns"] / 1e9
         b.kill(sbx)
-        deadline = time.perf_counter() + 5
-        while host_objects(sbx["sandboxID"]) and time.perf_counter() < deadline:
-            time.sleep(0.001)
+        wait_gone(sbx["sandboxID"])
         time.sleep(0.2)                  # deferred kernel work (namespace cleanup) runs now
         busy1, (self1, kids1) = load.cpu_busy_seconds(), process_cpu_seconds(server_pid)
         total = busy1 - busy0
