@@ -9,9 +9,7 @@ from typing import Any, Dict
 from ..errors import AuthenticationError, HutchError, InvalidArgumentError
 from ..protocol import codes, envd
 from ..protocol.envelope import dumps
-from .files import FilesRoute, http_error
-from .filesystem_service import FilesystemService
-from .http import BadRequest, Request, Response, Tunnel
+from .http import BadRequest, Request, Response, Tunnel, http_error
 from .process_service import ProcessService
 from .rpc import CLIENT_STREAM, SERVER_STREAM, Call, serve_client_stream, serve_server_stream, serve_unary, unary_error
 from .state import AgentState
@@ -19,15 +17,35 @@ from .users import basic_auth_user
 
 
 class AgentApp:
-    """Routes one request; a single instance serves every connection of the agent."""
+    """Routes one request; a single instance serves every connection of the agent.
+
+    The filesystem service and the ``/files`` route are imported on their first request:
+    every sandbox starts an agent, many never touch a file through it, and their modules
+    (with zlib, base64, inotify and multipart parsing) are start-up time and memory that
+    each idle sandbox would otherwise carry."""
 
     def __init__(self, state: AgentState | None = None) -> None:
         self.state = state or AgentState()
-        self.services = {
+        self.services: Dict[str, Dict[str, Any]] = {
             envd.PROCESS_SERVICE: ProcessService(self.state).methods,
-            envd.FILESYSTEM_SERVICE: FilesystemService(self.state).methods,
         }
-        self.files = FilesRoute(self.state)
+        self._files: Any = None
+
+    @property
+    def files(self) -> Any:
+        if self._files is None:
+            from .files import FilesRoute
+
+            self._files = FilesRoute(self.state)
+        return self._files
+
+    def _service(self, name: str) -> Dict[str, Any] | None:
+        methods = self.services.get(name)
+        if methods is None and name == envd.FILESYSTEM_SERVICE:
+            from .filesystem_service import FilesystemService
+
+            methods = self.services[name] = FilesystemService(self.state).methods
+        return methods
 
     async def __call__(self, request: Request) -> Response:
         path = request.path
@@ -36,7 +54,7 @@ class AgentApp:
         if path == "/files":
             return await self.files.handle(request)
         service, _, method = path[1:].partition("/")
-        methods = self.services.get(service)
+        methods = self._service(service)
         if methods is not None:
             return await self._rpc(request, methods, method)
         if not self.state.token_ok(request.headers.get(envd.HEADER_ACCESS_TOKEN)):

@@ -26,17 +26,13 @@ from ..errors import (
 from ..protocol import envd
 from ..protocol.envelope import dumps
 from . import filesystem
-from .http import DRAIN, Body, FileBody, Request, Response, receive_into
+from .http import DRAIN, Body, FileBody, Request, Response, http_error, receive_into
 from .multipart import MultipartReader, boundary_of, disposition
 from .state import AgentState
 from .users import User, lookup, may_act_as_root
 
 CHUNK = 1024 * 1024
 SMALL = 256 * 1024
-
-
-def http_error(status: int, message: str) -> Response:
-    return Response(status, dumps({"code": status, "message": message}), content_type="application/json")
 
 
 def error_response(exc: BaseException) -> Response:

@@ -13,6 +13,7 @@ import os
 from typing import AsyncIterator, Awaitable, Callable, Dict, List, Optional, Tuple, Union
 
 from ..errors import InvalidArgumentError
+from ..protocol.envelope import dumps
 
 MAX_HEAD = 64 * 1024
 #: The stream reader's buffer limit. It also caps the request head, but mainly sets how much
@@ -248,6 +249,11 @@ class Response:
         self.headers = list(headers or [])
         if content_type:
             self.headers.append(("Content-Type", content_type))
+
+
+def http_error(status: int, message: str) -> Response:
+    """A JSON error answer, ``{"code": status, "message": message}``, as envd words its own."""
+    return Response(status, dumps({"code": status, "message": message}), content_type="application/json")
 
 
 class FileBody:
