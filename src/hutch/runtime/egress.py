@@ -13,10 +13,11 @@ in that map that jumps to it; the forward chain consults the map for every packe
 sends, established connections included, so a stricter policy cuts connections it no longer
 allows. Sandboxes with the default policy have no element and cost nothing.
 
-Each change is one ``nft -f`` transaction (chain, rules and map element together): there is
-no moment with half a policy. The runtime also keeps each policy in the sandbox's directory so
-that a restarted runtime, which rebuilds the instance table, writes them back in the same
-transaction as the table (fail closed: never a window with the table and no policies).
+Each change is one nftables transaction (libnftables in-process; the nft command where the
+library is missing), chain, rules and map element together: there is no moment with half a
+policy. The runtime also keeps each policy in the sandbox's directory so that a restarted
+runtime, which rebuilds the instance table, writes them back in the same transaction as the
+table (fail closed: never a window with the table and no policies).
 """
 
 from __future__ import annotations

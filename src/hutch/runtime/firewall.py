@@ -1,9 +1,10 @@
 """The host-side firewall of an instance: one nftables table, outside every sandbox.
 
 It is written as one ruleset text (a pure function of the instance's facts) and applied in
-one atomic `nft -f` transaction that replaces the previous version, so there is never a
-moment with half the rules. Everything keys on the instance's bridge, so no per-sandbox rule
-is needed and creating a sandbox touches no firewall state.
+one atomic nftables transaction (libnftables in-process; the nft command where the library is
+missing: nftables.py) that replaces the previous version, so there is never a moment with half
+the rules. Everything keys on the instance's bridge, so no per-sandbox rule is needed and
+creating a sandbox touches no firewall state.
 
 What it enforces, for traffic that enters from the bridge (i.e. from sandboxes):
 - prerouting (filter): the per-sandbox cap on concurrent connections.
@@ -33,8 +34,7 @@ from dataclasses import dataclass, field
 
 from typing import Iterable
 
-from hutch.errors import RuntimeError_
-from hutch.runtime import egress
+from hutch.runtime import egress, nftables
 from hutch.runtime.egress import EgressPolicy
 from hutch.runtime.network import veth_prefix
 
@@ -177,19 +177,12 @@ def delete_script(instance: str) -> str:
 
 
 async def nft(script: str) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        "nft", "-f", "-", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE)
-    _, err = await proc.communicate(script.encode())
-    if proc.returncode != 0:
-        raise RuntimeError_(f"nft failed: {err.decode(errors='replace').strip()}")
+    """Apply ``script`` as one transaction; RuntimeError_ with nft's message if it fails."""
+    await nftables.backend().run(script)
 
 
 async def table_exists(instance: str) -> bool:
-    proc = await asyncio.create_subprocess_exec(
-        "nft", "list", "table", "inet", instance, stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL)
-    return await proc.wait() == 0
+    return await nftables.backend().table_exists(instance)
 
 
 async def host_facts(exclude_ifname: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
