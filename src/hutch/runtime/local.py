@@ -26,7 +26,8 @@ from typing import Callable
 from hutch.errors import AlreadyExistsError, InvalidArgumentError, RuntimeError_
 from hutch.errors import SandboxNotFoundError
 from hutch.runtime import (
-    _libc, bundle, cgroup, conntrack, disk, egress, firewall, kernel_limits, network, nflog, oci,
+    _libc, bundle, cgroup, command, conntrack, disk, egress, firewall, kernel_limits, network,
+    nflog, oci,
 )
 from hutch.runtime.dns import DnsForwarder, host_resolvers
 from hutch.runtime.egress_proxy import EgressProxy
@@ -567,13 +568,11 @@ class LocalRuntime:
         if freeze:
             await self.driver.pause(sandbox_id)
         try:
-            proc = await asyncio.create_subprocess_exec(
-                "cp", "-a", "--preserve=all", str(self._dir(sandbox_id) / "disk" / "upper"),
-                str(dest), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-            _, err = await proc.communicate()
-            if proc.returncode != 0:
+            done = await command.run(["cp", "-a", "--preserve=all",
+                                      str(self._dir(sandbox_id) / "disk" / "upper"), str(dest)])
+            if done.returncode != 0:
                 raise RuntimeError_(f"copying {sandbox_id}'s files failed: "
-                                    f"{err.decode(errors='replace').strip()}")
+                                    f"{done.stderr.decode(errors='replace').strip()}")
         finally:
             if freeze:
                 await self.driver.pause(sandbox_id, paused=False)

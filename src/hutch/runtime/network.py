@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Callable, TypeVar
 
 from hutch.errors import RuntimeError_
-from hutch.runtime import _libc, netlink
+from hutch.runtime import _libc, command, netlink
 
 log = logging.getLogger("hutch.runtime")
 NETNS_DIR = Path("/run/netns")
@@ -290,12 +290,9 @@ def in_netns(path: Path, fn: Callable[[], T]) -> T:
 async def ip_batch(commands: list[str], *, netns: str | None = None) -> None:
     """Run `ip -batch -` once for many commands (one process instead of one per command)."""
     argv = ["ip"] + (["-n", netns] if netns else []) + ["-batch", "-"]
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE)
-    _, err = await proc.communicate("\n".join(commands).encode() + b"\n")
-    if proc.returncode != 0:
-        raise RuntimeError_(f"ip -batch failed: {err.decode(errors='replace').strip()}")
+    done = await command.run(argv, input="\n".join(commands).encode() + b"\n")
+    if done.returncode != 0:
+        raise RuntimeError_(f"ip -batch failed: {done.stderr.decode(errors='replace').strip()}")
 
 
 def bridge_commands(instance: str, subnet: str, *, exists: bool = False) -> list[str]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hutch.errors import RuntimeError_
-from hutch.runtime import cgroup
+from hutch.runtime import cgroup, command
 
 CANDIDATES = ("runc", "crun")
 
@@ -49,42 +49,33 @@ class OciRuntime:
         if background:
             argv = ["nice", "-n", "19", *argv]
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=subprocess.DEVNULL, stdout=fd, stderr=fd)
+            done = await command.run(argv, stdout=fd, stderr=fd)
         finally:
             os.close(fd)
-        if await proc.wait() != 0:
+        if done.returncode != 0:
             raise RuntimeError_(f"{self.binary} run failed: {_last_error(log)}")
 
     async def delete(self, container_id: str, *, force: bool = True) -> None:
         """Delete (with force: kill first); no error if the container does not exist."""
-        proc = await asyncio.create_subprocess_exec(
-            *self._argv("delete", *(["--force"] if force else []), container_id),
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        _, err = await proc.communicate()
-        text = err.decode(errors="replace")
-        if proc.returncode != 0 and "does not exist" not in text and "not exist" not in text:
+        done = await command.run(self._argv("delete", *(["--force"] if force else []),
+                                            container_id))
+        text = done.stderr.decode(errors="replace")
+        if done.returncode != 0 and "does not exist" not in text and "not exist" not in text:
             raise RuntimeError_(f"{self.binary} delete failed: {text.strip()}")
 
     async def pause(self, container_id: str, paused: bool = True) -> None:
         """Freeze every process of the container (its cgroup's freezer), or thaw them."""
-        proc = await asyncio.create_subprocess_exec(
-            *self._argv("pause" if paused else "resume", container_id),
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        _, err = await proc.communicate()
-        if proc.returncode != 0:
+        done = await command.run(self._argv("pause" if paused else "resume", container_id))
+        if done.returncode != 0:
             raise RuntimeError_(f"{self.binary} {'pause' if paused else 'resume'} failed: "
-                                f"{err.decode(errors='replace').strip()}")
+                                f"{done.stderr.decode(errors='replace').strip()}")
 
     async def state(self, container_id: str) -> dict | None:
-        proc = await asyncio.create_subprocess_exec(
-            *self._argv("state", container_id), stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        out, _ = await proc.communicate()
-        if proc.returncode != 0:
+        done = await command.run(self._argv("state", container_id), stdout=command.PIPE,
+                                 stderr=command.DEVNULL)
+        if done.returncode != 0:
             return None
-        return json.loads(out)
+        return json.loads(done.stdout)
 
     def list_ids(self) -> list[str]:
         """Containers the runtime keeps state for (its --root holds one dir per container)."""
