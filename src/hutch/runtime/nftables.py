@@ -27,6 +27,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from hutch.errors import RuntimeError_
+from hutch.runtime import command
 
 log = logging.getLogger(__name__)
 
@@ -155,19 +156,14 @@ class Command:
     """The nft program, one process per script: for hosts without the library."""
 
     async def run(self, script: str) -> str:
-        proc = await asyncio.create_subprocess_exec(
-            "nft", "-f", "-", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE)
-        out, err = await proc.communicate(script.encode())
-        if proc.returncode != 0:
-            raise _failed(err.decode(errors="replace"))
-        return out.decode(errors="replace")
+        done = await command.run(["nft", "-f", "-"], input=script.encode(), stdout=command.PIPE)
+        if done.returncode != 0:
+            raise _failed(done.stderr.decode(errors="replace"))
+        return done.stdout.decode(errors="replace")
 
     async def table_exists(self, name: str, family: str = "inet") -> bool:
-        proc = await asyncio.create_subprocess_exec(
-            "nft", "list", "table", family, name, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL)
-        return await proc.wait() == 0
+        done = await command.run(["nft", "list", "table", family, name], stderr=command.DEVNULL)
+        return done.returncode == 0
 
 
 _backend: Context | Command | None = None
