@@ -13,8 +13,9 @@ filesystem is made at start), another network mode (a pooled sandbox has the ser
 default), no access token (``secure: false``), or an empty pool. A pooled sandbox is handed
 out once and never comes back. Pooled sandboxes have records in state ``pooled`` (never
 listed, never reachable through the proxy); the next server start destroys any it finds, and
-the pools refill in the background, one sandbox at a time and only while no create is in
-flight, so refilling never delays a request.
+the pools refill in the background, one sandbox at a time, never while a create is in
+flight and only once requests for sandboxes have paused (or the refill has waited a few
+seconds), so a refill does not take the CPU from a sandbox just handed out.
 """
 
 from __future__ import annotations
@@ -166,8 +167,9 @@ class WarmPool:
         failures = 0
         while True:
             while len(self._ready) < self.size:
-                # Live requests first: a refill starts only while no create is in flight.
-                await self.manager.creates_idle()
+                # Live requests first: a refill starts once requests pause (and never while
+                # a create is in flight).
+                await self.manager.quiet()
                 self.starting += 1
                 try:
                     live = await self._start_one()

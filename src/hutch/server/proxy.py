@@ -177,6 +177,7 @@ class DataPlane:
                        port: int | None) -> None:
         """Relay one request, counted by service and status; a process start and a code run
         are also timed, from here to the end of their streamed answer."""
+        self.manager.busy()
         live = self.manager.lookup(sandbox_id)
         service = _service(port, live is not None and live.interpreter)
         kind = _timed_kind(scope["method"], scope["path"], service)
