@@ -322,7 +322,7 @@ class SandboxManager:
                     claimed = await pool.claim(
                         live, template=template, timeout=timeout, metadata=metadata,
                         env_vars=env_vars, idempotency_key=idempotency_key, owner=owner,
-                        egress=egress, cpu=cpu, memory_mb=memory_mb)
+                        egress=egress, cpu=cpu, memory_mb=memory_mb, timing=timing)
                     if claimed is not None:
                         timing["pool"] = time.perf_counter() - t0 - timing["template"]
                         timing["total"] = time.perf_counter() - t0

@@ -46,6 +46,7 @@ async def run(link: Any, cmd: str, args: list[str], *, user: str, cwd: Optional[
     resp = await link.request("POST", b"/process.Process/Start", headers, body)
     out = {"stdout": bytearray(), "stderr": bytearray()}
     decoder = EnvelopeDecoder()
+    ended = None
     try:
         if resp.status != 200:
             raise SandboxError(f"the sandbox agent answered {resp.status}: "
@@ -67,8 +68,13 @@ async def run(link: Any, cmd: str, args: list[str], *, user: str, cwd: Optional[
                         del kept[:-keep]
                 if "end" in event:
                     # proto3 JSON leaves a zero out: no exitCode is exit code 0
-                    return (int(event["end"].get("exitCode", 0)), bytes(out["stdout"]),
-                            bytes(out["stderr"]))
+                    ended = (int(event["end"].get("exitCode", 0)), bytes(out["stdout"]),
+                             bytes(out["stderr"]))
+        # Read to the stream's end (it follows the end event at once): an exchange read to
+        # its end leaves the connection to the agent open for the next request, which a
+        # sandbox handed out of the warm pool would otherwise open afresh.
+        if ended is not None:
+            return ended
     finally:
         resp.close()
     raise SandboxError(f"{cmd} ended without an exit status")
