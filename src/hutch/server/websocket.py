@@ -93,6 +93,7 @@ class WebSocketPlane:
 
     async def __call__(self, scope: dict, receive, send, sandbox_id: str,
                        port: int | None) -> None:
+        self.manager.busy()
         if (await receive())["type"] != "websocket.connect":
             return
         try:
