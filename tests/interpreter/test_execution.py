@@ -287,6 +287,86 @@ def test_output_without_a_newline_from_threads_and_subprocesses_arrives_before_t
         assert run.text == "'done'"
 
 
+def test_results_from_threads_and_the_main_thread_all_arrive_in_order(ci):
+    # The kernel's messages are sent by the thread that makes them: from several threads at
+    # once every one of them still arrives, each thread's in its own order, the cell's
+    # output before its end.
+    run = ci.run_code(
+        "import threading\n"
+        "from IPython.display import display\n"
+        "def show(tag):\n"
+        "    for i in range(100): display({'application/json': {'tag': tag, 'i': i}}, raw=True)\n"
+        "threads = [threading.Thread(target=show, args=(t,)) for t in 'abc']\n"
+        "for t in threads: t.start()\n"
+        "show('main')\n"
+        "for t in threads: t.join()\n"
+        "print('end')\n"
+        "'done'", timeout=120)
+    assert run.error is None, run.error
+    got = {}
+    for result in run.results:
+        if result.json is not None:
+            got.setdefault(result.json["tag"], []).append(result.json["i"])
+    assert got == {tag: list(range(100)) for tag in ("a", "b", "c", "main")}
+    assert "".join(run.logs.stdout) == "end\n" and run.text == "'done'"
+
+
+def test_an_interrupt_while_results_stream_out_leaves_the_kernel_whole(ci):
+    # Interrupted (the execution's timeout) while it sends result after result: those sent
+    # arrive in order, and the kernel goes on answering with its state.
+    for _ in range(3):
+        run = ci.run_code(
+            "from IPython.display import display\n"
+            "n = 0\n"
+            "while True:\n"
+            "    display({'application/json': {'n': n}}, raw=True); n += 1", timeout=1)
+        assert run.error is not None and run.error.name == "TimeoutError", run.error
+        seen = [r.json["n"] for r in run.results if r.json is not None]
+        assert seen and seen == list(range(len(seen)))
+        # The interrupt may land after a result went out and before n counted it.
+        assert ci.run_code("n >= %d" % (len(seen) - 1)).text == "True"
+
+
+def test_an_interrupt_never_cuts_a_message_in_half(ci):
+    # A message is several ZeroMQ frames; an interrupt (KeyboardInterrupt in the kernel's
+    # main thread) arriving between two of them must wait for the message to be out, or the
+    # rest of it would be joined to the next message and both lost. The kernel's IOPub socket
+    # is wrapped here to signal the interrupt right after a message's first frame.
+    run = ci.run_code(
+        "import os, signal, zmq\n"
+        "from IPython.display import display\n"
+        "pub = get_ipython().kernel.iopub_thread\n"
+        "real = pub.socket\n"
+        "class InterruptedMidway:\n"
+        "    def __getattr__(self, name): return getattr(real, name)\n"
+        "    def send_multipart(self, msg, *args, **kwargs):\n"
+        "        real.send(msg[0], zmq.SNDMORE)\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "        for _ in range(100000): pass\n"
+        "        real.send_multipart(msg[1:], *args, **kwargs)\n"
+        "pub.socket = InterruptedMidway()\n"
+        "try:\n"
+        "    display({'application/json': {'x': 1}}, raw=True)\n"
+        "except KeyboardInterrupt:\n"
+        "    outcome = 'interrupted after the message'\n"
+        "else:\n"
+        "    outcome = 'not interrupted'\n"
+        "finally:\n"
+        "    pub.socket = real\n"
+        "display({'application/json': {'x': 2}}, raw=True)\n"
+        "outcome", timeout=60)
+    assert run.error is None, run.error
+    assert [r.json for r in run.results if r.json is not None] == [{"x": 1}, {"x": 2}]
+    assert run.text == "'interrupted after the message'"
+
+
+def test_a_top_level_await_cell_runs_and_returns_its_value(ci):
+    run = ci.run_code("import asyncio\nawaited = await asyncio.sleep(0, result=6)\nawaited * 7")
+    assert run.error is None, run.error
+    assert run.text == "42"
+    assert ci.run_code("awaited").text == "6"
+
+
 def test_the_sessions_history_without_a_history_database(ci):
     ctx = ci.create_code_context()
     try:
