@@ -213,6 +213,27 @@ async def test_unread_messages_pause_reading_until_drained(sock_dir, monkeypatch
         conn.close()
 
 
+async def test_a_cancelled_recv_leaves_the_next_message_for_the_next_recv(sock_dir):
+    go = asyncio.Event()
+
+    async def peer(reader, writer):
+        await go.wait()
+        writer.write(message([b"kept"]))
+        await asyncio.sleep(1)
+
+    path = os.path.join(sock_dir, "s")
+    async with Listener(path, peer, peer_type=b"PUB"):
+        conn = await zmtp.connect(path, "SUB")
+        waiting = asyncio.ensure_future(conn.recv(5))
+        await asyncio.sleep(0.05)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        go.set()
+        assert await conn.recv(5) == [b"kept"]
+        conn.close()
+
+
 # -- client ----------------------------------------------------------------------------------------
 
 KEY = "secret-key"
@@ -320,6 +341,18 @@ async def test_the_client_waits_for_shell_and_iopub_then_executes(sock_dir):
         assert not kc.connected()
         with pytest.raises(Empty):                       # closed: no message, no spin
             await kc.get_iopub_msg(0.01)
+
+
+def test_text_a_kernel_could_not_encode_is_read_not_dropped():
+    # ipykernel encodes text with surrogateescape: a lone surrogate (from bytes decoded the
+    # same way) becomes a byte that is not UTF-8. The message is kept, the byte read as U+FFFD.
+    kc = KernelClient({"key": KEY})
+    frames = jupyter("stream", {"name": "stdout", "text": "a\udc80b"}, topic=b"s")
+    frames[-1] = json.dumps({"name": "stdout", "text": "a\udc80b"},
+                            ensure_ascii=False).encode("utf8", "surrogateescape")
+    frames[2] = sign(frames[3:7])
+    msg = kc._parse(frames)
+    assert msg is not None and msg["content"]["text"] == "a\ufffdb"
 
 
 async def test_a_kernel_that_exits_while_starting_is_reported(sock_dir):

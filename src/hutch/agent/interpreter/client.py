@@ -39,7 +39,7 @@ class KernelClient:
 
     def __init__(self, info: Dict[str, Any]) -> None:
         self.info = info
-        self._key = info["key"].encode()
+        self._hmac = hmac.new(info["key"].encode(), digestmod=hashlib.sha256)
         self.session = os.urandom(16).hex()
         self.shell: Optional[zmtp.Peer] = None
         self.iopub: Optional[zmtp.Peer] = None
@@ -105,8 +105,7 @@ class KernelClient:
             "date": datetime.now(timezone.utc).isoformat(),
         }).encode()
         parts = [header, b"{}", b"{}", json.dumps(content).encode()]
-        signature = hmac.new(self._key, b"".join(parts), hashlib.sha256).hexdigest().encode()
-        self.shell.send([DELIMITER, signature, *parts])
+        self.shell.send([DELIMITER, self._sign(parts), *parts])
         return msg_id
 
     def execute(self, code: str, silent: bool = False, store_history: bool = True,
@@ -150,20 +149,31 @@ class KernelClient:
         if len(frames) < i + 6:
             return None
         signature, parts = frames[i + 1], frames[i + 2:i + 6]
-        expected = hmac.new(self._key, b"".join(parts), hashlib.sha256).hexdigest().encode()
-        if not hmac.compare_digest(signature, expected):
+        if not hmac.compare_digest(signature, self._sign(parts)):
             return None
         try:
-            header = json.loads(parts[0])
+            header = _load(parts[0])
             return {"header": header, "msg_type": header.get("msg_type"),
-                    "parent_header": json.loads(parts[1]), "content": json.loads(parts[3])}
+                    "parent_header": _load(parts[1]), "content": _load(parts[3])}
         except (ValueError, AttributeError):
             return None
+
+    def _sign(self, parts: List[bytes]) -> bytes:
+        mac = self._hmac.copy()     # a copy of one keyed HMAC: cheaper than keying anew
+        for part in parts:
+            mac.update(part)
+        return mac.hexdigest().encode()
 
     def close(self) -> None:
         for peer in (self.shell, self.iopub):
             if peer is not None:
                 peer.close()
+
+
+def _load(part: bytes) -> Any:
+    # A kernel encodes text it could not encode as UTF-8 byte for byte (Jupyter's
+    # surrogateescape): such bytes are read as U+FFFD rather than the message being lost.
+    return json.loads(part.decode("utf-8", "replace"))
 
 
 def _check(alive: Callable[[], bool], deadline: float) -> None:

@@ -112,11 +112,17 @@ class Peer(asyncio.Protocol):
         if not self._inbox:
             if self._error is not None:
                 raise self._error
-            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            # A timer on the waiter itself rather than asyncio.wait_for, which wraps it in a
+            # second future and so resumes us one turn of the event loop later.
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = None if timeout is None else loop.call_later(timeout, _expire, waiter)
             try:
-                await asyncio.wait_for(waiter, timeout)
+                await waiter
             finally:
                 self._waiter = None
+                if timer is not None:
+                    timer.cancel()
             if not self._inbox:
                 raise self._error or ConnectionResetError("the connection to the kernel closed")
         msg = self._inbox.popleft()
@@ -214,6 +220,11 @@ class Peer(asyncio.Protocol):
         elif name == b"PING":
             # Answered with the context the ping carried (after its 2-byte TTL).
             self.transport.write(command(b"PONG", body[1 + body[0] + 2:]))
+
+
+def _expire(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_exception(asyncio.TimeoutError())
 
 
 async def connect(path: str, socket_type: str) -> Peer:
