@@ -46,6 +46,7 @@ def _hutch_launch():
     _log_only_what_is_kept(IPKernelApp)
     _prepare_each_cell_once()
     _set_handlers_without_enums()
+    _pack_with_one_encoder(IPKernelApp)
     IPKernelApp.launch_instance()
 
 
@@ -350,6 +351,45 @@ def _frame_sender():
         send_frame(socket, parts[last], flags, copy, False)
 
     return frames
+
+
+def _pack_with_one_encoder(IPKernelApp):
+    # jupyter_client's packer calls json.dumps with options of its own, which builds a new
+    # encoder each time, for each of a message's four parts: 40 microseconds a message in a
+    # sandbox, 26 with the one C encoder made here with the same options (the same bytes).
+    # A part it cannot encode (NaN, an object JSON does not know) goes to the packer itself,
+    # which has its own way with them.
+    try:
+        from json.encoder import c_make_encoder, encode_basestring
+        from jupyter_client import session as jsession
+    except ImportError:
+        return
+    json_packer = getattr(jsession, "json_packer", None)
+    json_default = getattr(jsession, "json_default", None)
+    init_kernel = getattr(IPKernelApp, "init_kernel", None)
+    if None in (c_make_encoder, json_packer, json_default, init_kernel):
+        return
+    # json.dumps(default=json_default, ensure_ascii=False, allow_nan=False), without the
+    # check for circular references, which makes an encoder hold state (and a circular
+    # message fails here and then in json_packer, as it did before).
+    encode = c_make_encoder(None, json_default, encode_basestring, None, ": ", ", ",
+                            False, False, False)
+
+    def pack(obj):
+        if type(obj) is dict:
+            try:
+                return "".join(encode(obj, 0)).encode("utf8", errors="surrogateescape")
+            except (TypeError, ValueError, RecursionError):
+                pass
+        return json_packer(obj)
+
+    def init_kernel_packing_with_one_encoder(self, *args, **kwargs):
+        init_kernel(self, *args, **kwargs)
+        session = getattr(self, "session", None)
+        if getattr(session, "pack", None) is json_packer:
+            session.pack = pack
+
+    IPKernelApp.init_kernel = init_kernel_packing_with_one_encoder
 
 
 def _set_handlers_without_enums():
