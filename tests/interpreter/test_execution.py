@@ -375,6 +375,13 @@ def test_the_sessions_history_without_a_history_database(ci):
         run = ci.run_code("print(In[1], '|', _i2, '|', Out[2])\n%history -n 1-2", context=ctx)
         assert run.error is None, run.error
         assert "".join(run.logs.stdout) == "a = 1 | a + 1 | 2\n   1: a = 1\n   2: a + 1\n"
+        # What cells printed, displayed and returned is not kept a second time (IPython 9
+        # would keep all of it for the kernel's life): only Out holds the values.
+        ci.run_code("for i in range(100): print('x' * 10000)\n"
+                    "from IPython.display import display; display({'text/plain': 'y'}, raw=True)",
+                    context=ctx)
+        run = ci.run_code("dict(get_ipython().history_manager.outputs), Out", context=ctx)
+        assert run.text == "({}, {2: 2})", run.text
     finally:
         ci.remove_code_context(ctx)
 

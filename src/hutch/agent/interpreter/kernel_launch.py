@@ -47,6 +47,7 @@ def _hutch_launch():
     _prepare_each_cell_once()
     _set_handlers_without_enums()
     _pack_with_one_encoder(IPKernelApp)
+    _keep_no_copy_of_outputs(IPKernelApp)
     IPKernelApp.launch_instance()
 
 
@@ -390,6 +391,31 @@ def _pack_with_one_encoder(IPKernelApp):
             session.pack = pack
 
     IPKernelApp.init_kernel = init_kernel_packing_with_one_encoder
+
+
+def _keep_no_copy_of_outputs(IPKernelApp):
+    # IPython 9 keeps a copy of everything each cell prints, displays and returns (for
+    # %notebook), in memory and for the kernel's life, history database or not: a cell that
+    # printed 20 MB left 20 MB behind. Without the database (kernelspecs.py) the kernel
+    # keeps none: the copies go to a dict that stores nothing, and %notebook exports the
+    # inputs alone. Out, _ and _<n> keep the values, as before.
+    init_kernel = getattr(IPKernelApp, "init_kernel", None)
+    if init_kernel is None:
+        return
+
+    class NoOutputs(dict):
+        def __missing__(self, key):
+            return []           # appended to, then dropped
+
+    def init_kernel_keeping_no_outputs(self, *args, **kwargs):
+        init_kernel(self, *args, **kwargs)
+        history = getattr(getattr(getattr(self, "kernel", None), "shell", None),
+                          "history_manager", None)
+        if (history is not None and getattr(history, "enabled", True) is False
+                and isinstance(getattr(history, "outputs", None), dict)):
+            history.outputs = NoOutputs()
+
+    IPKernelApp.init_kernel = init_kernel_keeping_no_outputs
 
 
 def _set_handlers_without_enums():
