@@ -2,12 +2,12 @@
 # on the template's Python, after importing ipykernel): ipykernel's own kernel, with costs that
 # buy the interpreter nothing taken out before it starts. Each change first checks that
 # ipykernel (or IPython) still has the shape it expects and otherwise leaves it as it is, so
-# another version runs unchanged rather than broken. It all happens inside functions, so the
-# kernel's __main__ gets no names of ours but that one.
+# another version runs unchanged rather than broken. It all happens inside functions, and
+# the user's namespace (IPython's own __main__) sees none of their names.
 #
-# What a warm `1+1` cost the kernel, measured on a shared two-core host before these changes
-# (CPU of its main thread: 3.5 ms, nearly all of it Python) and what each change took off is
-# in the comment above it.
+# A warm `1+1` cost the kernel's main thread 3.5 ms of CPU, nearly all of it Python, on a
+# shared two-core host before the changes below; the comment that opens each function says
+# what it took off.
 def _hutch_launch():
     from ipykernel.kernelapp import IPKernelApp
 
