@@ -27,14 +27,13 @@ What it enforces, for traffic that enters from the bridge (i.e. from sandboxes):
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import json
 from dataclasses import dataclass, field
 
 from typing import Iterable
 
-from hutch.runtime import egress, nftables
+from hutch.runtime import command, egress, nftables
 from hutch.runtime.egress import EgressPolicy
 from hutch.runtime.network import veth_prefix
 
@@ -181,18 +180,12 @@ async def nft(script: str) -> None:
     await nftables.backend().run(script)
 
 
-async def table_exists(instance: str) -> bool:
-    return await nftables.backend().table_exists(instance)
-
-
 async def host_facts(exclude_ifname: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The host's own IPv4 addresses and directly connected subnets (except the bridge's)."""
-    proc = await asyncio.create_subprocess_exec(
-        "ip", "-j", "-4", "addr", "show", stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL)
-    out, _ = await proc.communicate()
+    done = await command.run(["ip", "-j", "-4", "addr", "show"], stdout=command.PIPE,
+                             stderr=command.DEVNULL)
     addrs, subnets = [], []
-    for link in json.loads(out or b"[]"):
+    for link in json.loads(done.stdout or b"[]"):
         if link.get("ifname") == exclude_ifname:
             continue
         for a in link.get("addr_info", []):

@@ -140,11 +140,6 @@ class Context:
         """:meth:`run_sync` in the worker thread."""
         return await asyncio.get_running_loop().run_in_executor(_worker, self.run_sync, script)
 
-    async def table_exists(self, name: str, family: str = "inet") -> bool:
-        rc, _, _ = await asyncio.get_running_loop().run_in_executor(
-            _worker, self._run, f"list table {family} {name}\n")
-        return rc == 0
-
     def close(self) -> None:
         with _lock:
             if self._ctx:
@@ -160,11 +155,6 @@ class Command:
         if done.returncode != 0:
             raise _failed(done.stderr.decode(errors="replace"))
         return done.stdout.decode(errors="replace")
-
-    async def table_exists(self, name: str, family: str = "inet") -> bool:
-        done = await command.run(["nft", "list", "table", family, name], stderr=command.DEVNULL)
-        return done.returncode == 0
-
 
 _backend: Context | Command | None = None
 
