@@ -56,6 +56,33 @@ def test_env_user_and_cwd(client: Client, workdir):
     assert res["stdout"].decode().strip() == "nobody|65534|65534|/"
 
 
+def test_user_command_holds_every_id_of_the_user_and_no_capability(client: Client):
+    # A user's commands start from an agent thread that already is the user (processes.py):
+    # the command must hold the user's ids everywhere (real, effective, saved, filesystem),
+    # the user's groups only, and no capability, exactly as a setuid in the child gave.
+    for user in ("nobody", "nobody", "root"):
+        res = run_cmd(client, "grep -E '^(Uid|Gid|Groups|Cap...):' /proc/self/status", user=user)
+        status = dict(line.split(":", 1) for line in res["stdout"].decode().splitlines())
+        status = {k: v.split() for k, v in status.items()}
+        if user == "root":
+            assert status["Uid"] == ["0"] * 4 and status["CapEff"] != ["0000000000000000"]
+            continue
+        assert status["Uid"] == ["65534"] * 4 and status["Gid"] == ["65534"] * 4
+        assert status["Groups"] == [str(g) for g in os.getgrouplist("nobody", 65534)]
+        for cap in ("CapInh", "CapPrm", "CapEff", "CapAmb"):
+            assert status[cap] == ["0000000000000000"], (cap, status)
+
+
+def test_user_cannot_start_in_a_directory_closed_to_them(client: Client, workdir):
+    closed = workdir / "closed"
+    closed.mkdir(mode=0o700)
+    events = client.stream("process.Process/Start",
+                           {"process": {"cmd": "/bin/true", "cwd": str(closed)}}, user="nobody")
+    assert events[-1]["error"]["code"] == "invalid_argument"
+    assert "Permission denied" in events[-1]["error"]["message"]
+    assert run_cmd(client, "pwd", user="root", process={"cwd": str(closed)})["stdout"] == f"{closed}\n".encode()
+
+
 def test_unknown_user_is_unauthenticated(client: Client):
     r = client.unary("process.Process/List", {}, user="no-such-user-here")
     assert r.status_code == 401 and r.json()["code"] == "unauthenticated"

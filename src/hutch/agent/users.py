@@ -1,4 +1,4 @@
-"""Linux users inside the sandbox, and doing file work *as* one of them.
+"""Linux users inside the sandbox, and doing file work (and starting processes) *as* one of them.
 
 File operations must honour the requesting user's permissions and create files owned by that
 user. The agent runs as root, so each non-root user gets a small pool of worker threads whose
@@ -7,6 +7,9 @@ Raw, because these credentials are per thread in the kernel while glibc's wrappe
 ``setgroups`` to every thread of the process, which would change the agent itself. Switching the
 fsuid away from 0 also drops the filesystem capabilities of that thread (DAC override and
 friends), so the kernel does the permission checks exactly as for the user's own processes.
+
+A thread can also take on *all* of a user's ids for good (:func:`become`): processes.py starts
+a user's commands from such a thread, so that they need no identity change of their own.
 """
 
 from __future__ import annotations
@@ -33,6 +36,15 @@ _SYSCALLS = {
     "riscv64": (151, 152, 159),
     "ppc64le": (139, 138, 81),
     "s390x": (215, 216, 206),
+}
+
+#: Syscall numbers (setresuid, setresgid) per machine, for :func:`become`. Where a machine is
+#: missing, commands change identity in the child instead (slower, same result).
+_ID_SYSCALLS = {
+    "x86_64": (117, 119),
+    "aarch64": (147, 149),
+    "arm64": (147, 149),
+    "riscv64": (147, 149),
 }
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -124,8 +136,8 @@ def basic_auth_user(header: Optional[str]) -> Optional[str]:
     return decoded.split(":", 1)[0] or None
 
 
-class _FsCreds:
-    """Switches the calling thread's filesystem identity with raw syscalls (loaded lazily)."""
+class _Creds:
+    """Switches the calling thread's identity with raw syscalls (loaded lazily)."""
 
     def __init__(self) -> None:
         import ctypes
@@ -150,6 +162,24 @@ class _FsCreds:
         if self._libc.syscall(self._fsuid, c.c_long(-1)) != user.uid:
             raise OSError("setfsuid did not take effect")
 
+    def become(self, user: User) -> None:
+        """Give the calling thread every id of ``user``: real, effective and saved uid and gid,
+        and the supplementary groups. With the uids all non-zero the kernel clears the thread's
+        capabilities, so it can never get root back: meant for a thread that is the user's
+        for the rest of its life."""
+        numbers = _ID_SYSCALLS.get(os.uname().machine)
+        if numbers is None:
+            raise OSError(f"no setresuid syscall number for {os.uname().machine}")
+        setresuid, setresgid = numbers
+        c = self._ctypes
+        groups = (c.c_uint * max(1, len(user.groups)))(*user.groups)
+        for number, args in ((self._setgroups, (c.c_long(len(user.groups)), groups)),
+                             (setresgid, (c.c_long(user.gid),) * 3),
+                             (setresuid, (c.c_long(user.uid),) * 3)):
+            if self._libc.syscall(number, *args) != 0:
+                err = c.get_errno()
+                raise OSError(err, os.strerror(err))
+
     def current(self) -> tuple:
         """The calling thread's (fsuid, fsgid, groups), for :meth:`restore`."""
         c = self._ctypes
@@ -169,13 +199,13 @@ class _FsCreds:
             os.abort()
 
 
-_creds: Optional[_FsCreds] = None
+_creds: Optional[_Creds] = None
 
 
-def _fs_creds() -> _FsCreds:
+def thread_creds() -> _Creds:
     global _creds
     if _creds is None:
-        _creds = _FsCreds()
+        _creds = _Creds()
     return _creds
 
 
@@ -190,7 +220,7 @@ def acting_as(user: User) -> Iterator[None]:
     if user.uid == 0:
         yield
         return
-    creds = _fs_creds()
+    creds = thread_creds()
     saved = creds.current()
     try:
         creds.apply(user)
@@ -215,7 +245,7 @@ class Identities:
                 pool = ThreadPoolExecutor(self._workers, thread_name_prefix="fs-root")
             else:
                 pool = ThreadPoolExecutor(
-                    self._workers, thread_name_prefix=f"fs-{user.uid}", initializer=_fs_creds().apply,
+                    self._workers, thread_name_prefix=f"fs-{user.uid}", initializer=thread_creds().apply,
                     initargs=(user,),
                 )
             self._pools[user.uid] = pool
