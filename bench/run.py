@@ -90,7 +90,9 @@ class Bench:
     def run(self, sbx: dict, cmd: str, *, first_output: bool = False, argv: list | None = None) -> bytes:
         """Run a command through the agent as the sandbox's default user, the way
         `commands.run` sends it (`bash -l -c cmd`), or `argv` directly (no shell, as
-        `sbx.exec`); return at the first output or at the end."""
+        `sbx.exec`); return at the first output or at the stream's end. To the end, as the
+        SDKs read it: a response left unread closes its connection, and the next call would
+        pay for a new one, which no SDK user does."""
         argv = argv or ["/bin/bash", "-l", "-c", cmd]
         body = encode_envelope({"process": {"cmd": argv[0], "args": argv[1:]}})
         headers = {**self.headers(sbx), "Content-Type": "application/connect+json",
@@ -106,7 +108,7 @@ class Bench:
                         out += base64.b64decode(event["data"].get("stdout", ""))
                         if first_output:
                             return out
-                    if "end" in event or env.end_stream:
+                    if env.end_stream:
                         return out
         return out
 

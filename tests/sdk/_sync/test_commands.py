@@ -4,6 +4,9 @@ environment, working directory, users, exit codes."""
 
 from __future__ import annotations
 
+import socket
+import threading
+
 import pytest
 
 from hutch import Sandbox, errors
@@ -26,6 +29,40 @@ def test_foreground_output(sbx):
     result = sbx.commands.run("echo out; echo err >&2")
     assert (result.stdout, result.stderr, result.exit_code, result.error) == (
         "out\n", "err\n", 0, None)
+
+
+def test_commands_share_one_connection(sbx, module_opts, monkeypatch):
+    # Each command's stream is read to the end of its body, so its connection serves the next
+    # command; a stream closed at its last message would cost every command a new connection.
+    connects = []
+    real = socket.socket.connect
+
+    def counting(self, address):
+        connects.append(address)
+        return real(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", counting)
+    other = Sandbox.connect(sbx.sandbox_id, **module_opts)
+    try:
+        other.commands.run("true")
+        assert connects, "the first command of a new client opens a connection"
+        before = len(connects)
+        for _ in range(5):
+            assert (other.commands.run("echo hi")).stdout == "hi\n"
+        assert len(connects) == before
+    finally:
+        other.close()
+
+
+def test_foreground_callbacks_run_on_the_callers_thread(sbx):
+    # A foreground run waits at once, so its stream is read where the caller waits: no thread
+    # is started per command (the sync SDK used to start one, and a timer thread too).
+    threads = []
+    result = sbx.commands.run("echo a; echo b >&2",
+                              on_stdout=lambda _: threads.append(threading.current_thread()),
+                              on_stderr=lambda _: threads.append(threading.current_thread()))
+    assert (result.stdout, result.stderr) == ("a\n", "b\n")
+    assert threads and set(threads) == {threading.current_thread()}
 
 
 def test_non_zero_exit_raises_with_the_output(sbx):

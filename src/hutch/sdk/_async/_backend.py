@@ -18,8 +18,10 @@ from hutch import errors
 class Worker:
     """Runs ``fn()`` in the background: reading a stream while the caller does other things."""
 
-    def __init__(self, fn: Callable[[], Awaitable[None]], abort: Callable[[], None]) -> None:
+    def __init__(self, fn: Callable[[], Awaitable[None]], abort: Callable[[], None],
+                 background: bool = True) -> None:
         # ``abort`` unblocks a pending read on the sync side; a task is cancelled instead.
+        # ``background=False`` saves the sync side a thread; a task is cheap, so always one.
         self._task = asyncio.get_running_loop().create_task(fn())
 
     def done(self) -> bool:

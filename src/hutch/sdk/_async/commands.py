@@ -3,7 +3,8 @@
 A command's output arrives as a Connect stream of process events (``start`` with the pid,
 ``data`` chunks, one ``end``). The handle reads that stream in the background from the
 moment the command starts, so ``on_stdout``/``on_stderr`` fire as output arrives, and
-``wait()`` only waits for the end.
+``wait()`` only waits for the end. (A foreground ``run`` waits at once, so the sync SDK reads
+its stream on the caller's own thread instead.)
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class AsyncCommandHandle:
                  on_stderr: Optional[OutputHandler] = None,
                  on_pty: Optional[OutputHandler] = None,
                  input_field: str = "stdin", retain_output: bool = True,
-                 max_output: Optional[int] = OUTPUT_CAP) -> None:
+                 max_output: Optional[int] = OUTPUT_CAP, background: bool = True) -> None:
         self._pid = pid
         self._stream = stream
         self._commands = commands
@@ -50,7 +51,8 @@ class AsyncCommandHandle:
         self._lock = _backend.lock()  # output lists and callbacks, shared with the reader
         self._listeners: List[_backend.Queue] = []  # iterators waiting for output
         self._worker_done = False
-        self._worker = _backend.Worker(self._read, stream.abort)
+        # A foreground command's caller waits at once: the sync SDK then reads in its thread.
+        self._worker = _backend.Worker(self._read, stream.abort, background)
 
     @property
     def pid(self) -> int:
@@ -309,7 +311,8 @@ class AsyncCommands:
         }
         handle = await self._start(request, user, timeout, request_timeout,
                                    on_stdout=on_stdout, on_stderr=on_stderr,
-                                   retain_output=retain_output, max_output=max_output)
+                                   retain_output=retain_output, max_output=max_output,
+                                   background=bool(background))
         return handle if background else await handle.wait()
 
     async def connect(self, pid: int, timeout: Optional[float] = 60,

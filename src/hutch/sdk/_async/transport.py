@@ -235,17 +235,25 @@ class AsyncEventStream:
 
     async def _messages(self) -> AsyncIterator[dict]:
         decoder = _wire.EnvelopeDecoder()
+        end = None
         try:
             async for chunk in self._response.aiter_raw():
+                if end is not None:
+                    continue
                 for envelope in decoder.feed(chunk):
                     if envelope.end_stream:
-                        self.ended = True
-                        error = _errors.from_end_stream(envelope.json(),
-                                                        not_found=self._not_found)
-                        if error is not None:
-                            raise error
-                        return
+                        end = envelope.json()
+                        break
                     yield envelope.json()
+            # The body is read to its end even after the end-stream message (only HTTP's own
+            # end follows it): a response closed before that closes its connection too, and
+            # every call would pay for a new one.
+            if end is not None:
+                self.ended = True
+                error = _errors.from_end_stream(end, not_found=self._not_found)
+                if error is not None:
+                    raise error
+                return
             # Connect always closes a stream with an end-stream message; a body that ends
             # without one was cut off (the sandbox died, a proxy gave up).
             raise await self._agent.lost(EOFError("the stream ended without its end message"))
