@@ -8,10 +8,11 @@ output through non-blocking pipes (or a PTY master) registered with the event lo
 per process and no polling. Output goes to every subscribed stream; a slow stream pauses reading
 so that the process blocks on write instead of the agent buffering without bound.
 
-A non-root user's command is started from a thread that holds all of that user's ids
-(:class:`Spawner`). A child that must change identity is made by a full fork of the agent, which
-copies its page tables on every spawn; a child of a thread that already is the user needs no
-change, so ``subprocess`` starts it with vfork: about 0.8 ms less per command.
+A non-root user's command is started while the event loop's thread is that user for an
+instant (``users._Creds.lend``). A child that must change identity is made by a full fork
+of the agent, which copies its page tables on every spawn; a child of a thread that already
+is the user needs no change, so ``subprocess`` starts it with vfork: about 0.8 ms less per
+command, and no thread kept for it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import subprocess
 from collections import deque
 from typing import Any, Deque, Dict, List, Optional, Set, Tuple, Union
 
-from ..errors import InvalidArgumentError, NotFoundError
+from ..errors import HutchError, InvalidArgumentError, NotFoundError
 from ..protocol import envd
 from .users import User, thread_creds
 
@@ -374,55 +375,29 @@ def _take_controlling_tty() -> None:  # runs in the child, after setsid()
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
-class Spawner:
-    """One thread that is a user for good (:meth:`users._Creds.become`), to start their
-    commands by vfork. The event loop waits for each spawn, as it waits for a fork of its own:
-    the spawn is done when the child has exec'd, about a millisecond."""
-
-    def __init__(self, user: User) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        self.user = user
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"spawn-{user.uid}",
-                                        initializer=thread_creds().become, initargs=(user,))
-
-    def popen(self, *args, **kwargs) -> Optional[subprocess.Popen]:
-        """``subprocess.Popen(*args, **kwargs)`` run by the user's thread; None when that thread
-        could not become the user (the caller then changes identity in the child)."""
-        from concurrent.futures import BrokenExecutor
-
-        try:
-            return self._pool.submit(subprocess.Popen, *args, **kwargs).result()
-        except BrokenExecutor:
-            return None
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False)
-
-
 class ProcessTable:
     """All processes the agent started and still tracks, by pid."""
 
     def __init__(self) -> None:
         self.procs: Dict[int, Process] = {}
         self._tasks: Set[asyncio.Task] = set()
-        self._spawners: Dict[int, Spawner] = {}
 
-    def _popen(self, user: User, argv: List[str], **kwargs) -> subprocess.Popen:
-        """Start ``argv`` as ``user``: from the user's own thread where it works, else by a
-        fork that changes identity in the child."""
+    @staticmethod
+    def _popen(user: User, argv: List[str], **kwargs) -> subprocess.Popen:
+        """Start ``argv`` as ``user``: by vfork while the loop's thread is the user, where the
+        switch works, else by a fork that changes identity in the child."""
         if user.uid == 0 or os.getuid() != 0:
             return subprocess.Popen(argv, **kwargs)
-        spawner = self._spawners.get(user.uid)
-        if spawner is None or spawner.user.gid != user.gid or spawner.user.groups != user.groups:
-            if spawner is not None:
-                spawner.close()
-            spawner = self._spawners[user.uid] = Spawner(user)
-        popen = spawner.popen(argv, **kwargs)
-        if popen is None:
-            popen = subprocess.Popen(argv, user=user.uid, group=user.gid,
-                                     extra_groups=user.groups, **kwargs)
-        return popen
+        try:
+            creds = thread_creds()
+            saved = creds.lend(user)
+        except (OSError, HutchError):
+            return subprocess.Popen(argv, user=user.uid, group=user.gid,
+                                    extra_groups=user.groups, **kwargs)
+        try:
+            return subprocess.Popen(argv, **kwargs)
+        finally:
+            creds.take_back(saved)
 
     def start(
         self,
@@ -539,6 +514,4 @@ class ProcessTable:
         """SIGKILL every tracked process group (the agent is shutting down)."""
         for proc in list(self.procs.values()):
             proc.signal(signal.SIGKILL)
-        for spawner in self._spawners.values():
-            spawner.close()
-        self._spawners.clear()
+

@@ -8,8 +8,10 @@ Raw, because these credentials are per thread in the kernel while glibc's wrappe
 fsuid away from 0 also drops the filesystem capabilities of that thread (DAC override and
 friends), so the kernel does the permission checks exactly as for the user's own processes.
 
-A thread can also take on *all* of a user's ids for good (:func:`become`): processes.py starts
-a user's commands from such a thread, so that they need no identity change of their own.
+The event loop's thread also becomes a user for an instant (:meth:`_Creds.lend`) to start
+that user's commands: a child made by vfork takes its parent thread's identity, so it needs no
+identity change of its own, and once it execs it has lost the saved root and every capability,
+as a setuid in the child would give (see processes.py).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ _SYSCALLS = {
     "s390x": (215, 216, 206),
 }
 
-#: Syscall numbers (setresuid, setresgid) per machine, for :func:`become`. Where a machine is
+#: Syscall numbers (setresuid, setresgid) per machine, for :meth:`_Creds.lend`. Where a machine is
 #: missing, commands change identity in the child instead (slower, same result).
 _ID_SYSCALLS = {
     "x86_64": (117, 119),
@@ -162,23 +164,41 @@ class _Creds:
         if self._libc.syscall(self._fsuid, c.c_long(-1)) != user.uid:
             raise OSError("setfsuid did not take effect")
 
-    def become(self, user: User) -> None:
-        """Give the calling thread every id of ``user``: real, effective and saved uid and gid,
-        and the supplementary groups. With the uids all non-zero the kernel clears the thread's
-        capabilities, so it can never get root back: meant for a thread that is the user's
-        for the rest of its life."""
+    def _ids(self, setresuid_args: tuple, setresgid_args: tuple, groups: List[int],
+             uid_first: bool) -> None:
         numbers = _ID_SYSCALLS.get(os.uname().machine)
         if numbers is None:
             raise OSError(f"no setresuid syscall number for {os.uname().machine}")
         setresuid, setresgid = numbers
         c = self._ctypes
-        groups = (c.c_uint * max(1, len(user.groups)))(*user.groups)
-        for number, args in ((self._setgroups, (c.c_long(len(user.groups)), groups)),
-                             (setresgid, (c.c_long(user.gid),) * 3),
-                             (setresuid, (c.c_long(user.uid),) * 3)):
+        array = (c.c_uint * max(1, len(groups)))(*groups)
+        steps = [(self._setgroups, (c.c_long(len(groups)), array)),
+                 (setresgid, tuple(c.c_long(i) for i in setresgid_args)),
+                 (setresuid, tuple(c.c_long(i) for i in setresuid_args))]
+        # Changing groups and gids needs CAP_SETGID, which holds only while the euid is 0:
+        # become the user last, and root again first.
+        for number, args in (reversed(steps) if uid_first else steps):
             if self._libc.syscall(number, *args) != 0:
                 err = c.get_errno()
                 raise OSError(err, os.strerror(err))
+
+    def lend(self, user: User) -> tuple:
+        """Make the calling thread ``user`` for now: real and effective uid and gid, and the
+        groups. The saved ids stay 0, so :meth:`take_back` can return to root; meanwhile the
+        thread has no effective capability. Returns what ``take_back`` needs."""
+        saved = os.getgroups()
+        try:
+            self._ids((user.uid, user.uid, -1), (user.gid, user.gid, -1), user.groups, False)
+        except OSError:
+            self.take_back(saved)
+            raise
+        return saved
+
+    def take_back(self, groups: List[int]) -> None:
+        try:
+            self._ids((0, 0, -1), (0, 0, -1), groups, True)
+        except OSError:
+            os.abort()  # the event loop's thread cannot stay a user: see restore()
 
     def current(self) -> tuple:
         """The calling thread's (fsuid, fsgid, groups), for :meth:`restore`."""
