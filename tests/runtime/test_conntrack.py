@@ -60,6 +60,27 @@ def test_parse_update_and_destroy():
     ]
 
 
+def test_decode_asks_before_decoding_the_rest(monkeypatch):
+    # The listener's question comes before the counters and the flow are decoded: most of the
+    # host's events (loopback clients, the proxy's own connections, every TCP state change)
+    # are dropped for the cost of reading an address and a state.
+    asked = []
+
+    def keep(kind, src, state):
+        asked.append((kind, socket.inet_ntoa(src), state))
+        return src == socket.inet_aton("10.9.0.2")
+
+    decoded = []
+    real_counted = conntrack._counted
+    monkeypatch.setattr(conntrack, "_counted",
+                        lambda top, kind: decoded.append(kind) or real_counted(top, kind))
+    datagram = message(0, 1, src="127.0.0.1", tcp_state=3) + message(0, 2, tcp_state=7) + \
+        message(2, 3, src="172.16.5.9", proto=17, dport=53, counters=(1, 1))
+    got = [(kind, ctid, state) for _, kind, ctid, _, state, _ in conntrack._decode(datagram, keep)]
+    assert asked == [(0, "127.0.0.1", 3), (0, "10.9.0.2", 7), (2, "172.16.5.9", -1)]
+    assert got == [(0, 2, 7)] and len(decoded) == 2     # both counters of the one kept
+
+
 def test_parse_icmp_has_no_port():
     [(_, _, flow, _)] = conntrack.parse(message(2, 9, proto=1, dport=None, counters=(84, 84)))
     assert (flow.protocol, flow.dport, flow.bytes_out) == (1, None, 84)

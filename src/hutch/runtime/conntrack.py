@@ -77,8 +77,13 @@ def _counted(top: dict[int, bytes], kind: int) -> int:
     return _int(_attrs(top.get(kind, b"")).get(CTA_COUNTERS_BYTES), 8)
 
 
-def _decode(datagram: bytes) -> Iterator[tuple[int, int, int, Flow, Optional[int], bytes]]:
-    """(netlink seq, message type, id, flow, TCP state, raw original tuple) per message."""
+def _decode(datagram: bytes, keep: Optional[Callable[[int, bytes, int], bool]] = None,
+            ) -> Iterator[tuple[int, int, int, Flow, Optional[int], bytes]]:
+    """(netlink seq, message type, id, flow, TCP state, raw original tuple) per message.
+
+    ``keep(message type, source address as 4 bytes, TCP state or -1)``, when given, is asked
+    before the rest of a message is decoded: the host's every connection (the server's own
+    clients on loopback too) sends several events, and most are of no interest."""
     pos = 0
     while pos + 16 <= len(datagram):
         length, kind, _, seq, _ = struct.unpack_from("=IHHII", datagram, pos)
@@ -93,9 +98,12 @@ def _decode(datagram: bytes) -> Iterator[tuple[int, int, int, Flow, Optional[int
             proto, ctid = _int(l4.get(CTA_PROTO_NUM), 1, -1), _int(top.get(CTA_ID), 4, -1)
             if src is not None and dst is not None and len(src) == len(dst) == 4 \
                     and proto >= 0 and ctid >= 0:
-                port = _int(l4.get(CTA_PROTO_DST_PORT), 2, -1)
                 tcp = _attrs(_attrs(top.get(CTA_PROTOINFO, b"")).get(CTA_PROTOINFO_TCP, b""))
                 state = _int(tcp.get(CTA_PROTOINFO_TCP_STATE), 1, -1)
+                if keep is not None and not keep(kind & 0xFF, src, state):
+                    pos += (length + 3) & ~3
+                    continue
+                port = _int(l4.get(CTA_PROTO_DST_PORT), 2, -1)
                 flow = Flow(proto, socket.inet_ntoa(src), socket.inet_ntoa(dst),
                             None if port < 0 else port,
                             _counted(top, CTA_COUNTERS_ORIG), _counted(top, CTA_COUNTERS_REPLY),
@@ -144,10 +152,15 @@ class ConntrackListener(Listener):
     def start(self) -> None:
         self._attach(self._make_socket())
 
+    def _wanted(self, kind: int, src: bytes, state: int) -> bool:
+        """From the subnet, and an end: a destroy, or a TCP update (or the answer to
+        :meth:`_ask`) that says TIME_WAIT or CLOSE."""
+        return (int.from_bytes(src, "big") & self._mask == self._net
+                and (kind == IPCTNL_MSG_CT_DELETE
+                     or state in (TCP_CONNTRACK_TIME_WAIT, TCP_CONNTRACK_CLOSE)))
+
     def _receive(self, datagram: bytes) -> None:
-        for seq, kind, ctid, flow, state, tuple_ in _decode(datagram):
-            if struct.unpack("!I", socket.inet_aton(flow.src))[0] & self._mask != self._net:
-                continue
+        for seq, kind, ctid, flow, state, tuple_ in _decode(datagram, self._wanted):
             if kind == IPCTNL_MSG_CT_DELETE:
                 if self._seen.pop(ctid, None) != _DONE:
                     self._emit(flow)

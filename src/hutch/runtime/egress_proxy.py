@@ -253,8 +253,16 @@ async def _read_head(conn: socket.socket) -> tuple[bytes, hostname.Requested]:
     while True:
         wait = FIRST_BYTES_WAIT if not head else deadline - loop.time()
         try:
-            chunk = await asyncio.wait_for(loop.sock_recv(conn, hostname.MAX_HEAD), wait)
-        except (asyncio.TimeoutError, OSError):
+            # Most clients send at once, so the bytes are usually there when the connection
+            # is taken: read them without waiting (a timed wait costs the loop a task).
+            chunk = conn.recv(hostname.MAX_HEAD)
+        except (BlockingIOError, InterruptedError):
+            try:
+                async with asyncio.timeout(wait):
+                    chunk = await loop.sock_recv(conn, hostname.MAX_HEAD)
+            except (TimeoutError, OSError):
+                chunk = None
+        except OSError:
             chunk = None
         if chunk:
             head += chunk
@@ -446,9 +454,10 @@ async def _dial(targets: list[str], port: int) -> Optional[socket.socket]:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
-            await asyncio.wait_for(loop.sock_connect(sock, (target, port)), DIAL_TIMEOUT)
+            async with asyncio.timeout(DIAL_TIMEOUT):
+                await loop.sock_connect(sock, (target, port))
             return sock
-        except (OSError, asyncio.TimeoutError):
+        except (OSError, TimeoutError):
             sock.close()
         except BaseException:               # cancelled: nothing may leak
             sock.close()
