@@ -32,7 +32,7 @@ from hutch.runtime.spec import Mount, SandboxSpec
 from hutch.server import agent_lib
 from hutch.server import audit, startup
 from hutch.server.config import Config
-from hutch.server.expiry import expire
+from hutch.server.expiry import Reaper
 from hutch.server.keys import new_sandbox_id, new_token
 from hutch.server.metrics import Metrics
 from hutch.server.pool import WarmPool
@@ -103,7 +103,7 @@ class SandboxManager:
         self.runtime = runtime
         self.templates = templates
         self._live: dict[str, Live] = {}
-        self._wake = asyncio.Event()
+        self._expiry = Reaper(lambda: self._live, self.kill)
         self._reaper: asyncio.Task | None = None
         # The installed hutch package (agent + protocol), mounted read-only into each sandbox.
         self._agent_lib: Path | None = None   # staged at start: see hutch.server.agent_lib
@@ -128,8 +128,7 @@ class SandboxManager:
         self._agent_lib = await asyncio.get_running_loop().run_in_executor(
             None, agent_lib.stage, self.config.data_dir)
         await self.reconcile()
-        self._reaper = asyncio.create_task(
-            expire(lambda: self._live, self.kill, self._wake), name="hutch-reaper")
+        self._reaper = asyncio.create_task(self._expiry.run(), name="hutch-reaper")
         if self.config.audit_retention_days > 0:
             self._retention = asyncio.create_task(
                 audit.retain(self.store, self.config.audit_retention_days * 86400.0),
@@ -356,7 +355,7 @@ class SandboxManager:
                 timing["start_cmd"] = time.perf_counter() - t
             timing["total"] = time.perf_counter() - t0
             self.prometheus.created(name, "cold", timing["total"])
-            self.deadline_changed()
+            self.deadline_changed(live.record.end_at)
             self._created(live.record, timeout, pooled=False)
             log.debug("created %s (%s) in %.1f ms: %s", rec.id, name, timing["total"] * 1e3,
                       {k: round(v * 1e3, 2) for k, v in timing.items()})
@@ -435,9 +434,10 @@ class SandboxManager:
         await live.close_links()
         await asyncio.shield(self._destroy_quietly(live.record.id))
 
-    def deadline_changed(self) -> None:
-        """Wake the expiry timer: a deadline moved (or a sandbox started running)."""
-        self._wake.set()
+    def deadline_changed(self, end_at: float | None = None) -> None:
+        """A deadline moved to ``end_at`` (or a sandbox started running): the expiry timer
+        looks again if that is sooner than it would anyway."""
+        self._expiry.moved(end_at)
 
     @staticmethod
     def _check_size(name: str, value: Any, default, limit, kind):
@@ -594,7 +594,7 @@ class SandboxManager:
         live.record = self.store.update(live.record, end_at=time.time() + seconds)
         audit.lifecycle(self.store, sandbox_id, "timeout_changed", by=by, timeout=seconds,
                         end_at=live.record.end_at)
-        self.deadline_changed()
+        self.deadline_changed(live.record.end_at)
         return live.record
 
     async def connect(self, sandbox_id: str, seconds: Any | None,
@@ -608,7 +608,7 @@ class SandboxManager:
                 live.record = self.store.update(live.record, end_at=end)
                 audit.lifecycle(self.store, sandbox_id, "timeout_changed", reason="connect",
                                 by=by, timeout=seconds, end_at=end)
-                self.deadline_changed()
+                self.deadline_changed(end)
         return live.record
 
     async def update_network(self, sandbox_id: str, body: Any,

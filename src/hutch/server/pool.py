@@ -171,7 +171,7 @@ class WarmPool:
             alias=template if template != rec.template else None, cpu=cpu,
             memory_mb=memory_mb, idempotency_key=idempotency_key, owner=owner, egress=egress)
         manager.store.move_to_end(rec.id)
-        manager.deadline_changed()
+        manager.deadline_changed(live.record.end_at)
         timing["claim_store"] = time.perf_counter() - t
         return live.record
 
