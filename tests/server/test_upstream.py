@@ -250,3 +250,36 @@ async def test_a_big_body_cut_short_is_an_error_and_the_connection_is_dropped(tm
     finally:
         await link.aclose()
         await peer.stop()
+
+
+async def test_a_request_leaves_in_one_write_with_its_first_body_piece(tmp_path, monkeypatch):
+    # Each write wakes the agent: the head goes with the body's first piece (a relayed
+    # request's body arrives as pieces), a small bytes body with the head, and a streamed
+    # body's later pieces each in a write of their own as they come.
+    writes: list[bytes] = []
+    real = asyncio.StreamWriter.write
+    monkeypatch.setattr(asyncio.StreamWriter, "write",
+                        lambda self, data: (writes.append(bytes(data)), real(self, data))[1])
+    ok = b"HTTP/1.1 204 No Content\r\n\r\n"
+    peer = Peer(tmp_path / "s", [ok, ok, ok])
+    await peer.start()
+    link = AgentLink(tmp_path / "s")
+
+    async def pieces(*parts):
+        for part in parts:
+            yield part
+
+    try:
+        await _collect(await link.request("POST", b"/one", [(b"content-length", b"5")],
+                                          pieces(b"hello")))
+        await _collect(await link.request("POST", b"/two", [(b"content-length", b"3")], b"abc"))
+        await _collect(await link.request("POST", b"/three", [], pieces(b"ab", b"", b"cd"),
+                                          chunked=True))
+    finally:
+        await peer.stop()
+    mine = [w for w in writes if not w.startswith(b"HTTP/1.1")]   # the peer's answers aside
+    assert mine[0].startswith(b"POST /one HTTP/1.1\r\n") and mine[0].endswith(b"\r\n\r\nhello")
+    assert mine[1].startswith(b"POST /two HTTP/1.1\r\n") and mine[1].endswith(b"\r\n\r\nabc")
+    assert mine[2].startswith(b"POST /three ") and mine[2].endswith(b"\r\n\r\n2\r\nab\r\n")
+    assert mine[3:] == [b"2\r\ncd\r\n", b"0\r\n\r\n"]
+    assert [r.split(b" ")[1] for r in peer.received] == [b"/one", b"/two", b"/three"]

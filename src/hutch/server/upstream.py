@@ -31,6 +31,7 @@ AGENT_SOCKET = "/run/hutch/agent.sock"   # inside the sandbox
 INTERPRETER_SOCKET = "/run/hutch/interpreter.sock"
 CODE_INTERPRETER_PORT = 49999     # the port E2B's code interpreter SDK talks to
 DEFAULT_USER = "user"                    # who commands run as unless a request names a user
+_COALESCE = 64 * 1024   # a bytes body up to this size is sent with the head
 _MAX_HEAD = 64 * 1024
 _MAX_IDLE = 16
 #: How much of a body one read takes, and the connection's read-ahead (the stream reader pauses
@@ -378,18 +379,32 @@ class Upstream:
         if chunked:
             head.append(b"transfer-encoding: chunked\r\n")
         head.append(b"\r\n")
-        w.write(b"".join(head))
+        # The head leaves with the body's first piece, in one write: each write wakes the
+        # agent, which would otherwise read the head alone and go back to wait for the body.
+        first: bytes | None = b"".join(head)
         if isinstance(body, bytes):
-            if body:
-                w.write(body)
+            if body and len(body) <= _COALESCE:
+                w.write(first + body)
+            else:
+                w.write(first)
+                if body:
+                    w.write(body)
         elif body is not None:
             async for piece in body:
                 if not piece:
                     continue
-                w.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+                if chunked:
+                    piece = b"%x\r\n%s\r\n" % (len(piece), piece)
+                if first is not None:
+                    piece, first = first + piece, None
+                w.write(piece)
                 await w.drain()
+            if first is not None:
+                w.write(first)
             if chunked:
                 w.write(b"0\r\n\r\n")
+        else:
+            w.write(first)
         await w.drain()
         while True:
             try:
