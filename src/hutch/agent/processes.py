@@ -514,4 +514,3 @@ class ProcessTable:
         """SIGKILL every tracked process group (the agent is shutting down)."""
         for proc in list(self.procs.values()):
             proc.signal(signal.SIGKILL)
-

@@ -40,8 +40,8 @@ _SYSCALLS = {
     "s390x": (215, 216, 206),
 }
 
-#: Syscall numbers (setresuid, setresgid) per machine, for :meth:`_Creds.lend`. Where a machine is
-#: missing, commands change identity in the child instead (slower, same result).
+#: Syscall numbers (setresuid, setresgid) per machine, for :meth:`_Creds.lend`. Where a
+#: machine is missing, commands change identity in the child instead (slower, same result).
 _ID_SYSCALLS = {
     "x86_64": (117, 119),
     "aarch64": (147, 149),
@@ -149,6 +149,8 @@ class _Creds:
         if numbers is None:
             raise HutchError(f"no syscall table for {machine}")
         self._fsuid, self._fsgid, self._setgroups = numbers
+        self._machine = machine
+        self._ids_numbers = _ID_SYSCALLS.get(machine)   # (setresuid, setresgid), if known
         self._libc = ctypes.CDLL(None, use_errno=True)
         self._ctypes = ctypes
 
@@ -166,10 +168,9 @@ class _Creds:
 
     def _ids(self, setresuid_args: tuple, setresgid_args: tuple, groups: List[int],
              uid_first: bool) -> None:
-        numbers = _ID_SYSCALLS.get(os.uname().machine)
-        if numbers is None:
-            raise OSError(f"no setresuid syscall number for {os.uname().machine}")
-        setresuid, setresgid = numbers
+        if self._ids_numbers is None:
+            raise OSError(f"no setresuid syscall number for {self._machine}")
+        setresuid, setresgid = self._ids_numbers
         c = self._ctypes
         array = (c.c_uint * max(1, len(groups)))(*groups)
         steps = [(self._setgroups, (c.c_long(len(groups)), array)),
