@@ -644,14 +644,22 @@ def main() -> None:
               f"{stamp}, same machine)._", ""] if partial else [])
     blocks: list[tuple[str, list[str]]] = []
     if "core" in chosen:
+        # The header's date is the full run's: a run of some sections keeps it (the other
+        # sections are still that run's), and this section says when it was run instead.
+        run_line = f"Run {stamp} on {machine()}."
+        out_path = Path(args.out)
+        if partial and out_path.exists():
+            run_line = next((line for line in out_path.read_text().splitlines()
+                             if line.startswith("Run ")), run_line)
         lines = [
             "# Benchmarks",
             "",
             "Measured by `bench/run.py` through the HTTP API, as a client sees it, without any warm pool",
             "except where a pool is named (the load section).",
-            f"Run {stamp} on {machine()}.",
+            run_line,
             "Regenerate with `.venv/bin/python bench/run.py` (one section: `--sections load`).",
             "",
+            *alone,
             *table(rows),
         ]
         if ratio:
