@@ -63,14 +63,10 @@ def _reply_at_once(IPKernelApp):
     # way. About 0.3 ms of a small cell's round trip, a tenth of the kernel's CPU.
     import threading
 
-    init_kernel = getattr(IPKernelApp, "init_kernel", None)
-    if init_kernel is None:
-        return
     whole = _whole_message_sender()
     frames = _frame_sender()
 
-    def init_kernel_replying_at_once(self, *args, **kwargs):
-        init_kernel(self, *args, **kwargs)
+    def reply_at_once(self):
         if getattr(self, "shell_channel_thread", None):
             return                      # subshells: replies come from the shell channel thread
         stream = getattr(getattr(self, "kernel", None), "shell_stream", None)
@@ -92,7 +88,21 @@ def _reply_at_once(IPKernelApp):
         send_multipart.__doc__ = getattr(queued, "__doc__", None)
         stream.send_multipart = send_multipart
 
-    IPKernelApp.init_kernel = init_kernel_replying_at_once
+    _after_init_kernel(IPKernelApp, reply_at_once)
+
+
+def _after_init_kernel(IPKernelApp, step):
+    # Several changes need the kernel that init_kernel makes: each runs as a step after it,
+    # in the order they were added. An ipykernel without init_kernel gets none of them.
+    init_kernel = getattr(IPKernelApp, "init_kernel", None)
+    if init_kernel is None:
+        return
+
+    def init_kernel_then(self, *args, **kwargs):
+        init_kernel(self, *args, **kwargs)
+        step(self)
+
+    IPKernelApp.init_kernel = init_kernel_then
 
 
 def _prepare_each_cell_once():
@@ -367,8 +377,7 @@ def _pack_with_one_encoder(IPKernelApp):
         return
     json_packer = getattr(jsession, "json_packer", None)
     json_default = getattr(jsession, "json_default", None)
-    init_kernel = getattr(IPKernelApp, "init_kernel", None)
-    if None in (c_make_encoder, json_packer, json_default, init_kernel):
+    if None in (c_make_encoder, json_packer, json_default):
         return
     # json.dumps(default=json_default, ensure_ascii=False, allow_nan=False), without the
     # check for circular references, which makes an encoder hold state (and a circular
@@ -384,13 +393,12 @@ def _pack_with_one_encoder(IPKernelApp):
                 pass
         return json_packer(obj)
 
-    def init_kernel_packing_with_one_encoder(self, *args, **kwargs):
-        init_kernel(self, *args, **kwargs)
+    def pack_with_one_encoder(self):
         session = getattr(self, "session", None)
         if getattr(session, "pack", None) is json_packer:
             session.pack = pack
 
-    IPKernelApp.init_kernel = init_kernel_packing_with_one_encoder
+    _after_init_kernel(IPKernelApp, pack_with_one_encoder)
 
 
 def _keep_no_copy_of_outputs(IPKernelApp):
@@ -399,23 +407,18 @@ def _keep_no_copy_of_outputs(IPKernelApp):
     # printed 20 MB left 20 MB behind. Without the database (kernelspecs.py) the kernel
     # keeps none: the copies go to a dict that stores nothing, and %notebook exports the
     # inputs alone. Out, _ and _<n> keep the values, as before.
-    init_kernel = getattr(IPKernelApp, "init_kernel", None)
-    if init_kernel is None:
-        return
-
     class NoOutputs(dict):
         def __missing__(self, key):
             return []           # appended to, then dropped
 
-    def init_kernel_keeping_no_outputs(self, *args, **kwargs):
-        init_kernel(self, *args, **kwargs)
+    def keep_no_outputs(self):
         history = getattr(getattr(getattr(self, "kernel", None), "shell", None),
                           "history_manager", None)
         if (history is not None and getattr(history, "enabled", True) is False
                 and isinstance(getattr(history, "outputs", None), dict)):
             history.outputs = NoOutputs()
 
-    IPKernelApp.init_kernel = init_kernel_keeping_no_outputs
+    _after_init_kernel(IPKernelApp, keep_no_outputs)
 
 
 def _set_handlers_without_enums():
