@@ -225,14 +225,15 @@ def pss_mib(pids: list[int]) -> float:
 
 
 def process_kind(pid: int) -> str:
-    """Which part of a sandbox a process is, from its command line (init's carries the
-    agent's): memory is cut part by part, so it is reported part by part."""
+    """Which part of a sandbox a process is, from its command line (the init's carries the
+    agent's, or the waiting process's when the agent was forked in): memory is cut part by
+    part, so it is reported part by part."""
     argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     if b"hutch.agent.interpreter" in argv:
         return "interpreter"
     if any(b"ipykernel" in arg for arg in argv):     # the launcher, or its -c start-up line
         return "kernel"
-    if b"hutch.agent" in argv:
+    if b"hutch.agent" in argv or argv[0] in (b"/.hutch-init", b"/run/hutch/hutch-pause"):
         return "init + agent"
     return "other"
 
@@ -667,8 +668,10 @@ def main() -> None:
             lines.append("")
         lines += [
             "Where a create's time goes (the `Server-Timing` header of every create answer has the",
-            "breakdown): `runc run` of the bundle (the floor above), then the agent's start-up, most",
-            "of it Python importing asyncio, then `/init`. A command's round trip is two HTTP hops",
+            "breakdown): `runc run` of the bundle (the floor above, about 20 ms of it runc compiling",
+            "the seccomp profile), then the agent forked in from the server's zygote (a few ms;",
+            "starting Python and importing the agent inside instead cost about 90 ms of CPU here),",
+            "then `/init`. A command's round trip is two HTTP hops",
             "(client → server → agent socket), the spawn as the sandbox user, and the login shell",
             "`commands.run` asks for. Idle memory is counted as PSS, so libraries shared by sandboxes",
             "of one template are split between them; one sandbox alone carries all of them.",

@@ -8,6 +8,7 @@ HUTCH_TEST_SUBNET, HUTCH_TEST_DATA_DIR and HUTCH_TEST_TEMPLATES_DIR.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -151,6 +152,19 @@ def stop_server(server: Server) -> None:
         except subprocess.TimeoutExpired:
             server.process.kill()
             server.process.wait()
+
+
+@contextlib.contextmanager
+def restarted_server(session_server: Server, extra_env: dict[str, str]):
+    """The session's server restarted with ``extra_env`` for the block, then restarted as it
+    was (the session's fixtures follow the new process)."""
+    stop_server(session_server)
+    server = start_server(extra_env=extra_env)
+    try:
+        yield server
+    finally:
+        stop_server(server)
+        session_server.__dict__.update(start_server().__dict__)
 
 
 def teardown_instance(data_dir: Path = TEST_DATA_DIR, instance: str | None = None,

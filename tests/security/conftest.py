@@ -26,6 +26,18 @@ NETNS = f"hfake{os.getpid()}"
 HOST_IF = f"hfk{os.getpid() % 100000}"
 
 
+@pytest.fixture
+def sbx(server_env):
+    """A sandbox of the session's server (base template), killed after the test."""
+    from e2b import Sandbox
+
+    sandbox = Sandbox.create(timeout=300)
+    try:
+        yield sandbox
+    finally:
+        sandbox.kill()
+
+
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
 

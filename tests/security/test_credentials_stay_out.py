@@ -11,8 +11,6 @@ from __future__ import annotations
 import concurrent.futures
 
 import httpx
-import pytest
-from e2b import Sandbox
 
 FAKE_AGENT = r'''
 import os, socket
@@ -34,13 +32,6 @@ while True:
               + body)
     c.close()
 '''
-
-
-@pytest.fixture
-def sbx(server_env):
-    sandbox = Sandbox.create(timeout=120)
-    yield sandbox
-    sandbox.kill()
 
 
 def test_api_key_and_bearer_token_are_not_forwarded_to_the_agent(hutch_server, sbx):

@@ -30,15 +30,6 @@ def host_pids_of(sandbox_id: str) -> list[int]:
     return pids
 
 
-@pytest.fixture
-def sbx(server_env):
-    sandbox = Sandbox.create(timeout=300)
-    try:
-        yield sandbox
-    finally:
-        sandbox.kill()
-
-
 def test_root_inside_is_an_unprivileged_uid_on_the_host(sbx):
     sbx.commands.run("sleep 30", background=True, user="root")
     pids = host_pids_of(sbx.sandbox_id)

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from hutch.server.metrics import Metrics
-from tests.conftest import TEST_TEMPLATES_DIR, start_server, stop_server
+from tests.conftest import TEST_TEMPLATES_DIR, restarted_server
 
 TIMEOUT = 120
 
@@ -119,13 +119,8 @@ def test_only_the_admin_key_reads_them(hutch_server):
 def pooled_server(hutch_server):
     """The session's server restarted with a warm pool of one base sandbox; restarted
     without it after (the session's fixtures follow the new process)."""
-    stop_server(hutch_server)
-    pooled = start_server(extra_env={"HUTCH_POOL": "base=1"})
-    try:
+    with restarted_server(hutch_server, {"HUTCH_POOL": "base=1"}) as pooled:
         yield pooled
-    finally:
-        stop_server(pooled)
-        hutch_server.__dict__.update(start_server().__dict__)
 
 
 def test_a_create_from_the_warm_pool(pooled_server):

@@ -28,6 +28,14 @@ CAPABILITIES: tuple[str, ...] = (
     "CAP_MKNOD", "CAP_NET_BIND_SERVICE", "CAP_NET_RAW", "CAP_SETFCAP", "CAP_SETGID",
     "CAP_SETPCAP", "CAP_SETUID", "CAP_SYS_CHROOT",
 )
+#: The kernel's numbers for the capabilities above (linux/capability.h), for a process that
+#: hutch confines itself (the agent forked into a sandbox, runtime/zygote.py).
+CAPABILITY_NUMBERS: dict[str, int] = {
+    "CAP_CHOWN": 0, "CAP_DAC_OVERRIDE": 1, "CAP_FOWNER": 3, "CAP_FSETID": 4, "CAP_KILL": 5,
+    "CAP_SETGID": 6, "CAP_SETUID": 7, "CAP_SETPCAP": 8, "CAP_NET_BIND_SERVICE": 10,
+    "CAP_NET_RAW": 13, "CAP_SYS_CHROOT": 18, "CAP_SYS_ADMIN": 21, "CAP_MKNOD": 27,
+    "CAP_AUDIT_WRITE": 29, "CAP_SETFCAP": 31,
+}
 
 # Docker's masked paths: files get /dev/null bound over them, directories an empty ro tmpfs.
 MASKED_PATHS: tuple[str, ...] = (

@@ -232,3 +232,41 @@ def kill_all(instance: str, sandbox_id: str, root: Path = ROOT) -> None:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def _mounts() -> dict[frozenset, Path]:
+    """Hierarchy → mount point: each v1 hierarchy keyed by its controllers (and "name=x" of
+    a named one), as /proc/PID/cgroup lists them; the v2 hierarchy by the empty set."""
+    with open("/proc/cgroups") as f:
+        controllers = {line.split()[0] for line in f if not line.startswith("#")}
+    out: dict[frozenset, Path] = {}
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            sep = fields.index("-")
+            fstype, options = fields[sep + 1], fields[sep + 3]
+            if fields[3] != "/" or fstype not in ("cgroup", "cgroup2"):
+                continue       # a bind of a subtree is not where the hierarchy's paths start
+            key = frozenset(o for o in options.split(",")
+                            if fstype == "cgroup" and (o in controllers or o.startswith("name=")))
+            out.setdefault(key, Path(fields[4]))
+    return out
+
+
+_MOUNTS: dict[frozenset, Path] | None = None
+
+
+def procs_files_of(pid: int) -> list[Path]:
+    """The cgroup.procs file of every cgroup ``pid`` is in: writing a pid into each of them
+    puts a process exactly where ``pid`` is (as a runtime's exec does)."""
+    global _MOUNTS
+    if _MOUNTS is None:
+        _MOUNTS = _mounts()
+    out = []
+    with open(f"/proc/{pid}/cgroup") as f:
+        for line in f:
+            _, names, path = line.rstrip("\n").split(":", 2)
+            mount = _MOUNTS.get(frozenset(n for n in names.split(",") if n))
+            if mount is not None:
+                out.append(mount / path.lstrip("/") / "cgroup.procs")
+    return out

@@ -108,3 +108,16 @@ async def run(argv: list[str], *, input: bytes | None = None, stdout: int = DEVN
                 stream.close()
     returncode = proc.wait()            # it has exited: this reaps it at once
     return Completed(returncode, bytes(buffers.get(out_fd, b"")), bytes(buffers.get(err_fd, b"")))
+
+
+async def stop_helper(proc: asyncio.subprocess.Process, timeout: float = 5.0) -> None:
+    """End a long-lived helper process that exits once its stdin closes; past ``timeout``
+    seconds it is killed."""
+    if proc.returncode is not None:
+        return
+    proc.stdin.close()
+    try:
+        await asyncio.wait_for(proc.wait(), timeout)
+    except asyncio.TimeoutError:
+        proc.kill()
+        await proc.wait()

@@ -30,6 +30,7 @@ import sys
 from pathlib import Path
 
 from hutch.errors import RuntimeError_
+from hutch.runtime.command import stop_helper
 
 # Per sandbox (what a busy development machine uses comfortably).
 SANDBOX_LIMITS = {
@@ -133,10 +134,5 @@ class LimitWriter:
 
     async def close(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is not None and proc.returncode is None:
-            proc.stdin.close()
-            try:
-                await asyncio.wait_for(proc.wait(), 5)
-            except asyncio.TimeoutError:
-                proc.kill()
-                await proc.wait()
+        if proc is not None:
+            await stop_helper(proc)

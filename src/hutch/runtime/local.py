@@ -10,6 +10,7 @@ by destroy(), which is idempotent and works from what is on the host, not from m
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import glob
 import hashlib
 import ipaddress
@@ -27,11 +28,12 @@ from hutch.errors import AlreadyExistsError, InvalidArgumentError, RuntimeError_
 from hutch.errors import SandboxNotFoundError
 from hutch.runtime import (
     _libc, bundle, cgroup, command, conntrack, disk, egress, firewall, kernel_limits, network,
-    nflog, oci,
+    nflog, oci, seccomp, seccomp_filter,
 )
 from hutch.runtime.dns import DnsForwarder, host_resolvers
 from hutch.runtime.egress_proxy import EgressProxy
 from hutch.runtime.spec import SandboxHandle, SandboxSpec
+from hutch.runtime.zygote import Zygote
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,15 @@ HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,62})$")
 NOFILE = 1048576
 EGRESS_FILE = "egress.json"     # the sandbox's egress policy, kept for a restarted runtime
 INIT_CANDIDATES = ("/usr/bin/tini-static", "/usr/sbin/tini-static", "/usr/bin/tini")
+# What the init runs when the agent is forked in from the zygote: a process that only waits
+# (the init needs a child, and the sandbox ends with it). It is the template's `sleep`, as
+# any Linux userland has one, through a link in the run dir, so that it goes by a name of its
+# own: a `pkill sleep` inside must not end the whole sandbox. The argument is 2^31-1 seconds,
+# which every sleep reads (busybox's has no "infinity").
+PAUSE_NAME = "hutch-pause"
+WAIT_ARGS = (f"{bundle.RUN_PATH}/{PAUSE_NAME}", "2147483647")
+# OCI runtimes whose sandboxes are namespaces of this kernel, which the zygote can join.
+FORKING_RUNTIMES = ("runc", "crun")
 
 
 def _find_init() -> Path:
@@ -65,7 +76,7 @@ class LocalRuntime:
                  uid_count: int = 65536,
                  dns_upstreams: list[tuple[str, int]] | None = None,
                  dns_port: int = 53, max_connections: int = 0, rate_bytes: int = 0,
-                 proxy_port: int = 15001) -> None:
+                 proxy_port: int = 15001, fork_agents: bool = True) -> None:
         if not re.fullmatch(r"[a-z][a-z0-9]{0,9}", instance):
             raise InvalidArgumentError("instance must be [a-z][a-z0-9]{0,9}")
         self.state_dir = Path(state_dir)
@@ -101,6 +112,9 @@ class LocalRuntime:
         self._oci: oci.OciRuntime | None = None
         self._nofile = NOFILE
         self._limits = kernel_limits.LimitWriter()
+        self._fork_agents = fork_agents
+        self._zygote: Zygote | None | bool = None     # False: this host cannot fork agents
+        self._sleep: dict[tuple[Path, ...], str | None] = {}    # layers -> sleep's path
         self.addresses = network.AddressPool(self.state_dir / "addresses", self.subnet)
         self._masked = tuple(sorted(
             p for p in glob.glob("/sys/devices/system/cpu/cpu*/thermal_throttle")))
@@ -351,6 +365,9 @@ class LocalRuntime:
             await self._proxy.close()
             self._proxy = None
         await self._limits.close()
+        if isinstance(self._zygote, Zygote):
+            await self._zygote.close()
+            self._zygote = None
 
     # -- sandboxes ----------------------------------------------------------------------
 
@@ -372,6 +389,12 @@ class LocalRuntime:
             raise AlreadyExistsError(f"sandbox {spec.id} exists") from None
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
+        zygote, sleep = self._zygote_for(spec)
+        landlock = spec.landlock
+        if zygote is not None:
+            # The waiting process needs no capability to confine itself: the agent, which
+            # does, gets its own from joining the user namespace.
+            spec = dataclasses.replace(spec, args=WAIT_ARGS, landlock=False)
         try:
             address = self.addresses.allocate(spec.id) if spec.network == "internet" else None
             files = bundle.etc_files(spec, address, self.gateway if address else None)
@@ -389,6 +412,8 @@ class LocalRuntime:
                     raise r
             t = time.perf_counter()
             run_dir = sdir / "run"
+            if zygote is not None:
+                os.symlink(sleep, run_dir / PAUSE_NAME)
             where = bundle.Placement(
                 rootfs=sdir / "rootfs", run_dir=run_dir, init=self.init, sysfs=sdir / "sys",
                 netns=network.netns_path(self.instance, spec.id),
@@ -406,10 +431,15 @@ class LocalRuntime:
                                   background=spec.background)
             timings["oci_run"] = time.perf_counter() - t
             t = time.perf_counter()
-            # Before anything but the init and the agent runs inside (user code comes later,
-            # through the agent), so no sandbox ever holds more than its share.
-            await self._limits.limit_sandbox(int((sdir / "init.pid").read_text()))
-            timings["limits"] = time.perf_counter() - t
+            init_pid = int((sdir / "init.pid").read_text())
+            if zygote is not None:
+                await self._fork_agent(zygote, spec, init_pid, sdir, landlock)
+                timings["agent_fork"] = time.perf_counter() - t
+            else:
+                # Before anything but the init and the agent runs inside (user code comes
+                # later, through the agent), so no sandbox ever holds more than its share.
+                await self._limits.limit_sandbox(init_pid)
+                timings["limits"] = time.perf_counter() - t
         except BaseException as e:
             try:
                 await asyncio.shield(self.destroy(spec.id))
@@ -422,6 +452,41 @@ class LocalRuntime:
         timings["total"] = time.perf_counter() - t0
         self.last_create_timings = timings
         return SandboxHandle(id=spec.id, run_dir=run_dir, address=address)
+
+    def _zygote_for(self, spec: SandboxSpec) -> tuple[Zygote | None, str | None]:
+        """The zygote to fork this sandbox's agent from and the path of the template's
+        `sleep`, or (None, None) to start the agent inside."""
+        if spec.agent_fork is None or not self._fork_agents or self._zygote is False:
+            return None, None
+        if os.path.basename(self.driver.binary) not in FORKING_RUNTIMES:
+            return None, None
+        if self._zygote is None:
+            try:
+                program = seccomp_filter.compile_profile(seccomp.profile(seccomp.native_arch()))
+            except (RuntimeError_, ValueError) as exc:
+                log.warning("agents start inside each sandbox: %s", exc)
+                self._zygote = False
+                return None, None
+            self._zygote = Zygote(program)
+        if spec.layers not in self._sleep:
+            self._sleep[spec.layers] = _find_in_layers(spec.layers, ("usr/bin/sleep", "bin/sleep"))
+        sleep = self._sleep[spec.layers]
+        return (self._zygote, sleep) if sleep else (None, None)
+
+    async def _fork_agent(self, zygote: Zygote, spec: SandboxSpec, init_pid: int,
+                          sdir: Path, landlock: bool) -> None:
+        fork = spec.agent_fork
+        caps = [bundle.CAPABILITY_NUMBERS[name] for name in bundle.CAPABILITIES]
+        await zygote.spawn(fork.lib, {
+            "init": init_pid, "marker": cgroup.cgroups_path(self.instance, spec.id),
+            "cgroups": [str(p) for p in cgroup.procs_files_of(init_pid)],
+            "oom": bundle.OOM_SCORE_ADJ, "nofile": self._nofile,
+            "console": str(sdir / "disk" / "console.log"),
+            "sysctls": {k: str(v) for k, v in kernel_limits.SANDBOX_LIMITS.items()},
+            "env": list(spec.env), "cwd": spec.cwd, "caps": caps, "landlock": landlock,
+            "lib_inside": fork.lib_inside, "socket": fork.socket,
+            "interpreter": fork.interpreter,
+        })
 
     def _make_rootfs(self, spec: SandboxSpec, sdir: Path, files: dict[str, str],
                      timings: dict[str, float]) -> None:
@@ -641,10 +706,25 @@ class LocalRuntime:
             raise RuntimeError_("teardown: " + "; ".join(errors))
 
 
+def _find_in_layers(layers: tuple[Path, ...], candidates: tuple[str, ...]) -> str | None:
+    """The first of ``candidates`` present in the merged view of ``layers`` (topmost first),
+    as an absolute path inside: the topmost layer that has the name decides, and a whiteout
+    there (a 0:0 character device) means it was deleted."""
+    for rel in candidates:
+        for layer in layers:
+            st = _lstat(layer / rel)
+            if st is None:
+                continue
+            if not (stat.S_ISCHR(st.st_mode) and st.st_rdev == 0):
+                return "/" + rel
+            break
+    return None
+
+
 def _lstat(path: Path) -> os.stat_result | None:
     try:
         return os.lstat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
 
 

@@ -23,6 +23,18 @@ class Mount:
 
 
 @dataclass(frozen=True)
+class AgentFork:
+    """The agent, when the runtime can fork it from its host-side zygote (runtime/zygote.py)
+    rather than start it inside: then the init runs a process that only waits, and the
+    agent joins the sandbox once the init runs. ``args`` stays the way to start it inside."""
+
+    lib: Path                       # host dir holding the agent's `hutch` package
+    lib_inside: str                 # where that dir is mounted inside (for later imports)
+    socket: str                     # the agent's unix socket, inside
+    interpreter: str | None = None  # the code interpreter's socket, inside
+
+
+@dataclass(frozen=True)
 class SandboxSpec:
     id: str                                  # [a-z0-9]+; names every kernel object
     layers: tuple[Path, ...]                 # read-only rootfs layers, topmost first
@@ -43,6 +55,7 @@ class SandboxSpec:
     # The process confines itself with Landlock as it starts (the agent's --landlock): it gets
     # CAP_SYS_ADMIN in the bounding set for that one step and must drop it (agent/landlock.py).
     landlock: bool = False
+    agent_fork: AgentFork | None = None
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ def build_runtime(config: Config):
                         oci_runtime=config.oci_runtime, uid_base=config.uid_base,
                         max_connections=config.egress_max_connections,
                         rate_bytes=config.egress_rate_mbit * 125_000,
-                        proxy_port=config.egress_proxy_port)
+                        proxy_port=config.egress_proxy_port, fork_agents=config.agent_fork)
 
 
 def build_templates(config: Config):

@@ -142,6 +142,23 @@ def pool_checks(config: Config) -> list[Check]:
                   describe_pool(p), optional=True) for p in pools]
 
 
+def _agent_fork_check(config: Config) -> Check:
+    """Can sandboxes' agents be forked in (a cold create about 90 ms of CPU cheaper)?"""
+    name = "agent start (forked from the host)"
+    if not config.agent_fork:
+        return Check(name, True, "off (HUTCH_AGENT_FORK=false): agents start inside")
+    if os.path.basename(config.oci_runtime) not in ("runc", "crun"):
+        return Check(name, True, f"{config.oci_runtime} sandboxes start their agent inside")
+    from hutch.errors import RuntimeError_
+    from hutch.runtime import seccomp, seccomp_filter
+    try:
+        program = seccomp_filter.compile_profile(seccomp.profile(seccomp.native_arch()))
+    except (RuntimeError_, ValueError) as exc:
+        return Check(name, False, f"{exc}: agents start inside, each cold create pays "
+                     "Python's start", fix="apt-get install -y libseccomp2", optional=True)
+    return Check(name, True, f"seccomp filter compiled ({len(program) // 8} instructions)")
+
+
 def run_checks(config: Config) -> list[Check]:
     checks = [Check("running as root", os.geteuid() == 0,
                     "" if os.geteuid() == 0 else "namespaces, cgroups and firewall rules need root",
@@ -167,6 +184,7 @@ def run_checks(config: Config) -> list[Check]:
     checks.append(_tool("ip", "ip", "iproute2", "network namespaces"))
     checks.append(_tool("mkfs.ext4", "mkfs.ext4", "e2fsprogs", "quota'd writable layers"))
     checks.append(_tool("mmdebstrap", "mmdebstrap", "mmdebstrap", "builds the templates"))
+    checks.append(_agent_fork_check(config))
     static_init = any(os.access(p, os.X_OK) for p in ("/usr/bin/tini-static", "/usr/bin/tini"))
     checks.append(Check("init for PID 1 (tini)", static_init, "", fix="apt-get install -y tini"))
     try:

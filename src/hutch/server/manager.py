@@ -28,7 +28,7 @@ from hutch.errors import (
     SandboxNotFoundError,
     TemplateError,
 )
-from hutch.runtime.spec import Mount, SandboxSpec
+from hutch.runtime.spec import AgentFork, Mount, SandboxSpec
 from hutch.server import agent_lib
 from hutch.server import audit, startup
 from hutch.server.config import Config
@@ -503,8 +503,11 @@ class SandboxManager:
         # -S: the agent uses the standard library only, so site's path set-up is skipped.
         # --landlock: it confines itself (and all it starts) to the sandbox's root first.
         args = ("python3", "-S", "-m", "hutch.agent", "--socket", AGENT_SOCKET, "--landlock")
+        interpreter = None
         if CODE_INTERPRETER in getattr(tmpl, "services", ()):
             args += ("--interpreter", INTERPRETER_SOCKET)
+            interpreter = INTERPRETER_SOCKET
+        lib = self._agent_lib or agent_lib.stage(self.config.data_dir)
         return SandboxSpec(
             id=rec.id,
             layers=tuple(Path(p) for p in tmpl.layers),
@@ -516,8 +519,10 @@ class SandboxManager:
             egress=self.egress_policy(rec.egress, rec.network),
             background=background,
             landlock=True,
-            mounts=(Mount(self._agent_lib or agent_lib.stage(self.config.data_dir),
-                          f"{AGENT_LIB}/hutch", read_only=True),),
+            mounts=(Mount(lib, f"{AGENT_LIB}/hutch", read_only=True),),
+            # The same agent, forked in where the runtime can (runtime/zygote.py).
+            agent_fork=AgentFork(lib=lib.parent, lib_inside=AGENT_LIB, socket=AGENT_SOCKET,
+                                 interpreter=interpreter),
         )
 
     @staticmethod

@@ -47,8 +47,10 @@ KERNELS = {
 }
 
 
-def specs(python: str = sys.executable) -> dict[str, dict]:
-    """The kernel.json documents for hutch's own kernels."""
+def specs(python: str | None = None) -> dict[str, dict]:
+    """The kernel.json documents for hutch's own kernels (``python``: the sandbox's, by
+    default; read when called, since an agent forked in from the host sets it as it enters)."""
+    python = python or sys.executable
     return {
         "hutch-python": {
             # No history database: a sandbox is thrown away, the SQLite write per cell was a
@@ -85,7 +87,7 @@ def specs(python: str = sys.executable) -> dict[str, dict]:
     }
 
 
-def write(directory: str, python: str = sys.executable) -> str:
+def write(directory: str, python: str | None = None) -> str:
     """Write the specs under ``directory/kernels`` and return that directory."""
     root = os.path.join(directory, "kernels")
     for name, spec in specs(python).items():

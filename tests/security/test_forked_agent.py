@@ -1,0 +1,113 @@
+"""The agent forked into each sandbox from the host's zygote holds exactly the sandbox's
+confinement, asserted from outside: on the host, against the sandbox's own init (which the
+OCI runtime started), and from inside as root."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from e2b import CommandExitException, Sandbox
+
+from tests.conftest import TEST_DATA_DIR, restarted_server
+from tests.security.test_isolation import host_pids_of
+
+NAMESPACES = ("user", "mnt", "pid", "net", "ipc", "uts", "cgroup")
+CAP_SYS_ADMIN = 21
+
+
+def cmdline(pid: int) -> bytes:
+    return Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
+def init_and_agent(sandbox_id: str) -> tuple[int, int]:
+    pids = host_pids_of(sandbox_id)
+    init = [p for p in pids if cmdline(p).startswith(b"/.hutch-init\0")]
+    agent = [p for p in pids if cmdline(p).startswith(b"hutch.agent\0")]
+    assert len(init) == 1 and len(agent) == 1, [(p, cmdline(p)) for p in pids]
+    return init[0], agent[0]
+
+
+def status(pid: int) -> dict[str, str]:
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        out[key] = value.strip()
+    return out
+
+
+def test_agent_is_in_every_namespace_cgroup_and_root_of_the_sandbox(sbx):
+    init, agent = init_and_agent(sbx.sandbox_id)
+    for ns in NAMESPACES:
+        assert os.readlink(f"/proc/{agent}/ns/{ns}") == os.readlink(f"/proc/{init}/ns/{ns}"), ns
+    assert Path(f"/proc/{agent}/cgroup").read_text() == Path(f"/proc/{init}/cgroup").read_text()
+    inside, theirs = os.stat(f"/proc/{agent}/root/"), os.stat(f"/proc/{init}/root/")
+    assert (inside.st_dev, inside.st_ino) == (theirs.st_dev, theirs.st_ino)
+    # a process of the sandbox's pid namespace: it has a pid there, and its parent is outside
+    assert status(agent)["NSpid"].split()[-1] != "1"
+    assert len(status(agent)["NSpid"].split()) == 2
+
+
+def test_agent_holds_the_sandbox_ids_capabilities_and_filter(sbx):
+    init, agent = init_and_agent(sbx.sandbox_id)
+    mine, its_init = status(agent), status(init)
+    assert mine["Uid"] == its_init["Uid"] and mine["Gid"] == its_init["Gid"]
+    assert all(int(u) >= 100000 for u in mine["Uid"].split())  # root inside, nobody outside
+    assert mine["Groups"] == ""
+    bounding = int(mine["CapBnd"], 16)
+    # the init's bounding set, less CAP_SYS_ADMIN (dropped once Landlock is in place)
+    assert bounding == int(its_init["CapBnd"], 16) & ~(1 << CAP_SYS_ADMIN)
+    assert int(mine["CapEff"], 16) == int(mine["CapPrm"], 16) == bounding
+    assert int(mine["CapInh"], 16) == 0 and int(mine["CapAmb"], 16) == 0
+    assert mine["Seccomp"] == "2" and mine["NoNewPrivs"] == "0"
+    assert Path(f"/proc/{agent}/oom_score_adj").read_text().strip() == "500"
+    limits = Path(f"/proc/{agent}/limits").read_text()
+    assert limits == Path(f"/proc/{init}/limits").read_text()
+
+
+def test_agent_shows_no_host_path_and_root_inside_cannot_look_into_it(sbx):
+    init, agent = init_and_agent(sbx.sandbox_id)
+    listing = sbx.commands.run("ps -eo args", user="root").stdout
+    assert "hutch.agent --forked" in listing
+    assert str(TEST_DATA_DIR) not in listing and "/.venv" not in listing, listing
+    inner = status(agent)["NSpid"].split()[-1]
+    for what in ("exe", "root", "cwd", "maps", "environ", "fd"):
+        with pytest.raises(CommandExitException):
+            sbx.commands.run(f"ls -l /proc/{inner}/{what}/ /proc/{inner}/{what} >/dev/null",
+                             user="root")
+    # the sandbox's own python is what kernels and user code get, not the host's
+    assert sbx.commands.run("python3 -c 'import sys; print(sys.base_prefix)'").stdout.strip()
+
+
+@pytest.fixture
+def unforked_server(hutch_server):
+    """The session's server restarted with agents started inside each sandbox; restarted as
+    it was after (the session's fixtures follow the new process)."""
+    with restarted_server(hutch_server, {"HUTCH_AGENT_FORK": "false"}) as server:
+        yield server
+
+
+def test_agent_starts_inside_when_forking_is_off(unforked_server, monkeypatch):
+    for k, v in unforked_server.env.items():
+        monkeypatch.setenv(k, v)
+    sandbox = Sandbox.create(timeout=120)
+    try:
+        pids = host_pids_of(sandbox.sandbox_id)
+        lines = [cmdline(p) for p in pids]
+        assert any(b"-m\0hutch.agent\0" in c and c.startswith(b"/.hutch-init\0")
+                   for c in lines), lines
+        assert not any(c.startswith(b"hutch.agent\0") for c in lines)
+        assert sandbox.commands.run("echo hi").stdout == "hi\n"
+    finally:
+        sandbox.kill()
+
+
+def test_the_inits_waiting_child_survives_a_pkill_sleep(sbx):
+    """The init's child is the template's sleep under a name of its own: killing every
+    `sleep` inside, as root, must not end the sandbox with it."""
+    assert "hutch-pause" in sbx.commands.run("ps -eo comm").stdout
+    sbx.commands.run("sleep 600", background=True)
+    sbx.commands.run("pkill -x sleep; sleep 0.2; true", user="root")
+    assert sbx.commands.run("echo still here").stdout == "still here\n"
+    assert "sleep" not in sbx.commands.run("ps -eo comm").stdout.split()
