@@ -1,13 +1,66 @@
-"""Pieces of the agent's fork into a sandbox that need no sandbox: where `sleep` is in a
-stack of layers, and which cgroups a process is in."""
+"""The agent's fork into a sandbox (runtime/zygote.py): into an init the OCI runtime has not
+yet let exec, and the pieces that need no sandbox (where `sleep` is in a stack of layers,
+which cgroups a process is in)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from pathlib import Path
 
-from hutch.runtime import cgroup
+import pytest
+
+from hutch.runtime import cgroup, command
 from hutch.runtime.local import _find_in_layers
+from hutch.runtime.spec import AgentFork, Mount
+from hutch.server import agent_lib
+
+from .conftest import box_spec
+
+
+async def test_the_agent_enters_an_init_that_has_not_exec_yet(runtime, rootfs, monkeypatch,
+                                                             tmp_path):
+    """`runc run` returns once its init may go on, often before the init has exec'd: it is
+    then still runc's own non-dumpable process, which a process in the sandbox's user
+    namespace may not look into. The agent must enter all the same. `runc create` alone holds
+    the init there for as long as the test needs."""
+    if os.path.basename(runtime.driver.binary) not in ("runc", "crun"):
+        pytest.skip("agents are forked in with runc and crun only")
+    driver = runtime.driver
+
+    async def create_only(container_id, bundle, *, stdio, log, pid_file, background=False):
+        fd = os.open(stdio, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        try:
+            done = await command.run(driver._argv(
+                "create", "--no-new-keyring", "--bundle", str(bundle), "--pid-file",
+                str(pid_file), container_id, log=log), stdout=fd, stderr=fd)
+        finally:
+            os.close(fd)
+        assert done.returncode == 0, log.read_text()
+
+    monkeypatch.setattr(driver, "run", create_only)
+    lib = agent_lib.stage(tmp_path)
+    spec = box_spec("forkearly", rootfs, network="none",
+                    mounts=(Mount(lib, "/opt/hutch/lib/hutch"),),
+                    agent_fork=AgentFork(lib=lib.parent, lib_inside="/opt/hutch/lib",
+                                         socket="/run/hutch/agent.sock"))
+    handle = await runtime.create(spec)
+    try:
+        init = int((runtime.sandboxes_dir / spec.id / "init.pid").read_text())
+        assert "(runc:[2:INIT])" in Path(f"/proc/{init}/stat").read_text()
+        deadline = time.monotonic() + 20
+        while not handle.agent_socket.exists():
+            assert time.monotonic() < deadline, "the forked agent never listened"
+            await asyncio.sleep(0.02)
+        reader, writer = await asyncio.open_unix_connection(str(handle.agent_socket))
+        writer.write(b"GET /health HTTP/1.1\r\nHost: agent\r\n\r\n")
+        await writer.drain()
+        status = await asyncio.wait_for(reader.readline(), 20)
+        writer.close()
+        assert status.startswith(b"HTTP/1.1 2"), status
+    finally:
+        await runtime.destroy(spec.id)
 
 
 def test_sleep_is_found_in_the_topmost_layer_that_names_it(tmp_path):

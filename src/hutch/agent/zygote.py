@@ -12,8 +12,9 @@ order (each step needs what the one before it still holds):
 
 1. Host side, as host root: pin the sandbox's init with a pidfd (and check it is that
    sandbox's, by its cgroup), move into the sandbox's cgroups, take its OOM score, resource
-   limits and console (stdout and stderr), and join its network namespace (owned by the
-   host's user namespace, so joined before leaving it).
+   limits and console (stdout and stderr), open all of the init's namespaces (the init may
+   not have exec'd yet, and until then only host root may look into it), and join its
+   network namespace (owned by the host's user namespace, so joined before leaving it).
 2. Join its user namespace, set the per-namespace inotify limits, then its mount, pid, IPC,
    UTS and cgroup namespaces (the root directory becomes the sandbox's), and become root
    inside (uid and gid 0, no supplementary groups: an unprivileged range on the host).
@@ -49,6 +50,12 @@ CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = (
 PR_SET_DUMPABLE, PR_SET_SECCOMP, PR_CAPBSET_DROP, PR_SET_CHILD_SUBREAPER = 4, 22, 24, 36
 SECCOMP_MODE_FILTER = 2
 _CAP_VERSION_3 = 0x20080522
+# In the order they are joined: the network namespace belongs to the host's user namespace, so
+# it is joined while still host root; the others belong to the sandbox's user namespace, and
+# the mount namespace comes last, as joining it changes what paths mean.
+_NAMESPACES = (("net", CLONE_NEWNET), ("user", CLONE_NEWUSER), ("ipc", CLONE_NEWIPC),
+               ("uts", CLONE_NEWUTS), ("cgroup", CLONE_NEWCGROUP), ("pid", CLONE_NEWPID),
+               ("mnt", CLONE_NEWNS))
 
 # What the agent imports only when first needed, imported here once so no sandbox pays for
 # it (and so the forked copy never reads a module from the sandbox's filesystem).
@@ -106,12 +113,22 @@ def _enter(req: dict, pidfd: int) -> None:
     os.dup2(out, 2)
     os.close(null)
     os.close(out)
-    _setns(pidfd, CLONE_NEWNET, "net")
-    _setns(pidfd, CLONE_NEWUSER, "user")
-    for name, value in req["sysctls"].items():
-        _write("/proc/sys/" + name.replace(".", "/"), value)
-    _setns(pidfd, CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWCGROUP,
-           "mnt, pid, ipc, uts, cgroup")
+    # Every namespace is opened now, as host root: once in the sandbox's user namespace this
+    # process may no longer look into the init, which until it execs is the runtime's own
+    # non-dumpable process. The pidfd pins the pid: if the init is alive after the opens,
+    # they were of the init.
+    fds = {name: os.open(f"/proc/{req['init']}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+           for name, _ in _NAMESPACES}
+    signal.pidfd_send_signal(pidfd, 0)
+    try:
+        for name, flag in _NAMESPACES:
+            _setns(fds[name], flag, name)
+            if flag == CLONE_NEWUSER:
+                for key, value in req["sysctls"].items():
+                    _write("/proc/sys/" + key.replace(".", "/"), value)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
     os.setresgid(0, 0, 0)
     os.setgroups([])
     os.setresuid(0, 0, 0)
