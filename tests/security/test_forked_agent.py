@@ -5,6 +5,7 @@ OCI runtime started), and from inside as root."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,41 @@ def test_the_inits_waiting_child_survives_a_pkill_sleep(sbx):
     sbx.commands.run("pkill -x sleep; sleep 0.2; true", user="root")
     assert sbx.commands.run("echo still here").stdout == "still here\n"
     assert "sleep" not in sbx.commands.run("ps -eo comm").stdout.split()
+
+
+def test_a_killed_zygote_is_started_again(hutch_server, server_env):
+    """The zygote is one process: if it dies (the OOM killer, an operator), the next create
+    starts a new one, and sandboxes forked from the old one go on."""
+    before = Sandbox.create(timeout=120)
+    try:
+        server = hutch_server.process.pid
+        zygotes = [p for p in map(int, filter(str.isdigit, os.listdir("/proc")))
+                   if _parent(p) == server and _cmdline_or_empty(p).startswith(
+                       b"hutch.agent\0--zygote\0")]
+        assert len(zygotes) == 1, zygotes
+        os.kill(zygotes[0], 9)
+        deadline = time.monotonic() + 10
+        while _cmdline_or_empty(zygotes[0]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        after = Sandbox.create(timeout=120)
+        try:
+            assert after.commands.run("echo new").stdout == "new\n"
+        finally:
+            after.kill()
+        assert before.commands.run("echo old").stdout == "old\n"
+    finally:
+        before.kill()
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _cmdline_or_empty(pid: int) -> bytes:
+    try:
+        return cmdline(pid)
+    except OSError:
+        return b""

@@ -59,18 +59,27 @@ class Zygote:
         return self._proc
 
     async def spawn(self, lib: Path, request: dict) -> int:
-        """Fork an agent into a sandbox; its host pid. RuntimeError_ if it could not start."""
+        """Fork an agent into a sandbox; its host pid. RuntimeError_ if it could not start.
+
+        A zygote found dead when the request is written (its pipe is closed: the request
+        never reached it) is replaced and asked again; one that dies after taking the
+        request is not, as it may have forked the agent already."""
         async with self._lock:
-            proc = await self._process(lib)
-            try:
-                proc.stdin.write(json.dumps(request).encode() + b"\n")
-                await proc.stdin.drain()
+            for attempt in (1, 2):
+                proc = await self._process(lib)
+                try:
+                    proc.stdin.write(json.dumps(request).encode() + b"\n")
+                    await proc.stdin.drain()
+                except (BrokenPipeError, ConnectionResetError):
+                    await self.close()
+                    if attempt == 1:
+                        continue
+                    raise RuntimeError_("the agent's zygote ended") from None
                 line = await proc.stdout.readline()
-            except (BrokenPipeError, ConnectionResetError):
-                line = b""
-            if not line:
-                await self.close()
-                raise RuntimeError_("the agent's zygote ended")
+                if not line:
+                    await self.close()
+                    raise RuntimeError_("the agent's zygote ended")
+                break
         reply = json.loads(line)
         if "error" in reply:
             raise RuntimeError_(f"starting the sandbox's agent failed: {reply['error']}")
