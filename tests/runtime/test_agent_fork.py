@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from hutch.runtime import cgroup, command
-from hutch.runtime.local import _find_in_layers
+from hutch.runtime.local import _find_in_layers, _wait_command
 from hutch.runtime.spec import AgentFork, Mount
 from hutch.server import agent_lib
 
@@ -95,3 +95,25 @@ def test_procs_files_name_every_hierarchy_this_process_is_in():
     assert len(files) == len(lines)
     for f in files:
         assert f.name == "cgroup.procs" and str(os.getpid()) in f.read_text().split()
+
+
+def test_a_sleep_of_its_own_runs_under_the_pause_name(tmp_path):
+    layer = tmp_path / "debian"
+    (layer / "usr/bin").mkdir(parents=True)
+    (layer / "usr/bin/sleep").write_text("")
+    (layer / "bin").symlink_to("usr/bin")
+    link, args = _wait_command((layer,))
+    assert link == "/usr/bin/sleep" and args == ("/run/hutch/hutch-pause", "2147483647")
+
+
+def test_a_multi_call_sleep_is_run_by_its_binarys_name(tmp_path):
+    """busybox picks its tool by the name it was run as: through a link named hutch-pause
+    it would know no such tool, and the sandbox would end with its init's child."""
+    lower, upper = tmp_path / "lower", tmp_path / "upper"
+    (lower / "bin").mkdir(parents=True)
+    (lower / "bin/busybox").write_text("")
+    (upper / "bin").mkdir(parents=True)
+    (upper / "bin/sleep").symlink_to("busybox")
+    link, args = _wait_command((upper, lower))
+    assert link is None and args == ("/bin/busybox", "sleep", "2147483647")
+    assert _wait_command((lower,)) is None

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from e2b import CommandExitException, Sandbox
+from e2b import CommandExitException, PtySize, Sandbox
 
 from tests.conftest import TEST_DATA_DIR, restarted_server
 from tests.security.test_isolation import host_pids_of
@@ -150,3 +150,37 @@ def _cmdline_or_empty(pid: int) -> bytes:
         return cmdline(pid)
     except OSError:
         return b""
+
+
+def test_the_agent_needs_nothing_of_the_templates_python(sbx):
+    """The forked agent is the host's Python with its modules loaded before the fork: with
+    the template's standard library gone, every API it serves still works (a template whose
+    python3 is another version, or another layout, cannot break it)."""
+    stdlib = sbx.commands.run("python3 -c 'import os; print(os.path.dirname(os.__file__))'",
+                              user="root").stdout.strip()
+    assert stdlib.startswith("/usr/lib/python3")
+    sbx.commands.run(f"mv {stdlib} {stdlib}.gone", user="root")
+    assert sbx.commands.run("echo still", envs={"A": "1"}).stdout == "still\n"
+    handle = sbx.commands.run("cat", background=True, stdin=True)
+    sbx.commands.send_stdin(handle.pid, "typed\n")
+    sbx.commands.kill(handle.pid)
+    sbx.files.write("/tmp/f.txt", "data")
+    assert sbx.files.read("/tmp/f.txt") == "data"
+    assert [e.name for e in sbx.files.list("/tmp") if e.name == "f.txt"] == ["f.txt"]
+    sbx.files.make_dir("/tmp/d")
+    sbx.files.rename("/tmp/f.txt", "/tmp/d/g.txt")
+    assert sbx.files.exists("/tmp/d/g.txt")
+    watcher = sbx.files.watch_dir("/tmp/d")
+    sbx.files.write("/tmp/d/h.txt", "x")
+    events = []
+    deadline = time.monotonic() + 10
+    while not events and time.monotonic() < deadline:
+        events = watcher.get_new_events()
+        time.sleep(0.05)
+    watcher.stop()
+    assert events
+    sbx.files.remove("/tmp/d")
+    assert sbx.commands.list() is not None
+    terminal = sbx.pty.create(size=PtySize(rows=24, cols=80))
+    sbx.pty.resize(terminal.pid, PtySize(rows=30, cols=100))
+    sbx.pty.kill(terminal.pid)

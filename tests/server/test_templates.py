@@ -209,12 +209,24 @@ def test_a_template_from_an_image_in_a_registry(server_env, registry, tmp_path):
         assert built["base"] == ref and built["env"]["GREETING"] == "hi there"
         assert built["workdir"] == "/home/app" and built["user"] == "root"
         assert "from layer two" in lines and "gone.txt" not in lines
-        # This image has no python3 for hutch's agent: a create says so at once.
+        # This image has no python3 for hutch's agent, nor a sleep for the process a forked
+        # agent's sandbox waits on: a create says so at once.
         with pytest.raises(errors.InvalidArgumentError, match="has no python3"):
             Sandbox.create(template=name)
+        # With a sleep the agent is forked in from the host, and python3 is not needed.
+        Template.from_image(ref).user("root").run("ln -s busybox /bin/sleep").build(
+            f"{name}-s")
+        sbx = Sandbox.create(template=f"{name}-s")
+        try:
+            assert sbx.files.read("/new.txt") == "from layer two\n"
+            p = sbx.exec("/bin/busybox", "echo", "no python here")
+            assert p.stdout.read() == "no python here\n" and p.wait() == 0
+        finally:
+            sbx.kill()
     finally:
-        httpx.delete(f"{server_env['HUTCH_URL']}/templates/{name}",
-                     headers={"X-API-KEY": server_env["HUTCH_API_KEY"]})
+        for each in (name, f"{name}-s"):
+            httpx.delete(f"{server_env['HUTCH_URL']}/templates/{each}",
+                         headers={"X-API-KEY": server_env["HUTCH_API_KEY"]})
     with pytest.raises(errors.HutchError, match="skopeo"):
         Template.from_image(f"{registry}/hutch-test/missing:1").build(f"x-{name}")
 

@@ -21,7 +21,8 @@ order (each step needs what the one before it still holds):
 3. Fork again, so the agent is a process of the sandbox's pid namespace. The first child
    exits; this zygote is a subreaper that ignores SIGCHLD, so the kernel reaps both.
 4. In the agent: a session of its own, default signal dispositions, no inherited file
-   descriptor but stdio, the sandbox's environment and working directory; then the
+   descriptor but stdio, the sandbox's environment and working directory, imports from
+   read-only mounts of the agent library and of this Python's standard library; then the
    sandbox's seccomp filter (compiled once by the server from the same profile the runtime
    uses), Landlock to the sandbox's root (agent/landlock.py, which drops CAP_SYS_ADMIN), and
    the runtime's capability sets. It is non-dumpable (its ids changed), so its /proc entries
@@ -61,7 +62,8 @@ _NAMESPACES = (("net", CLONE_NEWNET), ("user", CLONE_NEWUSER), ("ipc", CLONE_NEW
 # it (and so the forked copy never reads a module from the sandbox's filesystem).
 PRELOAD = (
     "hashlib", "hmac", "shutil", "select", "traceback", "fcntl", "struct", "termios", "pty",
-    "grp", "pwd", "concurrent.futures", "base64", "zlib", "subprocess", "socket", "resource",
+    "grp", "pwd", "concurrent.futures", "concurrent.futures.thread", "base64", "zlib",
+    "subprocess", "socket", "resource",
     "hutch.agent.app", "hutch.agent.files", "hutch.agent.filesystem",
     "hutch.agent.filesystem_service", "hutch.agent.http", "hutch.agent.interpreter_service",
     "hutch.agent.landlock", "hutch.agent.multipart", "hutch.agent.process_service",
@@ -178,7 +180,7 @@ def _become_agent(req: dict, program: bytes, status: int) -> None:
     os.environ.clear()
     os.environ.update(dict(req["env"]))
     os.chdir(req["cwd"])
-    _relocate(req["lib_inside"])
+    _relocate(req["lib_inside"], req["stdlib_inside"])
     _seccomp(program)
     if req["landlock"]:
         from hutch.agent.landlock import restrict
@@ -188,12 +190,13 @@ def _become_agent(req: dict, program: bytes, status: int) -> None:
     _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
 
 
-def _relocate(inside: str) -> None:
-    """Imports made from now on come from the sandbox's own copy of the agent library (the
-    same files, mounted at ``inside``), and Python is the sandbox's, as for an agent that was
-    started inside."""
+def _relocate(inside: str, stdlib: list) -> None:
+    """Imports made from now on come from the sandbox's copy of the agent library (the same
+    files, mounted at ``inside``) and from this Python's own standard library (mounted at
+    ``stdlib``), never from the template's Python, which may be another version or none;
+    ``sys.executable``, which the code interpreter starts kernels with, is the template's."""
     host = sys.path[0]
-    sys.path[:] = [inside, *[p for p in sys.path[1:] if p.startswith(sys.base_prefix)]]
+    sys.path[:] = [inside, *stdlib]
     for name, module in list(sys.modules.items()):
         if (name == "hutch" or name.startswith("hutch.")) and hasattr(module, "__path__"):
             module.__path__[:] = [p.replace(host, inside, 1) for p in module.__path__]
@@ -295,7 +298,10 @@ def main() -> None:
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     hello = json.loads(stdin.readline())
     program = bytes.fromhex(hello["seccomp"])
-    stdout.write(b'{"ready": true}\n')
+    # Where this Python's standard library is: the runtime mounts it into each sandbox, so
+    # what the agent imports late comes from this Python, whatever the template's is.
+    stdlib = [p for p in sys.path[1:] if os.path.isdir(p)]
+    stdout.write(json.dumps({"ready": True, "stdlib": stdlib}).encode() + b"\n")
     stdout.flush()
     for line in stdin:
         try:

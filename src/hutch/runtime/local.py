@@ -32,7 +32,7 @@ from hutch.runtime import (
 )
 from hutch.runtime.dns import DnsForwarder, host_resolvers
 from hutch.runtime.egress_proxy import EgressProxy
-from hutch.runtime.spec import SandboxHandle, SandboxSpec
+from hutch.runtime.spec import Mount, SandboxHandle, SandboxSpec
 from hutch.runtime.zygote import Zygote
 
 log = logging.getLogger(__name__)
@@ -44,11 +44,14 @@ EGRESS_FILE = "egress.json"     # the sandbox's egress policy, kept for a restar
 INIT_CANDIDATES = ("/usr/bin/tini-static", "/usr/sbin/tini-static", "/usr/bin/tini")
 # What the init runs when the agent is forked in from the zygote: a process that only waits
 # (the init needs a child, and the sandbox ends with it). It is the template's `sleep`, as
-# any Linux userland has one, through a link in the run dir, so that it goes by a name of its
-# own: a `pkill sleep` inside must not end the whole sandbox. The argument is 2^31-1 seconds,
-# which every sleep reads (busybox's has no "infinity").
+# any Linux userland has one, run under a name of its own: a `pkill sleep` inside must not end
+# the whole sandbox (see _wait_command). It sleeps 2^31-1 seconds, which every sleep reads
+# (busybox's has no "infinity").
 PAUSE_NAME = "hutch-pause"
-WAIT_ARGS = (f"{bundle.RUN_PATH}/{PAUSE_NAME}", "2147483647")
+PAUSE_SECONDS = "2147483647"
+# Where the forked agent's own standard library (the host Python's) appears inside: each of
+# its directories under this prefix, at its host path.
+STDLIB_INSIDE = "/opt/hutch/python"
 # OCI runtimes whose sandboxes are namespaces of this kernel, which the zygote can join.
 FORKING_RUNTIMES = ("runc", "crun")
 
@@ -114,7 +117,8 @@ class LocalRuntime:
         self._limits = kernel_limits.LimitWriter()
         self._fork_agents = fork_agents
         self._zygote: Zygote | None | bool = None     # False: this host cannot fork agents
-        self._sleep: dict[tuple[Path, ...], str | None] = {}    # layers -> sleep's path
+        # layers -> how their sandboxes' init runs its waiting child (see _wait_command)
+        self._sleep: dict[tuple[Path, ...], tuple[str | None, tuple[str, ...]] | None] = {}
         self.addresses = network.AddressPool(self.state_dir / "addresses", self.subnet)
         self._masked = tuple(sorted(
             p for p in glob.glob("/sys/devices/system/cpu/cpu*/thermal_throttle")))
@@ -389,13 +393,18 @@ class LocalRuntime:
             raise AlreadyExistsError(f"sandbox {spec.id} exists") from None
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        zygote, sleep = self._zygote_for(spec)
+        zygote, sleep = self._zygote_for(spec.layers) if spec.agent_fork else (None, None)
         landlock = spec.landlock
         if zygote is not None:
             # The waiting process needs no capability to confine itself: the agent, which
             # does, gets its own from joining the user namespace.
-            spec = dataclasses.replace(spec, args=WAIT_ARGS, landlock=False)
+            spec = dataclasses.replace(spec, args=sleep[1], landlock=False)
+        stdlib: list[str] = []
         try:
+            if zygote is not None:
+                stdlib = await zygote.stdlib(spec.agent_fork.lib)
+                spec = dataclasses.replace(spec, mounts=spec.mounts + tuple(
+                    Mount(Path(p), STDLIB_INSIDE + p) for p in _outermost(stdlib)))
             address = self.addresses.allocate(spec.id) if spec.network == "internet" else None
             files = bundle.etc_files(spec, address, self.gateway if address else None)
             fs_job = asyncio.get_running_loop().run_in_executor(
@@ -412,8 +421,8 @@ class LocalRuntime:
                     raise r
             t = time.perf_counter()
             run_dir = sdir / "run"
-            if zygote is not None:
-                os.symlink(sleep, run_dir / PAUSE_NAME)
+            if zygote is not None and sleep[0] is not None:
+                os.symlink(sleep[0], run_dir / PAUSE_NAME)
             where = bundle.Placement(
                 rootfs=sdir / "rootfs", run_dir=run_dir, init=self.init, sysfs=sdir / "sys",
                 netns=network.netns_path(self.instance, spec.id),
@@ -433,7 +442,8 @@ class LocalRuntime:
             t = time.perf_counter()
             init_pid = int((sdir / "init.pid").read_text())
             if zygote is not None:
-                await self._fork_agent(zygote, spec, init_pid, sdir, landlock)
+                await self._fork_agent(zygote, spec, init_pid, sdir, landlock,
+                                       [STDLIB_INSIDE + p for p in stdlib])
                 timings["agent_fork"] = time.perf_counter() - t
             else:
                 # Before anything but the init and the agent runs inside (user code comes
@@ -453,10 +463,15 @@ class LocalRuntime:
         self.last_create_timings = timings
         return SandboxHandle(id=spec.id, run_dir=run_dir, address=address)
 
-    def _zygote_for(self, spec: SandboxSpec) -> tuple[Zygote | None, str | None]:
-        """The zygote to fork this sandbox's agent from and the path of the template's
-        `sleep`, or (None, None) to start the agent inside."""
-        if spec.agent_fork is None or not self._fork_agents or self._zygote is False:
+    def forks_agent(self, layers: tuple[Path, ...]) -> bool:
+        """Whether a sandbox of these layers gets its agent forked in from the zygote (then
+        the template needs no python3 of its own, only a `sleep`)."""
+        return self._zygote_for(layers)[0] is not None
+
+    def _zygote_for(self, layers: tuple[Path, ...]) -> tuple[Zygote | None, tuple | None]:
+        """The zygote to fork the agent of a sandbox of ``layers`` from and how its init runs
+        the waiting process (_wait_command), or (None, None) to start the agent inside."""
+        if not self._fork_agents or self._zygote is False:
             return None, None
         if os.path.basename(self.driver.binary) not in FORKING_RUNTIMES:
             return None, None
@@ -468,13 +483,13 @@ class LocalRuntime:
                 self._zygote = False
                 return None, None
             self._zygote = Zygote(program)
-        if spec.layers not in self._sleep:
-            self._sleep[spec.layers] = _find_in_layers(spec.layers, ("usr/bin/sleep", "bin/sleep"))
-        sleep = self._sleep[spec.layers]
+        if layers not in self._sleep:
+            self._sleep[layers] = _wait_command(layers)
+        sleep = self._sleep[layers]
         return (self._zygote, sleep) if sleep else (None, None)
 
     async def _fork_agent(self, zygote: Zygote, spec: SandboxSpec, init_pid: int,
-                          sdir: Path, landlock: bool) -> None:
+                          sdir: Path, landlock: bool, stdlib: list[str]) -> None:
         fork = spec.agent_fork
         caps = [bundle.CAPABILITY_NUMBERS[name] for name in bundle.CAPABILITIES]
         await zygote.spawn(fork.lib, {
@@ -484,7 +499,7 @@ class LocalRuntime:
             "console": str(sdir / "disk" / "console.log"),
             "sysctls": {k: str(v) for k, v in kernel_limits.SANDBOX_LIMITS.items()},
             "env": list(spec.env), "cwd": spec.cwd, "caps": caps, "landlock": landlock,
-            "lib_inside": fork.lib_inside, "socket": fork.socket,
+            "lib_inside": fork.lib_inside, "stdlib_inside": stdlib, "socket": fork.socket,
             "interpreter": fork.interpreter,
         })
 
@@ -704,6 +719,47 @@ class LocalRuntime:
             shutil.rmtree(d, ignore_errors=True)
         if errors:
             raise RuntimeError_("teardown: " + "; ".join(errors))
+
+
+def _wait_command(layers: tuple[Path, ...]) -> tuple[str | None, tuple[str, ...]] | None:
+    """How the init runs its waiting child from the template's `sleep`: what the run dir's
+    `hutch-pause` links to (None: no link) and the arguments; None without a sleep.
+
+    A sleep of its own is run through the link, so the process is named `hutch-pause`. A
+    multi-call binary (busybox, toybox) picks its tool by the name it was run as, so it is
+    run by its own path with `sleep` as its first argument, and goes by its own name."""
+    path = _find_in_layers(layers, ("usr/bin/sleep", "bin/sleep"))
+    real = _resolve_in_layers(layers, path) if path else None
+    if real is None:
+        return None
+    if os.path.basename(real) == "sleep":
+        return real, (f"{bundle.RUN_PATH}/{PAUSE_NAME}", PAUSE_SECONDS)
+    return None, (real, "sleep", PAUSE_SECONDS)
+
+
+def _resolve_in_layers(layers: tuple[Path, ...], path: str) -> str | None:
+    """``path`` (absolute, inside) with its symbolic links followed through the merged view
+    of ``layers``; None if it leads nowhere."""
+    for _ in range(40):
+        rel = path.lstrip("/")
+        st = None
+        for layer in layers:
+            st = _lstat(layer / rel)
+            if st is not None:
+                break
+        if st is None:
+            return None
+        if not stat.S_ISLNK(st.st_mode):
+            return path
+        target = os.readlink(layer / rel)
+        path = os.path.normpath(os.path.join(os.path.dirname(path), target))
+    return None
+
+
+def _outermost(paths: list[str]) -> list[str]:
+    """``paths`` without those inside another of them (one mount serves both)."""
+    return [p for p in paths
+            if not any(p != q and p.startswith(q.rstrip("/") + "/") for q in paths)]
 
 
 def _find_in_layers(layers: tuple[Path, ...], candidates: tuple[str, ...]) -> str | None:

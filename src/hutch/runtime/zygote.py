@@ -39,6 +39,7 @@ class Zygote:
         self._proc: asyncio.subprocess.Process | None = None
         self._lib: Path | None = None
         self._lock = asyncio.Lock()
+        self._stdlib: list[str] = []         # the zygote's standard library dirs (sys.path)
 
     async def _process(self, lib: Path) -> asyncio.subprocess.Process:
         if self._proc is not None and (self._proc.returncode is not None or lib != self._lib):
@@ -52,11 +53,19 @@ class Zygote:
             proc.stdin.write(str(lib).encode() + b"\n")
             proc.stdin.write(json.dumps({"seccomp": self._program.hex()}).encode() + b"\n")
             await proc.stdin.drain()
-            if not await proc.stdout.readline():
+            ready = await proc.stdout.readline()
+            if not ready:
                 await proc.wait()
                 raise RuntimeError_(f"the agent's zygote did not start (exit {proc.returncode})")
+            self._stdlib = json.loads(ready)["stdlib"]
             self._proc, self._lib = proc, lib
         return self._proc
+
+    async def stdlib(self, lib: Path) -> list[str]:
+        """The directories of the zygote's standard library, to be mounted in sandboxes."""
+        async with self._lock:
+            await self._process(lib)
+            return list(self._stdlib)
 
     async def spawn(self, lib: Path, request: dict) -> int:
         """Fork an agent into a sandbox; its host pid. RuntimeError_ if it could not start.

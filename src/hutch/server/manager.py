@@ -485,9 +485,14 @@ class SandboxManager:
             if tmpl is None:
                 raise TemplateError(f"template {name} must be built again (a layer of it is "
                                     "gone)")
-            if not self.custom.runnable(tmpl):
-                raise InvalidArgumentError(f"template {name} has no python3, which hutch's agent needs "
-                                    "in every sandbox: add a step that installs it")
+            forked = getattr(self.runtime, "forks_agent", None)
+            layers = tuple(Path(p) for p in tmpl.layers)
+            if not self.custom.runnable(tmpl) and not (forked and forked(layers)):
+                # Where the agent is forked in from the host it needs no python3 there, only
+                # a `sleep` (runtime/zygote.py); where it starts inside, it does.
+                raise InvalidArgumentError(
+                    f"template {name} has no python3 (and no sleep for a forked agent), which "
+                    "hutch's agent needs in every sandbox: add a step that installs it")
             return tmpl
         tmpl = self.templates.get(name)
         if tmpl is None:
