@@ -16,7 +16,7 @@ from hutch.runtime.local import _find_in_layers, _wait_command
 from hutch.runtime.spec import AgentFork, Mount
 from hutch.server import agent_lib
 
-from .conftest import box_spec
+from .conftest import box_spec, make_box
 
 
 async def test_the_agent_enters_an_init_that_has_not_exec_yet(runtime, rootfs, monkeypatch,
@@ -61,6 +61,27 @@ async def test_the_agent_enters_an_init_that_has_not_exec_yet(runtime, rootfs, m
         assert status.startswith(b"HTTP/1.1 2"), status
     finally:
         await runtime.destroy(spec.id)
+
+
+async def test_destroy_ends_a_host_process_that_joined_the_sandboxs_cgroups(runtime, rootfs):
+    """What a forked agent's first step is while it enters: a host process in the sandbox's
+    cgroups but not in its pid namespace, so killing the init does not end it. Destroy must
+    end it and leave no cgroup (a server killed mid-create leaves its zygote finishing the
+    fork while the next server removes the sandbox)."""
+    import subprocess
+
+    box = await make_box(runtime, box_spec("joined", rootfs, network="none"))
+    joiner = subprocess.Popen(["sleep", "600"])
+    try:
+        for procs in cgroup.procs_files_of(box.init_pid):
+            procs.write_text(str(joiner.pid))
+        await runtime.destroy(box.id)
+        assert joiner.wait(timeout=10) == -9
+        assert not cgroup.exists(runtime.instance, box.id)
+    finally:
+        if joiner.poll() is None:
+            joiner.kill()
+            joiner.wait()
 
 
 def test_sleep_is_found_in_the_topmost_layer_that_names_it(tmp_path):

@@ -188,6 +188,12 @@ def remove(instance: str, sandbox_id: str, root: Path = ROOT) -> None:
         _rmdir_tree(h / rel)
 
 
+def exists(instance: str, sandbox_id: str, root: Path = ROOT) -> bool:
+    """Whether any hierarchy still has the sandbox's cgroup."""
+    rel = cgroups_path(instance, sandbox_id).lstrip("/")
+    return any((h / rel).is_dir() for h in hierarchies(root))
+
+
 def remove_parent(instance: str, root: Path = ROOT) -> None:
     for h in hierarchies(root):
         try:

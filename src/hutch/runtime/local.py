@@ -591,6 +591,15 @@ class LocalRuntime:
             errors.append(str(e))
             cgroup.kill_all(self.instance, sandbox_id)
         cgroup.remove(self.instance, sandbox_id)
+        # A process that joined the cgroups from the host side is not in the init's pid
+        # namespace and outlives it: a forked agent's first step, when a server that died
+        # mid-create left its zygote finishing the fork while the next server cleans up.
+        for _ in range(50):
+            if not cgroup.exists(self.instance, sandbox_id):
+                break
+            cgroup.kill_all(self.instance, sandbox_id)
+            await asyncio.sleep(0.01)
+            cgroup.remove(self.instance, sandbox_id)
         timings["oci_delete"] = time.perf_counter() - t
 
     async def _drop_host_side(self, sandbox_id: str, errors: list[str],
