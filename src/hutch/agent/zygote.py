@@ -15,8 +15,8 @@ order (each step needs what the one before it still holds):
    limits and console (stdout and stderr), open all of the init's namespaces (the init may
    not have exec'd yet, and until then only host root may look into it), and join its
    network namespace (owned by the host's user namespace, so joined before leaving it).
-2. Join its user namespace, set the per-namespace inotify limits, then its mount, pid, IPC,
-   UTS and cgroup namespaces (the root directory becomes the sandbox's), and become root
+2. Join its user namespace, set the per-namespace inotify limits, then its IPC, UTS, cgroup,
+   pid and mount namespaces (the root directory becomes the sandbox's), and become root
    inside (uid and gid 0, no supplementary groups: an unprivileged range on the host).
 3. Fork again, so the agent is a process of the sandbox's pid namespace. The first child
    exits; this zygote is a subreaper that ignores SIGCHLD, so the kernel reaps both.
@@ -28,8 +28,10 @@ order (each step needs what the one before it still holds):
    the runtime's capability sets. It is non-dumpable (its ids changed), so its /proc entries
    (exe, maps, fds) belong to host root and are closed to root inside.
 
-Standard library only, as all of the agent. Protocol: one JSON line in per request, one
-JSON line out; the first line gives the seccomp program (hex).
+Standard library only, as all of the agent. Protocol, on stdin and stdout: the agent
+library's path (read by the command line that starts this module), a JSON line with the
+seccomp program (hex), answered by one with this Python's standard library directories; then
+one JSON line in per agent to fork, one JSON line out (its pid, or an error).
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ _NAMESPACES = (("net", CLONE_NEWNET), ("user", CLONE_NEWUSER), ("ipc", CLONE_NEW
                ("mnt", CLONE_NEWNS))
 
 # What the agent imports only when first needed, imported here once so no sandbox pays for
-# it (and so the forked copy never reads a module from the sandbox's filesystem).
+# it (what is imported later still comes from this Python's library: see _relocate).
 PRELOAD = (
     "hashlib", "hmac", "shutil", "select", "traceback", "fcntl", "struct", "termios", "pty",
     "grp", "pwd", "concurrent.futures", "concurrent.futures.thread", "base64", "zlib",
