@@ -169,6 +169,22 @@ def host_objects() -> dict[str, set[str]]:
     return found
 
 
+def settled_listing(client) -> set[str]:
+    """The listed sandboxes once the host agrees with them. A sandbox can expire while this
+    looks (its record ends first, its teardown follows in the background), so a difference
+    is looked at again for a while: one that persists is a real orphan or a lost sandbox."""
+    deadline = time.monotonic() + 10
+    while True:
+        listed = {s["sandboxID"] for s in client.get("/sandboxes", params={"limit": 1000}).json()}
+        try:
+            check_host_matches(listed)
+            return listed
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def check_host_matches(listed: set[str]) -> None:
     from hutch.runtime import network
     objects = host_objects()
@@ -411,10 +427,8 @@ class Round:
 def check_round(server: ServerProcess, ledger: Ledger, rnd: Round, log_from: int) -> None:
     assert not ledger.unexpected, "\n".join(ledger.unexpected)
     with server.client() as c:
-        listed = {s["sandboxID"] for s in c.get("/sandboxes", params={"limit": 1000}).json()}
-
         # (a) the store and the host agree; what is listed answers.
-        check_host_matches(listed)
+        listed = settled_listing(c)
         for sid in sorted(listed):
             assert Sandbox.connect(sid).commands.run("echo alive").stdout == "alive\n", sid
 
