@@ -163,6 +163,7 @@ def test_the_agent_needs_nothing_of_the_templates_python(sbx):
     assert sbx.commands.run("echo still", envs={"A": "1"}).stdout == "still\n"
     handle = sbx.commands.run("cat", background=True, stdin=True)
     sbx.commands.send_stdin(handle.pid, "typed\n")
+    assert handle.pid in {p.pid for p in sbx.commands.list()}
     sbx.commands.kill(handle.pid)
     sbx.files.write("/tmp/f.txt", "data")
     assert sbx.files.read("/tmp/f.txt") == "data"
@@ -180,7 +181,6 @@ def test_the_agent_needs_nothing_of_the_templates_python(sbx):
     watcher.stop()
     assert events
     sbx.files.remove("/tmp/d")
-    assert sbx.commands.list() is not None
     terminal = sbx.pty.create(size=PtySize(rows=24, cols=80))
     sbx.pty.resize(terminal.pid, PtySize(rows=30, cols=100))
     sbx.pty.kill(terminal.pid)

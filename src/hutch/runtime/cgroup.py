@@ -180,18 +180,11 @@ def list_ids(instance: str, root: Path = ROOT) -> set[str]:
     return ids
 
 
-def remove(instance: str, sandbox_id: str, root: Path = ROOT) -> None:
+def remove(instance: str, sandbox_id: str, root: Path = ROOT) -> bool:
     """rmdir the sandbox's cgroups in every hierarchy (they must be empty of processes;
-    leaf-first, so nested cgroups a runtime made below them go too)."""
+    leaf-first, so nested cgroups a runtime made below them go too). False if one stayed."""
     rel = cgroups_path(instance, sandbox_id).lstrip("/")
-    for h in hierarchies(root):
-        _rmdir_tree(h / rel)
-
-
-def exists(instance: str, sandbox_id: str, root: Path = ROOT) -> bool:
-    """Whether any hierarchy still has the sandbox's cgroup."""
-    rel = cgroups_path(instance, sandbox_id).lstrip("/")
-    return any((h / rel).is_dir() for h in hierarchies(root))
+    return all([_rmdir_tree(h / rel) for h in hierarchies(root)])
 
 
 def remove_parent(instance: str, root: Path = ROOT) -> None:
@@ -202,16 +195,19 @@ def remove_parent(instance: str, root: Path = ROOT) -> None:
             pass
 
 
-def _rmdir_tree(path: Path) -> None:
+def _rmdir_tree(path: Path) -> bool:
     if not path.is_dir():
-        return
+        return True
     for child in path.iterdir():
         if child.is_dir():
             _rmdir_tree(child)
     try:
         path.rmdir()
-    except OSError:
+    except FileNotFoundError:
         pass
+    except OSError:
+        return False
+    return True
 
 
 def kill_all(instance: str, sandbox_id: str, root: Path = ROOT) -> None:

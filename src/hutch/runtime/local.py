@@ -28,7 +28,7 @@ from hutch.errors import AlreadyExistsError, InvalidArgumentError, RuntimeError_
 from hutch.errors import SandboxNotFoundError
 from hutch.runtime import (
     _libc, bundle, cgroup, command, conntrack, disk, egress, firewall, kernel_limits, network,
-    nflog, oci, seccomp, seccomp_filter,
+    nflog, oci, seccomp_filter,
 )
 from hutch.runtime.dns import DnsForwarder, host_resolvers
 from hutch.runtime.egress_proxy import EgressProxy
@@ -477,7 +477,7 @@ class LocalRuntime:
             return None, None
         if self._zygote is None:
             try:
-                program = seccomp_filter.compile_profile(seccomp.profile(seccomp.native_arch()))
+                program = seccomp_filter.sandbox_program()
             except (RuntimeError_, ValueError) as exc:
                 log.warning("agents start inside each sandbox: %s", exc)
                 self._zygote = False
@@ -590,16 +590,14 @@ class LocalRuntime:
         except RuntimeError_ as e:
             errors.append(str(e))
             cgroup.kill_all(self.instance, sandbox_id)
-        cgroup.remove(self.instance, sandbox_id)
         # A process that joined the cgroups from the host side is not in the init's pid
         # namespace and outlives it: a forked agent's first step, when a server that died
         # mid-create left its zygote finishing the fork while the next server cleans up.
         for _ in range(50):
-            if not cgroup.exists(self.instance, sandbox_id):
+            if cgroup.remove(self.instance, sandbox_id):
                 break
             cgroup.kill_all(self.instance, sandbox_id)
             await asyncio.sleep(0.01)
-            cgroup.remove(self.instance, sandbox_id)
         timings["oci_delete"] = time.perf_counter() - t
 
     async def _drop_host_side(self, sandbox_id: str, errors: list[str],

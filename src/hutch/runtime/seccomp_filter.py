@@ -77,6 +77,13 @@ def _lib() -> ctypes.CDLL:
     return lib
 
 
+def sandbox_program() -> bytes:
+    """The filter program of the sandbox profile (runtime/seccomp.py) for this machine."""
+    from hutch.runtime import seccomp
+
+    return compile_profile(seccomp.profile(seccomp.native_arch()))
+
+
 def compile_profile(profile: dict) -> bytes:
     """The filter program of an OCI ``linux.seccomp`` object: an array of struct sock_filter
     (8 bytes each) ready for seccomp(SECCOMP_SET_MODE_FILTER). RuntimeError_ if libseccomp

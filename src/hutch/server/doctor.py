@@ -150,9 +150,9 @@ def _agent_fork_check(config: Config) -> Check:
     if os.path.basename(config.oci_runtime) not in ("runc", "crun"):
         return Check(name, True, f"{config.oci_runtime} sandboxes start their agent inside")
     from hutch.errors import RuntimeError_
-    from hutch.runtime import seccomp, seccomp_filter
+    from hutch.runtime import seccomp_filter
     try:
-        program = seccomp_filter.compile_profile(seccomp.profile(seccomp.native_arch()))
+        program = seccomp_filter.sandbox_program()
     except (RuntimeError_, ValueError) as exc:
         return Check(name, False, f"{exc}: agents start inside, each cold create pays "
                      "Python's start", fix="apt-get install -y libseccomp2", optional=True)
