@@ -201,8 +201,7 @@ def burst(b, size: int, split: Split, body: dict | None = None) -> tuple[list[fl
             t1 = time.perf_counter()
             with lock:
                 made.append(sbx)
-            c.run(sbx, "echo hi", first_output=True)
-            t2 = time.perf_counter()
+            t2 = c.first_output_at(sbx, "echo hi")
             split.add(start[0], t1, t2, server)
             with lock:
                 times.append((t2 - start[0]) * 1000)
@@ -261,8 +260,7 @@ def sequential(b, n: int) -> tuple[list[float], Split]:
         sbx, server = create(b)
         t1 = time.perf_counter()
         try:
-            b.run(sbx, "echo hi", first_output=True)
-            t2 = time.perf_counter()
+            t2 = b.first_output_at(sbx, "echo hi")
             times.append((t2 - t0) * 1000)
             split.add(t0, t1, t2, server)
             split.cpu += cpu_busy_seconds() - cpu0
@@ -293,8 +291,7 @@ def sustained(b, seconds: float, workers: int) -> dict:
                     time.sleep(0.1)
                     continue
                 try:
-                    c.run(sbx, "echo hi", first_output=True)
-                    t1 = time.perf_counter()
+                    t1 = c.first_output_at(sbx, "echo hi")
                 finally:
                     c.kill(sbx)
                 with lock:

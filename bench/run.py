@@ -87,30 +87,37 @@ class Bench:
             h["X-Access-Token"] = sbx["envdAccessToken"]
         return h
 
-    def run(self, sbx: dict, cmd: str, *, first_output: bool = False, argv: list | None = None) -> bytes:
+    def run(self, sbx: dict, cmd: str, *, argv: list | None = None) -> bytes:
         """Run a command through the agent as the sandbox's default user, the way
         `commands.run` sends it (`bash -l -c cmd`), or `argv` directly (no shell, as
-        `sbx.exec`); return at the first output or at the stream's end. To the end, as the
-        SDKs read it: a response left unread closes its connection, and the next call would
-        pay for a new one, which no SDK user does."""
-        argv = argv or ["/bin/bash", "-l", "-c", cmd]
+        `sbx.exec`); return its output once the stream has ended."""
+        return self._start(sbx, argv or ["/bin/bash", "-l", "-c", cmd])[0]
+
+    def first_output_at(self, sbx: dict, cmd: str) -> float:
+        """Run `cmd` as `run` does; return when (`perf_counter`) its first output was read."""
+        at = self._start(sbx, ["/bin/bash", "-l", "-c", cmd])[1]
+        if at is None:
+            raise RuntimeError(f"{cmd!r} printed nothing")
+        return at
+
+    def _start(self, sbx: dict, argv: list) -> tuple[bytes, float | None]:
+        """The output, and when its first piece was read. The body is read to its own end,
+        past the end-stream message, as the SDKs read it: a response left unfinished would
+        close its connection, and every call would pay for a new one."""
         body = encode_envelope({"process": {"cmd": argv[0], "args": argv[1:]}})
         headers = {**self.headers(sbx), "Content-Type": "application/connect+json",
                    "Connect-Protocol-Version": "1"}
-        out = b""
+        out, first = b"", None
         with self.data.stream("POST", "/process.Process/Start", content=body, headers=headers) as r:
             decoder = EnvelopeDecoder()
             for chunk in r.iter_raw():
                 for env in decoder.feed(chunk):
-                    msg = env.json()
-                    event = msg.get("event", {})
+                    event = env.json().get("event", {})
                     if "data" in event:
+                        if first is None:
+                            first = time.perf_counter()
                         out += base64.b64decode(event["data"].get("stdout", ""))
-                        if first_output:
-                            return out
-                    if env.end_stream:
-                        return out
-        return out
+        return out, first
 
     def run_code(self, sbx: dict, code: str) -> dict[str, float]:
         """`POST /execute` to the sandbox's code interpreter, as `run_code` sends it, read to
@@ -140,8 +147,7 @@ def measure_create_to_first_output(b: Bench, n: int, **body) -> list[float]:
         t0 = time.perf_counter()
         sbx = b.create(**body)
         try:
-            b.run(sbx, "echo hi", first_output=True)
-            times.append((time.perf_counter() - t0) * 1000)
+            times.append((b.first_output_at(sbx, "echo hi") - t0) * 1000)
         finally:
             b.kill(sbx)
     return times
@@ -385,7 +391,7 @@ def measure_cold_cpu(b: Bench, server_pid: int, n: int) -> dict[str, float]:
         time.sleep(0.5)
         busy0, (self0, kids0) = load.cpu_busy_seconds(), process_cpu_seconds(server_pid)
         sbx = b.create()
-        b.run(sbx, "true", first_output=True)
+        b.run(sbx, "true")
         inside = cgroup.stats(INSTANCE, sbx["sandboxID"])["cpu_ns"] / 1e9
         b.kill(sbx)
         wait_gone(sbx["sandboxID"])
