@@ -121,14 +121,8 @@ def kill_all(b, sandboxes: list[dict], workers: int = 8) -> None:
 
 def create(c, body: dict | None = None) -> tuple[dict, float | None]:
     """A create, as Bench.create, and the server's own time for it (its Server-Timing total)."""
-    r = c.api.post("/sandboxes", json={"templateID": "base", **(body or {})})
-    r.raise_for_status()
-    server = None
-    for part in r.headers.get("Server-Timing", "").split(","):
-        name, _, dur = part.strip().partition(";dur=")
-        if name == "total" and dur:
-            server = float(dur)
-    return r.json(), server
+    sbx = c.create(**(body or {}))
+    return sbx, c.last_timing.get("total")
 
 
 class Split:

@@ -67,6 +67,25 @@ def summary(values: list[float]) -> str:
     return f"p50 {pct(values, 50):.1f} ms · p95 {pct(values, 95):.1f} ms · p99 {pct(values, 99):.1f} ms (n={len(values)})"
 
 
+def server_timing(response) -> dict[str, float]:
+    """A create answer's `Server-Timing`: milliseconds by step."""
+    steps = {}
+    for part in response.headers.get("Server-Timing", "").split(","):
+        name, _, dur = part.strip().partition(";dur=")
+        if dur:
+            steps[name] = float(dur)
+    return steps
+
+
+#: A cold create's steps as the core section reports them (Server-Timing names, see api.md).
+CREATE_STEPS = (
+    ("runtime_disk_copy", "writable layer: image copy"), ("runtime_disk_mount", "its mount"),
+    ("runtime_overlay", "the overlay"), ("runtime_network", "network (meanwhile)"),
+    ("runtime_bundle", "bundle"), ("runtime_oci_run", "`runc run`"),
+    ("runtime_agent_fork", "agent forked in"), ("agent", "agent's `/init`"),
+    ("total", "total"))
+
+
 class Bench:
     def __init__(self, url: str, key: str) -> None:
         self.url = url
@@ -76,6 +95,7 @@ class Bench:
     def create(self, **body) -> dict:
         r = self.api.post("/sandboxes", json={"templateID": "base", **body})
         r.raise_for_status()
+        self.last_timing = server_timing(r)
         return r.json()
 
     def kill(self, sbx: dict) -> None:
@@ -141,11 +161,15 @@ class Bench:
         return seen
 
 
-def measure_create_to_first_output(b: Bench, n: int, **body) -> list[float]:
+def measure_create_to_first_output(b: Bench, n: int, steps: list | None = None,
+                                   **body) -> list[float]:
+    """create → first output, `n` times; each create's Server-Timing goes to `steps`."""
     times = []
     for _ in range(n):
         t0 = time.perf_counter()
         sbx = b.create(**body)
+        if steps is not None:
+            steps.append(b.last_timing)
         try:
             times.append((b.first_output_at(sbx, "echo hi") - t0) * 1000)
         finally:
@@ -428,21 +452,28 @@ def measure_fork_exec(n: int) -> list[float]:
     return times
 
 
-def measure_bare_runc(n: int) -> list[float] | str:
-    """`runc run` of the same kind of bundle hutch makes, doing `true`: the OCI floor."""
+def measure_bare_runc(n: int) -> tuple[list[float], list[float]] | str:
+    """`runc run` of the same kind of bundle hutch makes, doing `true`: the OCI floor; and,
+    interleaved with it, the same bundle without its seccomp profile (what runc's compiling
+    of the profile on every start costs)."""
     try:
         from floor import bare_runc_bundle  # built from the runtime's own functions
     except ImportError as exc:
         return f"unavailable ({exc})"
     runc = shutil.which("runc")
-    times = []
+    times: tuple[list[float], list[float]] = ([], [])
     with tempfile.TemporaryDirectory(prefix="hutch-bench-") as tmp:
         bundle = bare_runc_bundle(Path(tmp), TEMPLATES_DIR)
+        config = json.loads((bundle / "config.json").read_text())
+        plain = dict(config, linux={k: v for k, v in config["linux"].items() if k != "seccomp"})
         for i in range(n):
-            t0 = time.perf_counter()
-            subprocess.run([runc, "--root", f"{tmp}/state", "run", "--bundle", str(bundle), f"benchfloor{i}"],
-                           check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            times.append((time.perf_counter() - t0) * 1000)
+            for kind, cfg in enumerate((config, plain)):
+                (bundle / "config.json").write_text(json.dumps(cfg))
+                t0 = time.perf_counter()
+                subprocess.run([runc, "--root", f"{tmp}/state", "run", "--bundle", str(bundle),
+                                f"benchfloor{kind}-{i}"],
+                               check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                times[kind].append((time.perf_counter() - t0) * 1000)
     for parent in Path("/sys/fs/cgroup").glob("**/hutchfloor"):  # runc leaves the parent
         for child in sorted(parent.glob("**/"), key=lambda p: -len(p.parts)):
             child.rmdir()
@@ -556,9 +587,14 @@ def main() -> None:
         b = Bench(url, key)
         b.kill(b.create())  # warm the template cache and the server
         if chosen & {"core", "peers"}:
-            create = hutch["create"] = measure_create_to_first_output(b, n)
+            steps: list[dict[str, float]] = []
+            create = hutch["create"] = measure_create_to_first_output(b, n, steps)
             rows.append(("create → first command output", summary(create),
                          "p50 ≤ 50 ms · p99 ≤ 3× p50"))
+            parts = [f"{label} {statistics.median(s[name] for s in steps):.1f}"
+                     for name, label in CREATE_STEPS if steps and all(name in s for s in steps)]
+            rows.append(("… the server's steps of those creates, p50 of each (ms)",
+                         ", ".join(parts), "–"))
         if "core" in chosen:
             sbx = b.create()
             try:
@@ -650,8 +686,12 @@ def main() -> None:
     if chosen & {"core", "peers"}:
         fork = floors["fork"] = measure_fork_exec(n * 4)
         rows.append(("floor: fork+exec of /bin/true", summary(fork), "–"))
-        runc = floors["runc"] = measure_bare_runc(max(5, n // 2))
+        both = measure_bare_runc(max(5, n // 2))
+        runc = floors["runc"] = both[0] if isinstance(both, tuple) else both
         rows.append(("floor: bare `runc run` doing `true`", summary(runc) if isinstance(runc, list) else runc, "–"))
+        if isinstance(both, tuple):
+            rows.append(("… the same bundle without its seccomp profile (interleaved)",
+                         summary(both[1]), "–"))
         ratio = pct(create, 50) / pct(runc, 50) if isinstance(runc, list) else None
     if "peers" in chosen:
         start_rows, code_rows = peers.measure(DATA_DIR, template_rootfs(TEMPLATES_DIR), hutch,
@@ -686,10 +726,12 @@ def main() -> None:
             lines.append("")
         lines += [
             "Where a create's time goes (the `Server-Timing` header of every create answer has the",
-            "breakdown): `runc run` of the bundle (the floor above, about 20 ms of it runc compiling",
-            "the seccomp profile), then the agent forked in from the server's zygote (a few ms;",
-            "starting Python and importing the agent inside instead cost about 90 ms of CPU here),",
-            "then `/init`. A command's round trip is two HTTP hops",
+            "breakdown; the table's second row has their medians): `runc run` of the bundle, most of it (the floor",
+            "above; runc's compiling of the seccomp profile on every start is the difference between",
+            "the two floor rows), then the agent forked in from the server's zygote (two forks, each",
+            "copying the pages it writes to, and the agent's confinement: seccomp, Landlock,",
+            "capabilities; starting Python and importing the agent inside instead cost about 90 ms",
+            "of CPU here), then `/init`. A command's round trip is two HTTP hops",
             "(client → server → agent socket), the spawn as the sandbox user, and the login shell",
             "`commands.run` asks for. Idle memory is counted as PSS, so libraries shared by sandboxes",
             "of one template are split between them; one sandbox alone carries all of them.",
@@ -806,10 +848,11 @@ LOAD_NOTES = [
     "meanwhile.",
     "",
     "Targets this machine does not reach, and what would. *Create → first output ≤ 50 ms cold*:",
-    "a bare `runc run` of the same bundle takes most of that by itself (the floor rows; about",
-    "20 ms of it is runc compiling the seccomp filter, on every start, from the profile's",
-    "names: it has no way to take a compiled one), and hutch's writable layer, network, agent",
-    "fork and two HTTP round trips come on top; it takes an OCI runtime that starts in a few",
+    "a bare `runc run` of the same bundle takes most of that by itself (the floor rows; a few",
+    "milliseconds of it is runc compiling the seccomp filter, on every start, from the",
+    "profile's names: it has no way to take a compiled one), and hutch's writable layer,",
+    "network, agent fork and two HTTP round trips come on top (the core section splits them);",
+    "it takes an OCI runtime that starts in a few",
     "milliseconds (crun does elsewhere, but refuses this host's hybrid cgroup layout). From the",
     "pool the wait is already that short. *A burst of 50 with",
     "p95 ≤ 100 ms*: the burst's claims and first commands (a login shell each) are CPU",

@@ -87,6 +87,22 @@ def test_errors_are_json(api):
     assert r.status_code == 400 and "envVars" in r.json()["message"]
 
 
+def test_a_cold_create_says_where_its_time_went(api, sandboxes):
+    r = api.post("/v2/sandboxes", json={"templateID": "base"})
+    assert r.status_code == 201, r.text
+    sandboxes.append(r.json()["sandboxID"])
+    steps = {}
+    for part in r.headers["server-timing"].split(","):
+        name, _, dur = part.strip().partition(";dur=")
+        steps[name] = float(dur)
+    # The runtime's own steps, nested in its total; the agent forked in or started inside.
+    assert {"runtime_disk_copy", "runtime_disk_mount", "runtime_overlay", "runtime_network",
+            "runtime_bundle", "runtime_oci_run"} <= set(steps)
+    assert ("runtime_agent_fork" in steps) != ("runtime_limits" in steps)
+    assert 0 < steps["runtime_oci_run"] < steps["runtime"] <= steps["total"]
+    assert steps["runtime_bundle"] + steps["runtime_oci_run"] <= steps["runtime"]
+
+
 def test_create_get_connect_timeout_kill(server, api, sandboxes):
     t0 = time.perf_counter()
     sbx = _create(api, sandboxes, metadata={"k": "v"}, envVars={"FOO": "bar"}, timeout=120)

@@ -122,7 +122,6 @@ class LocalRuntime:
         self.addresses = network.AddressPool(self.state_dir / "addresses", self.subnet)
         self._masked = tuple(sorted(
             p for p in glob.glob("/sys/devices/system/cpu/cpu*/thermal_throttle")))
-        self.last_create_timings: dict[str, float] = {}
         self.last_destroy_timings: dict[str, float] = {}
 
     # -- paths --------------------------------------------------------------------------
@@ -460,8 +459,7 @@ class LocalRuntime:
                 raise
             raise RuntimeError_(f"creating sandbox {spec.id} failed: {e}") from e
         timings["total"] = time.perf_counter() - t0
-        self.last_create_timings = timings
-        return SandboxHandle(id=spec.id, run_dir=run_dir, address=address)
+        return SandboxHandle(id=spec.id, run_dir=run_dir, address=address, timings=timings)
 
     def forks_agent(self, layers: tuple[Path, ...]) -> bool:
         """Whether a sandbox of these layers gets its agent forked in from the zygote (then

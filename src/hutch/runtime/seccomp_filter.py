@@ -1,10 +1,11 @@
 """The sandbox's seccomp profile compiled to the kernel's filter program (classic BPF).
 
-The OCI runtime compiles the profile itself each time it starts a container (about 20 ms of
-runc's start here). A sandbox's agent is not started by the runtime when hutch forks it from
-its pre-imported copy (see hutch/runtime/zygote.py): it installs the same filter itself, and
-this module makes that filter once per server, with the same library the runtime uses
-(libseccomp, through ctypes), following the runtime's reading of the profile:
+The OCI runtime compiles the profile itself each time it starts a container (a few
+milliseconds of runc's start here: the benchmarks' floor rows). A sandbox's agent is not
+started by the runtime when hutch forks it from its pre-imported copy (see
+hutch/runtime/zygote.py): it installs the same filter itself, and this module makes that
+filter once per server, with the same library the runtime uses (libseccomp, through ctypes),
+following the runtime's reading of the profile:
 
 - every listed architecture; the native one is always in the program;
 - names the library does not know are skipped (the profile may run ahead of the host);

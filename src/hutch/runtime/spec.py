@@ -65,6 +65,9 @@ class SandboxHandle:
     id: str
     run_dir: Path        # host directory mounted at /run/hutch inside (the agent's socket lives here)
     address: str | None  # the sandbox's IPv4 address on the bridge, None in network mode "none"
+    #: Seconds of each step of its start (the create's Server-Timing shows them); the disk
+    #: steps and the network's run at the same time.
+    timings: dict[str, float] = field(default_factory=dict, compare=False)
 
     @property
     def agent_socket(self) -> Path:

@@ -392,6 +392,8 @@ class SandboxManager:
                 await asyncio.shield(self._destroy_quietly(rec.id))
                 _reraise(exc, "could not start the sandbox")
             timing["runtime"] = time.perf_counter() - t1
+            timing.update((f"runtime_{step}", seconds)
+                          for step, seconds in handle.timings.items() if step != "total")
             rec = live.record = self.store.update(
                 rec, run_dir=str(handle.run_dir), address=handle.address)
             t2 = time.perf_counter()
