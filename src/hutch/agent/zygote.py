@@ -179,10 +179,6 @@ class _Filter:
                "installing the seccomp filter")
 
 
-def _seccomp(program: bytes) -> None:
-    _Filter(program).install()
-
-
 def _become_agent(req: dict, program: _Filter, status: int) -> None:
     """Step 4, in the agent; returns once it is confined (then it serves)."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
