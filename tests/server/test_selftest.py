@@ -226,3 +226,34 @@ def test_injected_failures():
     assert selftest.failed(out) == ["seccomp_mode", "firewall_table"]
     assert "HUTCH_SELFTEST_FAIL" in out[1].detail
     assert selftest.inject(checks, [""]) == checks
+
+
+def test_the_host_fd_waits_for_a_socket_that_is_bound_but_not_yet_listening(tmp_path):
+    """The probe's socket file appears at its bind, before its listen: a connect in between
+    is refused, and the offer must try again rather than fail the self-test."""
+    import os
+    import socket
+    import threading
+    import time
+
+    path = tmp_path / "leak.sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    got = []
+
+    def listen_late():
+        time.sleep(0.3)
+        server.listen(1)
+        conn = server.accept()[0]
+        got.extend(socket.recv_fds(conn, 16, 1)[1])
+        conn.close()
+
+    thread = threading.Thread(target=listen_late)
+    thread.start()
+    try:
+        selftest.offer_host_fd(path, timeout=10)
+    finally:
+        thread.join(timeout=10)
+        server.close()
+    assert len(got) == 1 and os.path.samestat(os.fstat(got[0]), os.stat("/"))
+    os.close(got[0])

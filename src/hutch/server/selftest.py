@@ -482,10 +482,20 @@ def offer_host_fd(socket_path: Path, timeout: float = 10.0, directory: str = "/"
         time.sleep(0.01)
     fd = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        with socket.socket(socket.AF_UNIX) as conn:
-            conn.settimeout(timeout)
-            conn.connect(f"/proc/self/fd/{parent}/{socket_path.name}")
-            socket.send_fds(conn, [b"fd"], [fd])
+        # The socket's file appears at its bind, a moment before its listen: refused until
+        # then, so asked again (a slow sandbox under load took long enough to be refused).
+        while True:
+            with socket.socket(socket.AF_UNIX) as conn:
+                conn.settimeout(timeout)
+                try:
+                    conn.connect(f"/proc/self/fd/{parent}/{socket_path.name}")
+                except ConnectionRefusedError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.01)
+                    continue
+                socket.send_fds(conn, [b"fd"], [fd])
+                return
     finally:
         os.close(fd)
         os.close(parent)
