@@ -196,6 +196,24 @@ def test_stdout_stderr_and_child_output_come_before_the_result(js):
 
 
 @pytest.mark.slow
+def test_output_larger_than_a_pipe_all_comes_before_the_cell_ends(js):
+    # More than node's stdout pipe holds (64 KiB), from node and from a child process that
+    # shares the pipe: none of it may be held back past the cell's end (it would belong to no
+    # cell), and the child must not find the pipe full and fail its write.
+    ex = run(js, r"""const pad = 'x'.repeat(16000)
+for (let i = 0; i < 100; i++) console.log(i, pad)
+require('child_process').execFileSync('python3', ['-c',
+  "import sys; sys.stdout.write('child ' + 'y' * 1000000 + '\\n')"], {stdio: 'inherit'})
+console.log('end'); 'value'""", timeout=60)
+    assert ex.error is None, ex.error
+    assert ex.logs.stderr == []
+    lines = "".join(ex.logs.stdout).splitlines()
+    assert [line.split()[0] for line in lines] == [*map(str, range(100)), "child", "end"]
+    assert lines[0] == "0 " + "x" * 16000 and lines[100] == "child " + "y" * 1000000
+    assert ex.text == "'value'"
+
+
+@pytest.mark.slow
 def test_results_await_and_rich_values(js):
     assert run(js, "await new Promise((r) => setTimeout(r, 100)); 5").text == "5"
     assert run(js, "Promise.resolve({a: [1, {b: 2}]})").text == "{ a: [ 1, { b: 2 } ] }"

@@ -277,8 +277,12 @@ async def _timed_out(ctx: Context, msg_id: str, timeout: float):
         if msg.get("parent_header", {}).get("msg_id") != msg_id:
             continue
         kind = msg["msg_type"]
-        if kind == "stream":
+        if kind in ("stream", "display_data", "execute_result"):
+            # Output the cell made before the interrupt reached it, still on its way. The
+            # grace is the kernel's: time the client takes to read is added back to it.
+            handed = time.monotonic()
             yield outputs.translate(msg)
+            deadline += time.monotonic() - handed
         elif kind == "status" and msg["content"].get("execution_state") == "idle":
             yield outputs.error(
                 "TimeoutError", f"execution timed out after {timeout:g} s; the kernel was "

@@ -1,6 +1,8 @@
 """The JavaScript kernel: a Jupyter kernel whose cells run in one long-lived Node.js process.
 
-``python3 -m hutch.agent.interpreter.js_kernel -f CONNECTION_FILE`` (see ``kernelspecs``).
+Launched as ``kernelspecs.LAUNCH`` with ``--hutch-kernel=`` naming :class:`JavaScriptKernel`
+(``python3 -m hutch.agent.interpreter.js_kernel -f CONNECTION_FILE`` runs it too, without
+the launcher's IOPub change).
 The kernel is the Jupyter side (ipykernel's messaging, on the template's Python); the
 language side is ``node node_repl.js`` next to this file, started once and kept, so variables,
 functions, required modules, ``process.chdir`` and ``process.env`` carry over between cells.

@@ -1,15 +1,31 @@
-# The Python kernel's main script (kernelspecs.LAUNCH executes it, in the kernel's own process,
-# on the template's Python, after importing ipykernel): ipykernel's own kernel, with costs that
-# buy the interpreter nothing taken out before it starts. Each change first checks that
-# ipykernel (or IPython) still has the shape it expects and otherwise leaves it as it is, so
-# another version runs unchanged rather than broken. It all happens inside functions, and
-# the user's namespace (IPython's own __main__) sees none of their names.
+# The kernels' main script (kernelspecs.LAUNCH executes it, in the kernel's own process, on
+# the template's Python, after importing ipykernel): ipykernel's own kernel, its IOPub made to
+# lose no message, and with costs that buy the interpreter nothing taken out before it starts
+# (those for IPython's kernel only; bash's and JavaScript's get the IOPub changes alone).
+# Each change first checks that ipykernel (or IPython) still has the shape it expects and
+# otherwise leaves it as it is, so another version runs unchanged rather than broken. It all
+# happens inside functions, and the user's namespace (IPython's own __main__) sees none of
+# their names.
 #
 # A warm `1+1` cost the kernel's main thread 3.5 ms of CPU, nearly all of it Python, on a
 # shared two-core host before the changes below; the comment that opens each function says
 # what it took off.
 def _hutch_launch():
+    import sys
+
     from ipykernel.kernelapp import IPKernelApp
+
+    _publish_without_loss(IPKernelApp)
+    _publish_from_the_sender()
+    kernel_class = _named_kernel_class(sys.argv)
+    if kernel_class is not None:
+        # Another language's kernel built on ipykernel (bash_kernel, the JavaScript kernel)
+        # needs IOPub to lose nothing as much as IPython's does, and its sends made where the
+        # output is made, so that a kernel waiting for room to send stops reading its
+        # language's output (rather than queueing it in memory for the IOPub thread). The
+        # changes below were measured on IPython's kernel alone and stay with it.
+        IPKernelApp.launch_instance(kernel_class=kernel_class)
+        return
 
     # Subshells (ipykernel 7) put a thread of their own in front of the shell channel: each
     # request is received there and handed to the main thread over an in-process socket, and
@@ -41,7 +57,6 @@ def _hutch_launch():
         Kernel._supports_kernel_subshells = property(lambda self: bool(self.shell_channel_thread))
 
     _flush_only_what_was_written()
-    _publish_from_the_sender()
     _reply_at_once(IPKernelApp)
     _log_only_what_is_kept(IPKernelApp)
     _prepare_each_cell_once()
@@ -49,6 +64,48 @@ def _hutch_launch():
     _pack_with_one_encoder(IPKernelApp)
     _keep_no_copy_of_outputs(IPKernelApp)
     IPKernelApp.launch_instance()
+
+
+def _named_kernel_class(argv):
+    # `--hutch-kernel=module:Class` (kernelspecs.py) picks the kernel to launch instead of
+    # IPython's; it is taken out of argv before ipykernel reads its own options.
+    import importlib
+
+    for i, arg in enumerate(argv):
+        if arg.startswith("--hutch-kernel="):
+            del argv[i]
+            module, _, name = arg.partition("=")[2].partition(":")
+            return getattr(importlib.import_module(module), name)
+    return None
+
+
+def _publish_without_loss(IPKernelApp):
+    # IOPub is a ZeroMQ publisher, and a publisher silently drops each message for a
+    # subscriber that is a high-water mark (1000 messages) behind. The interpreter is that
+    # subscriber, and it falls that far behind whenever a cell outputs faster than the
+    # client reads (the interpreter stops reading a kernel past zmtp.BACKLOG of unread
+    # messages) or faster than a sandbox short of CPU relays: results went missing from the
+    # middle of a cell's output, and when the `idle` that ends a cell was among them, the
+    # cell never ended. With XPUB_NODROP a send waits for room instead: a kernel outputting
+    # faster than its output is read slows to the reader's pace, and its queue stays at
+    # the mark rather than growing. (A send is not cut short by an interrupt: the main
+    # thread's sends defer SIGINT until the message is out, see _whole_message_sender, and
+    # the interpreter reads on after interrupting.)
+    try:
+        import zmq
+    except ImportError:
+        return
+    bind = getattr(IPKernelApp, "_bind_socket", None)
+    nodrop = getattr(zmq, "XPUB_NODROP", None)
+    if bind is None or nodrop is None:
+        return
+
+    def _bind_socket(self, s, port):
+        if s.getsockopt(zmq.TYPE) == zmq.XPUB:
+            s.setsockopt(nodrop, 1)
+        return bind(self, s, port)
+
+    IPKernelApp._bind_socket = _bind_socket
 
 
 def _reply_at_once(IPKernelApp):

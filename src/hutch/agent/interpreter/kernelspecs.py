@@ -22,7 +22,8 @@ DEFAULT_CWD = "/home/user"
 DEFAULT_PYTHON = "hutch-python"
 
 LAUNCHER = os.path.join(HERE, "kernel_launch.py")
-#: The Python kernel's command (``python -c``): ipykernel, started by :data:`LAUNCHER`.
+#: The kernels' command (``python -c``): ipykernel, started by :data:`LAUNCHER` (with
+#: ``--hutch-kernel=module:Class``, a kernel other than IPython's).
 LAUNCH = ("import sys; sys.modules['debugpy'] = None; import ipykernel.kernelapp; "
           f"exec(compile(open({LAUNCHER!r}).read(), {LAUNCHER!r}, 'exec'))")
 
@@ -75,12 +76,14 @@ def specs(python: str | None = None) -> dict[str, dict]:
                     "HUTCH_CHARTS_MODULE": os.path.join(HERE, "charts.py")},
         },
         "hutch-bash": {
-            "argv": [python, "-m", "bash_kernel", "-f", "{connection_file}"],
+            "argv": [python, "-c", LAUNCH, "--hutch-kernel=bash_kernel.kernel:BashKernel",
+                     "-f", "{connection_file}"],
             "display_name": "Bash", "language": "bash", "interrupt_mode": "signal",
         },
         "hutch-javascript": {
-            "argv": [python, "-m", "hutch.agent.interpreter.js_kernel", "-f",
-                     "{connection_file}"],
+            "argv": [python, "-c", LAUNCH,
+                     "--hutch-kernel=hutch.agent.interpreter.js_kernel:JavaScriptKernel",
+                     "-f", "{connection_file}"],
             "display_name": "JavaScript (Node.js)", "language": "javascript",
             "interrupt_mode": "signal", "env": {"PYTHONPATH": LIB},
         },

@@ -32,6 +32,19 @@ const inspect = util.inspect;
 const isNativeError = util.types.isNativeError;
 const stderrWrite = process.stderr.write.bind(process.stderr);
 
+// Node makes a pipe non-blocking and keeps in memory what the pipe cannot take at once, so a
+// cell could end, and its reply reach the kernel, while the end of its output still waited in
+// this process: that output came after the cell's end and belonged to no cell. With the pipes
+// blocking, a write returns once the pipe has the bytes (a cell that prints faster than its
+// output is read waits, as any program writing to a pipe does), so output, displays and the
+// reply reach the kernel in the order they were made. Child processes, which share the pipes,
+// find them blocking too, as programs expect of their stdout.
+for (const stream of [process.stdout, process.stderr]) {
+  if (stream._handle && typeof stream._handle.setBlocking === 'function') {
+    stream._handle.setBlocking(true);
+  }
+}
+
 class Interrupted extends Error {
   constructor(message) {
     super(message);
