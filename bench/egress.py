@@ -13,7 +13,6 @@ name asked for is one the rules do not mention, so the proxy relays to the addre
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -43,7 +42,7 @@ class WebServer:
     """A static file server in a namespace of our own: GET /big (BIG_MIB MiB), GET /small."""
 
     def __init__(self) -> None:
-        self.files = {"/big": Path(f"/dev/shm/hutch-bench-big"), "/small": None}
+        self.files = {"/big": Path("/dev/shm/hutch-bench-big"), "/small": None}
         self._stop = False
 
     def __enter__(self) -> "WebServer":

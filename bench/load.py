@@ -39,7 +39,7 @@ def capacity_env() -> dict[str, str]:
 
 def clone(b):
     """Another client of the same server with connections of its own, opened already."""
-    c = type(b)(b.url, b.api.headers["X-API-KEY"])
+    c = type(b)(b.url, b.api.headers["X-API-KEY"], b.server_pid)
     c.api.get("/health")
     c.data.get("/health")
     return c
@@ -55,6 +55,54 @@ def cpu_busy_seconds() -> float:
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU seconds of a process itself, and of the children it has reaped (with theirs)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
+
+
+class CpuWindow:
+    """The host's busy CPU over a stretch of time, and of it the server's (with the processes
+    it started and reaped) and this bench process's own (its client threads)."""
+
+    def __init__(self, server_pid: int | None) -> None:
+        self.server_pid = server_pid
+        self.host = self.server = self.client = 0.0
+
+    def _now(self) -> tuple[float, float, float]:
+        server = sum(process_cpu_seconds(self.server_pid)) if self.server_pid else 0.0
+        return cpu_busy_seconds(), server, time.process_time()
+
+    def __enter__(self) -> "CpuWindow":
+        self._start = self._now()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        end = self._now()
+        self.host += end[0] - self._start[0]
+        self.server += end[1] - self._start[1]
+        self.client += end[2] - self._start[2]
+
+
+def disk_write_mb_s(directory: Path, mib: int) -> float:
+    """MB/s of writing `mib` MiB of random data to a new file in `directory` and fsync'ing
+    it, as the host's own disk does it: the floor under a sandbox's file writes, whose
+    writable layer is an image file there (and is fsync'd before a write is answered)."""
+    block = os.urandom(1 << 20)
+    path = directory / "disk-floor.bin"
+    t0 = time.perf_counter()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for _ in range(mib):
+            os.write(fd, block)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return mib * 2**20 / (time.perf_counter() - t0) / 1e6
 
 
 def mem_available_mib() -> float:
@@ -133,7 +181,7 @@ class Split:
         self.answered: list[float] = []
         self.server: list[float] = []
         self.output: list[float] = []
-        self.cpu = 0.0          # host CPU seconds spent over the measured creates
+        self.cpu: CpuWindow | None = None   # the CPU spent over the measured creates
         self.lock = threading.Lock()
 
     def add(self, t0: float, t1: float, t2: float, server: float | None) -> None:
@@ -147,8 +195,14 @@ class Split:
         if not self.answered:
             return ""
         server = f" (the server's own part {pct(self.server, 50):.1f})" if self.server else ""
-        cpu = f"; host CPU per create {self.cpu / len(self.answered) * 1000:.0f} ms" \
-            if self.cpu else ""
+        cpu = ""
+        if self.cpu is not None and self.cpu.host:
+            each = 1000 / len(self.answered)
+            cpu = f"; host CPU per create {self.cpu.host * each:.0f} ms"
+            if self.cpu.server_pid:
+                rest = self.cpu.host - self.cpu.server - self.cpu.client
+                cpu += (f" (the server with what it ran {self.cpu.server * each:.1f}, the bench's clients "
+                        f"{self.cpu.client * each:.1f}, the rest {max(0.0, rest) * each:.1f})")
         return (f"; p50 of its parts: the create answered {pct(self.answered, 50):.1f} ms"
                 f"{server}, then the first output {pct(self.output, 50):.1f} ms{cpu}")
 
@@ -208,12 +262,12 @@ def burst(b, size: int, split: Split, body: dict | None = None) -> tuple[list[fl
         for t in threads:
             t.start()
         time.sleep(0.2)          # every thread waiting at the start line
-        cpu0 = cpu_busy_seconds()
-        start[0] = time.perf_counter()
-        go.set()
-        for t in threads:
-            t.join()
-        split.cpu += cpu_busy_seconds() - cpu0
+        split.cpu = split.cpu or CpuWindow(b.server_pid)
+        with split.cpu:
+            start[0] = time.perf_counter()
+            go.set()
+            for t in threads:
+                t.join()
     finally:
         go.set()
         for t in threads:
@@ -248,18 +302,20 @@ def bursts(b, size: int, rounds: int, pooled: bool
 def sequential(b, n: int) -> tuple[list[float], Split]:
     """create → first output, one after another (with the pool on, the pool refills between)."""
     times, split = [], Split()
+    split.cpu = CpuWindow(b.server_pid)
     for _ in range(n):
-        cpu0 = cpu_busy_seconds()
-        t0 = time.perf_counter()
-        sbx, server = create(b)
-        t1 = time.perf_counter()
-        try:
-            t2 = b.first_output_at(sbx, "echo hi")
-            times.append((t2 - t0) * 1000)
-            split.add(t0, t1, t2, server)
-            split.cpu += cpu_busy_seconds() - cpu0
-        finally:
-            b.kill(sbx)
+        with split.cpu:
+            t0 = time.perf_counter()
+            sbx, server = create(b)
+            t1 = time.perf_counter()
+            try:
+                t2 = b.first_output_at(sbx, "echo hi")
+            except BaseException:
+                b.kill(sbx)
+                raise
+        times.append((t2 - t0) * 1000)
+        split.add(t0, t1, t2, server)
+        b.kill(sbx)
     return times, split
 
 
@@ -421,9 +477,11 @@ def _burst_row(name: str, result: tuple, pct, summary, target: str = "–") -> t
     return name, text, target
 
 
-def measure_unpooled(b, quick: bool, pct, summary, measure_files) -> tuple[list, list[float]]:
+def measure_unpooled(b, quick: bool, pct, summary, measure_files, data_dir: Path
+                     ) -> tuple[list, list[float]]:
     """On a server without a pool: sequential creates (cold), bursts of 10 and 50, and 1 GiB
-    both ways. Returns the rows and the sequential times."""
+    both ways, with the host's own disk writing as much beside it (`data_dir`: the
+    server's). Returns the rows and the sequential times."""
     n = 5 if quick else 50
     rows = []
     cold, split = sequential(b, n)
@@ -438,10 +496,13 @@ def measure_unpooled(b, quick: bool, pct, summary, measure_files) -> tuple[list,
     try:
         # Once: a transfer of this size is long enough not to need a median, and a second
         # write of it would hold two copies against the default 2 GiB disk while it renames.
+        disk = disk_write_mb_s(data_dir, 1024)
         w, r = measure_files(b, sbx, 1024, repeat=1)
     finally:
         b.kill(sbx)
     rows.append(("1 GiB file write / read", f"{w:.0f} MB/s / {r:.0f} MB/s", "≥ 500 MB/s each"))
+    rows.append(("… the host's disk just before: 1 GiB written to a file beside the "
+                 "sandboxes' and fsync'd", f"{disk:.0f} MB/s", "–"))
     return rows, cold
 
 

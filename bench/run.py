@@ -87,8 +87,9 @@ CREATE_STEPS = (
 
 
 class Bench:
-    def __init__(self, url: str, key: str) -> None:
+    def __init__(self, url: str, key: str, server_pid: int | None = None) -> None:
         self.url = url
+        self.server_pid = server_pid      # whose CPU the load section splits out, if known
         self.api = httpx.Client(base_url=url, headers={"X-API-KEY": key}, timeout=120)
         self.data = httpx.Client(base_url=url, timeout=120)
 
@@ -408,13 +409,6 @@ def measure_kill(b: Bench, n: int) -> list[float]:
     return times
 
 
-def process_cpu_seconds(pid: int) -> tuple[float, float]:
-    """CPU seconds of a process itself, and of the children it has reaped (with theirs)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
-
-
 def measure_cold_cpu(b: Bench, server_pid: int, n: int) -> dict[str, float]:
     """Where the host's CPU goes over one cold create → first output → kill (until every
     kernel object is gone), in ms per sandbox: the server itself, the processes it starts
@@ -425,14 +419,14 @@ def measure_cold_cpu(b: Bench, server_pid: int, n: int) -> dict[str, float]:
                           "the rest of the host", "total"), 0.0)
     for _ in range(n):
         time.sleep(0.5)
-        busy0, (self0, kids0) = load.cpu_busy_seconds(), process_cpu_seconds(server_pid)
+        busy0, (self0, kids0) = load.cpu_busy_seconds(), load.process_cpu_seconds(server_pid)
         sbx = b.create()
         b.run(sbx, "true")
         inside = cgroup.stats(INSTANCE, sbx["sandboxID"])["cpu_ns"] / 1e9
         b.kill(sbx)
         wait_gone(sbx["sandboxID"])
         time.sleep(0.2)                  # deferred kernel work (namespace cleanup) runs now
-        busy1, (self1, kids1) = load.cpu_busy_seconds(), process_cpu_seconds(server_pid)
+        busy1, (self1, kids1) = load.cpu_busy_seconds(), load.process_cpu_seconds(server_pid)
         total = busy1 - busy0
         parts = {"server": self1 - self0, "its child processes": kids1 - kids0,
                  "inside the sandbox": inside}
@@ -584,7 +578,7 @@ def main() -> None:
     cold = None
     proc, url, key = start_server()
     try:
-        b = Bench(url, key)
+        b = Bench(url, key, proc.pid)
         b.kill(b.create())  # warm the template cache and the server
         if chosen & {"core", "peers"}:
             steps: list[dict[str, float]] = []
@@ -654,7 +648,8 @@ def main() -> None:
                                 f"{single.cgroup:.1f} MiB alone", "–"))
 
         if "load" in chosen:
-            more, cold = load.measure_unpooled(b, args.quick, pct, summary, measure_files)
+            more, cold = load.measure_unpooled(b, args.quick, pct, summary, measure_files,
+                                               DATA_DIR)
             load_rows += more
     finally:
         stop_server(proc)
@@ -664,7 +659,7 @@ def main() -> None:
         # neither's sandboxes weigh on the other's numbers.
         proc, url, key = start_server(load.pool_env())
         try:
-            more, hutch["pooled"] = load.measure_pooled(Bench(url, key), args.quick, pct,
+            more, hutch["pooled"] = load.measure_pooled(Bench(url, key, proc.pid), args.quick, pct,
                                                         summary, cold)
             load_rows += more
         finally:
@@ -824,7 +819,9 @@ LOAD_INTRO = [
     "sandboxes are killed only after it. Each create → first output is split where the create's",
     "answer arrives (its `Server-Timing` total is the server's own part). Host CPU per create is",
     "the whole machine's busy time over the measured window divided by the creates: other work",
-    "on the machine counts too, and with the pool on, so does its refill.",
+    "on the machine counts too, and with the pool on, so does its refill. It is split into the",
+    "server's (with the processes it ran and reaped: `runc`, `nft`), the bench's own client",
+    "threads' and the rest (the sandboxes' processes, the kernel's work, the rest of the host).",
 ]
 LOAD_NOTES = [
     "Where the time goes. A cold create is CPU work: `runc` setting up namespaces, mounts,",
@@ -847,35 +844,40 @@ LOAD_NOTES = [
     "the drop in the host's available memory counts them all, and whatever else the machine did",
     "meanwhile.",
     "",
-    "Targets this machine does not reach, and what would. *Create → first output ≤ 50 ms cold*:",
-    "a bare `runc run` of the same bundle takes most of that by itself (the floor rows; a few",
-    "milliseconds of it is runc compiling the seccomp filter, on every start, from the",
-    "profile's names: it has no way to take a compiled one), and hutch's writable layer,",
-    "network, agent fork and two HTTP round trips come on top (the core section splits them);",
-    "it takes an OCI runtime that starts in a few",
-    "milliseconds (crun does elsewhere, but refuses this host's hybrid cgroup layout). From the",
-    "pool the wait is already that short. *A burst of 50 with",
-    "p95 ≤ 100 ms*: the burst's claims and first commands (a login shell each) are CPU",
-    "work that two cores finish in about 50 × the host CPU per pooled create ÷ 2",
-    "(the row above), several hundred milliseconds; ≤ 100 ms needs several times the cores.",
-    "*50 creates per second sustained*: under a steady stream the pool stays empty, so each",
-    "create is a cold one, and with its kill it costs the host CPU of the first table's CPU",
-    "row; two cores give 2 ÷ that per second (about 15), and 50/s needs several times the cores.",
-    "*`commands.run` p50 ≤ 3 ms (≤ 5 ms)*: fork+exec alone is the floor row; hutch adds two HTTP",
-    "hops in Python (client → server → agent), the spawn (a vfork even for the sandbox's user,",
-    "whose ids the agent's thread takes for that instant: about 1 ms inside a sandbox here) and",
-    "the login shell (bash -l: about 1.7 ms more than the exec row; bash's own start is 1 ms of",
-    "it, on the host as well). The host's load moves this row most: the same build measured",
-    "4.1 ms p50 in quiet minutes and 5 to 6.5 ms in busier ones (the floor rows show how busy",
-    "this run was).",
-    "*Warm `run_code` ≤ 5 ms*: 4.6 ms p50 on a quiet host, above it when the host is busy:",
-    "two HTTP hops of about 1.5 ms",
-    "together, the agent's ZeroMQ exchange about 1 ms, and IPython's own work per cell (input",
-    "transformation, compile, displayhook) most of the kernel's 2 ms. *The egress proxy at ≥ 0.8",
-    "of direct*: it is not the relay (splice(2), and a relay written in C measured the same) but",
-    "the second TCP connection's work in the kernel, on the same two cores as the sender and",
-    "the receiver; the faster the host, the lower the ratio (with the default bandwidth cap of",
-    "1000 Mbit/s both run at the cap).",
+    "Targets, and what decides them here. This machine's speed changes from one day (or one",
+    "virtual machine under it) to the next by up to two times: a bare `runc run`, the floor row,",
+    "measured from 22 to 52 ms p50 in runs on 2026-12-03, and creates and round trips move with",
+    "it. On its faster days the cold create (≤ 50 ms) and `commands.run` (≤ 3 ms) meet their",
+    "targets and the egress proxy's ratio is at its edge; on its slower ones none of them do.",
+    "What decides each:",
+    "*Create → first output ≤ 50 ms cold*: a bare `runc run` of the same bundle is half of it",
+    "or more (the floor rows; a few milliseconds of that is runc compiling the seccomp filter",
+    "on every start, from the profile's names: it cannot take a compiled one), and hutch's",
+    "writable layer, network, agent fork and two HTTP round trips come on top (the core",
+    "section splits them). An OCI runtime that starts in a few milliseconds would take it well",
+    "under (crun does elsewhere, but refuses this host's hybrid cgroup layout). From the pool",
+    "the wait is a tenth of that. *A burst of 50 with p95 ≤ 100 ms*: the burst's claims and",
+    "first commands are CPU work, which two cores finish in about 50 × the host CPU per pooled",
+    "create ÷ 2. The row splits that CPU: the server's part is the smallest, and the bench's",
+    "client threads and the rest (each agent's claim and command, a login shell per first",
+    "command, the kernel's loopback TCP) already exceed the 4 ms per create that 100 ms allows",
+    "on two cores; it takes more cores. *50 creates per second sustained*: under a steady",
+    "stream the pool stays empty, so each create is a cold one, and with its kill it costs the",
+    "host CPU of the core section's CPU row, most of it `runc` and its init (the server's",
+    "child processes, and inside the sandbox); two cores give 2 ÷ that per second, and 50/s",
+    "takes more cores or a runtime that costs less. *1 GiB written at ≥ 500 MB/s*: a write is",
+    "fsync'd into the sandbox's image file before it is answered, so it is never faster than",
+    "the host's disk, whose own rate just before is the row under it (this machine's virtual",
+    "disk took a 1 GiB fsync'd write at 357 MB/s and at 1.8 GB/s minutes apart).",
+    "*`commands.run` p50 ≤ 3 ms*: fork+exec alone is the floor row; hutch adds two HTTP hops in",
+    "Python (client → server → agent), the spawn as the sandbox's user (a vfork, the agent's",
+    "thread taking the user's ids for that instant) and the login shell (`bash -l`: the",
+    "difference between the `commands.run` and exec rows). *The egress proxy at ≥ 0.8 of",
+    "direct*: the relay is splice(2), and the proxy spends next to no time in user space; what",
+    "it adds is a second TCP connection's work in the kernel, in series with the sender and",
+    "the receiver, on the same two cores. It measured 0.60 in a run on a slower day and 0.73",
+    "to 0.84 in seven runs on a faster one (the ratio here is from one run); under the default",
+    "bandwidth cap of 1000 Mbit/s both ways run at the cap.",
 ]
 PEERS_HEADING = "## Beside the alternatives"
 PEERS_INTRO = [
