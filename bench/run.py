@@ -40,6 +40,7 @@ from hutch.runtime import cgroup
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import egress  # noqa: E402 - the egress proxy's section, a module of its own
+import kernel_fork  # noqa: E402 - a kernel started against one forked, in the code section
 import load  # noqa: E402 - bursts, the warm pool, sustained creates, capacity
 import peers  # noqa: E402 - the alternatives, side by side
 import templates  # noqa: E402 - templates of your own, likewise
@@ -646,6 +647,7 @@ def main() -> None:
             if shared.cgroup is not None and single.cgroup is not None:
                 ci_rows.append(("cgroup memory usage", f"{shared.cgroup:.1f} MiB each with 5 idle; "
                                 f"{single.cgroup:.1f} MiB alone", "–"))
+            ci_rows += kernel_fork.measure(b, CODE_TEMPLATE, 3 if args.quick else 10, pct, summary)
 
         if "load" in chosen:
             more, cold = load.measure_unpooled(b, args.quick, pct, summary, measure_files,
@@ -785,6 +787,19 @@ def main() -> None:
             "kernel of the default context. Most of the kernel is its own heap (the objects of the",
             "modules it imports: IPython, ipykernel, jupyter_client and zmq), which PSS cannot split",
             "between sandboxes the way it splits the template's mapped files.",
+            "",
+            "The last two rows ask whether a zygote for kernels would pay (`bench/kernel_fork.py`):",
+            "inside one sandbox, a kernel started afresh (a new `python3` importing ipykernel and",
+            "IPython, as the interpreter's are), against one forked from a process there that has",
+            "done those imports, each timed to its answer to",
+            "`kernel_info`. The fork skips the imports, not the kernel's own set-up (its sockets, the",
+            "shell, the display formatters), which is what it still takes. Inside a sandbox such a",
+            "zygote would gain nothing for the first `run_code`, since the default kernel is already",
+            "started at `/init` (and from the warm pool it is running); it would for a second",
+            "context's kernel and for a kernel's restart. The first `run_code` of a cold create would",
+            "gain only from a zygote outside the sandbox, forked in the way the agent is: that one",
+            "would have to run the template's own Python and packages on the host, outside any",
+            "sandbox, which hutch does not do.",
             "",
         ]))
     if "load" in chosen:
