@@ -863,8 +863,7 @@ LOAD_NOTES = [
     "virtual machine under it) to the next by up to two times: a bare `runc run`, the floor row,",
     "measured from 22 to 52 ms p50 in runs on 2026-12-03, and creates and round trips move with",
     "it. On its faster days the cold create (≤ 50 ms) and `commands.run` (≤ 3 ms) meet their",
-    "targets and the egress proxy's ratio is at its edge; on its slower ones none of them do.",
-    "What decides each:",
+    "targets; on its slower ones they do not. What decides each:",
     "*Create → first output ≤ 50 ms cold*: a bare `runc run` of the same bundle is half of it",
     "or more (the floor rows; a few milliseconds of that is runc compiling the seccomp filter",
     "on every start, from the profile's names: it cannot take a compiled one), and hutch's",
@@ -890,9 +889,11 @@ LOAD_NOTES = [
     "difference between the `commands.run` and exec rows). *The egress proxy at ≥ 0.8 of",
     "direct*: the relay is splice(2), and the proxy spends next to no time in user space; what",
     "it adds is a second TCP connection's work in the kernel, in series with the sender and",
-    "the receiver, on the same two cores. It measured 0.60 in a run on a slower day and 0.73",
-    "to 0.84 in seven runs on a faster one (the ratio here is from one run); under the default",
-    "bandwidth cap of 1000 Mbit/s both ways run at the cap.",
+    "the receiver, on the same two cores. How much it moves per splice decides how well the",
+    "two connections overlap: with 1 MiB pipes the ratio was 0.60 in a run on a slower day and",
+    "0.73 to 0.84 on a faster one, with 64 KiB pipes 0.82 to 0.86 on that faster one (the",
+    "ratio here is from one run). Under the default bandwidth cap of 1000 Mbit/s both ways",
+    "run at the cap.",
 ]
 PEERS_HEADING = "## Beside the alternatives"
 PEERS_INTRO = [

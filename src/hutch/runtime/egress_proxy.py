@@ -43,7 +43,12 @@ SO_ORIGINAL_DST = 80         # linux/netfilter_ipv4.h: the destination before th
 FIRST_BYTES_WAIT = 1.0       # a client silent this long is judged by address
 HEAD_WAIT = 10.0             # the whole request head or ClientHello must arrive by then
 DIAL_TIMEOUT = 10.0
-PIPE_SIZE = 1 << 20          # per direction: what one splice moves at most
+#: Per direction, what one splice moves at most. Measured here (a 512 MiB download, 15 to 30
+#: of each interleaved with direct ones), through the proxy at this share of direct: 32 KiB
+#: 0.65, 64 KiB 0.84 and 0.85, 128 KiB 0.66, 256 KiB 0.67, 1 MiB 0.73 to 0.76. Smaller
+#: pieces keep both connections moving where bigger ones let one wait on the other; set
+#: rather than left to the default, which is 16 pages and so larger on some kernels.
+PIPE_SIZE = 1 << 16
 
 ALLOWED_NAME = "allowed name"
 NAME_REFUSED = "name not allowed"
@@ -128,7 +133,7 @@ class _Pump:
         try:
             fcntl.fcntl(self.w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         except OSError:
-            pass                            # the default size still works, in smaller steps
+            pass                            # the default size still works
         self.pending, self.ended = 0, False
         self.waiting: Optional[str] = None  # "read", "write" or "time"
         self.timer: Optional[asyncio.TimerHandle] = None
