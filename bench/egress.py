@@ -169,7 +169,7 @@ def main() -> None:
     proc, url, key = suite.start_server()
     try:
         b = suite.Bench(url, key)
-        for row in measure(b, lambda sbx, cmd: b.run(sbx, cmd), 5, 100, suite.pct,
+        for row in measure(b, lambda sbx, cmd: b.run(sbx, cmd), 15, 100, suite.pct,
                            suite.summary):
             print(" | ".join(row))
     finally:

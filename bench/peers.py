@@ -57,10 +57,13 @@ def _timed(argv: list[str], n: int) -> list[float] | str:
     return times
 
 
+NOT_INSTALLED = "not installed (`bash scripts/install --bench` installs it)"
+
+
 def measure_bwrap(rootfs: Path, n: int) -> list[float] | str:
     bwrap = shutil.which("bwrap")
     if bwrap is None:
-        return "not installed"
+        return NOT_INSTALLED
     return _timed([bwrap, *BWRAP_NAMESPACES, "--ro-bind", str(rootfs), "/", "--proc", "/proc",
                    "--dev", "/dev", "/bin/true"], n)
 
@@ -100,7 +103,7 @@ def _remove_cgroups(name: str) -> None:
 def measure_podman(rootfs: Path, n: int) -> list[float] | str:
     podman = shutil.which("podman")
     if podman is None:
-        return "not installed"
+        return NOT_INSTALLED
     uid, gid = rootfs.stat().st_uid, rootfs.stat().st_gid
     try:
         with overlay_of(rootfs) as merged:

@@ -1,5 +1,6 @@
 """hutch's benchmark suite: one command, numbers written to docs/benchmarks.md.
 
+    bash scripts/install --bench      # once: the test extras, bubblewrap and podman
     .venv/bin/python bench/run.py [--quick] [--out FILE] [--sections core,load,...]
 
 It starts its own server (instance `hutchb`, its own subnet and data dir, the test suite's
@@ -619,7 +620,7 @@ def main() -> None:
                 extra = pct(times, 50) - base_net
                 net_rows.append((f"create → first output, {name}", summary(times),
                                  f"{extra:+.1f} ms p50 (target ≤ +5 ms)" if extra else "–"))
-            net_rows += egress.measure(b, b.run, 2 if args.quick else 5, 20 if args.quick else 100,
+            net_rows += egress.measure(b, b.run, 2 if args.quick else 15, 20 if args.quick else 100,
                                        pct, summary)
 
         if "templates" in chosen:
