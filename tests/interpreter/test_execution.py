@@ -336,7 +336,7 @@ def test_a_client_that_reads_slowly_loses_no_result_and_the_cell_ends(ci):
     # end with it; a kernel that dropped what its reader could not yet take lost results
     # and, with the `idle` that ends the cell among them, never ended.
     count = 2500
-    ci.commands.run("rm -f /tmp/progress")
+    ci.commands.run("rm -f /tmp/progress", user="root")    # the kernel (root) wrote it
     held = []
 
     def progress() -> str:

@@ -4,6 +4,10 @@
 from __future__ import annotations
 
 import errno
+import os
+import socket
+import threading
+import time
 
 from hutch.runtime import bundle
 from hutch.server import selftest
@@ -231,11 +235,6 @@ def test_injected_failures():
 def test_the_host_fd_waits_for_a_socket_that_is_bound_but_not_yet_listening(tmp_path):
     """The probe's socket file appears at its bind, before its listen: a connect in between
     is refused, and the offer must try again rather than fail the self-test."""
-    import os
-    import socket
-    import threading
-    import time
-
     path = tmp_path / "leak.sock"
     server = socket.socket(socket.AF_UNIX)
     server.bind(str(path))
