@@ -40,8 +40,8 @@ from hutch.protocol import EnvelopeDecoder, encode_envelope
 from hutch.runtime import cgroup
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import contexts  # noqa: E402 - kernels after the first (the kernels' zygote), in the code section
 import egress  # noqa: E402 - the egress proxy's section, a module of its own
-import kernel_fork  # noqa: E402 - a kernel started against one forked, in the code section
 import load  # noqa: E402 - bursts, the warm pool, sustained creates, capacity
 import peers  # noqa: E402 - the alternatives, side by side
 import templates  # noqa: E402 - templates of your own, likewise
@@ -142,13 +142,16 @@ class Bench:
                         out += base64.b64decode(event["data"].get("stdout", ""))
         return out, first
 
-    def run_code(self, sbx: dict, code: str) -> dict[str, float]:
+    interpreter_port = INTERPRETER_PORT
+
+    def run_code(self, sbx: dict, code: str, context: str | None = None) -> dict[str, float]:
         """`POST /execute` to the sandbox's code interpreter, as `run_code` sends it, read to
         the stream's end; return when each line type was first read (`perf_counter`), so one
         call can be timed both to its result and to its end. A failed execution raises: its
         time would not be the time of `code`."""
         seen: dict[str, float] = {}
-        with self.data.stream("POST", "/execute", json={"code": code},
+        body = {"code": code, **({"context_id": context} if context else {})}
+        with self.data.stream("POST", "/execute", json=body,
                               headers=self.headers(sbx, INTERPRETER_PORT)) as r:
             r.raise_for_status()
             for line in r.iter_lines():
@@ -276,7 +279,8 @@ def process_kind(pid: int) -> str:
     argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     if b"hutch.agent.interpreter" in argv:
         return "interpreter"
-    if any(b"ipykernel" in arg for arg in argv):     # the launcher, or its -c start-up line
+    if any(b"ipykernel" in arg or b"kernel_zygote" in arg for arg in argv):
+        # the launcher, or its -c start-up line; the kernels' zygote and its forks
         return "kernel"
     if b"hutch.agent" in argv or argv[0] in (b"/.hutch-init", b"/run/hutch/hutch-pause"):
         return "init + agent"
@@ -648,7 +652,8 @@ def main() -> None:
             if shared.cgroup is not None and single.cgroup is not None:
                 ci_rows.append(("cgroup memory usage", f"{shared.cgroup:.1f} MiB each with 5 idle; "
                                 f"{single.cgroup:.1f} MiB alone", "–"))
-            ci_rows += kernel_fork.measure(b, CODE_TEMPLATE, 3 if args.quick else 10, pct, summary)
+            ci_rows += contexts.measure(b, CODE_TEMPLATE, 3 if args.quick else 10, pct, summary,
+                                        sandbox_pids, pss_mib)
 
         if "load" in chosen:
             more, cold = load.measure_unpooled(b, args.quick, pct, summary, measure_files,
@@ -789,18 +794,22 @@ def main() -> None:
             "modules it imports: IPython, ipykernel, jupyter_client and zmq), which PSS cannot split",
             "between sandboxes the way it splits the template's mapped files.",
             "",
-            "The last two rows ask whether a zygote for kernels would pay (`bench/kernel_fork.py`):",
-            "inside one sandbox, a kernel started afresh (a new `python3` importing ipykernel and",
-            "IPython, as the interpreter's are), against one forked from a process there that has",
-            "done those imports, each timed to its answer to",
-            "`kernel_info`. The fork skips the imports, not the kernel's own set-up (its sockets, the",
-            "shell, the display formatters), which is what it still takes. Inside a sandbox such a",
-            "zygote would gain nothing for the first `run_code`, since the default kernel is already",
-            "started at `/init` (and from the warm pool it is running); it would for a second",
-            "context's kernel and for a kernel's restart. The first `run_code` of a cold create would",
-            "gain only from a zygote outside the sandbox, forked in the way the agent is: that one",
-            "would have to run the template's own Python and packages on the host, outside any",
-            "sandbox, which hutch does not do.",
+            "The rows from *a new Python context* on are kernels after the default one",
+            "(`bench/contexts.py`), each timed from the request that makes it to the result of its",
+            "first `run_code`, in a sandbox whose default kernel is warm. The first of them starts",
+            "the kernels' zygote (a process of the template's Python that has made a kernel's",
+            "imports: ipykernel, IPython, pyzmq, tornado) and is its first fork; every later kernel,",
+            "a restart's and other languages' included, is forked from it and only sets itself up",
+            "(its sockets, the shell, the display formatters). The zygote is not started with the",
+            "sandbox: the default kernel does not come from it (a zygote in front of it would add",
+            "its own start to the first `run_code`), and its memory is held only by sandboxes that",
+            "use a second kernel. A fork shares part of its pages with the zygote (Python's",
+            "reference counts write to the objects a process touches, so the rest is copied), and",
+            "PSS splits what is shared among them: with a few forks, the zygote has paid for itself.",
+            "",
+            "The first `run_code` of a cold create would gain only from a zygote outside the",
+            "sandbox, forked in the way the agent is: that one would have to run the template's",
+            "own Python and packages on the host, outside any sandbox, which hutch does not do.",
             "",
         ]))
     if "load" in chosen:

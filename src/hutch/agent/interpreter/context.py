@@ -18,6 +18,7 @@ from . import kernelspecs
 from .client import KernelClient
 from .kernel import KernelProcess
 from .kernelspecs import DEFAULT_CWD, KERNELS, canonical
+from .zygote import KernelZygote
 
 #: How long a kernel may take to answer its first request before we give up on it. A kernel
 #: is judged alive by its process (not by heartbeats: one starting on a busy host, its sandbox
@@ -63,8 +64,10 @@ class Context:
         return self.kc
 
     async def _start(self) -> None:
-        km = self.contexts.take_prelaunched(self) or self.contexts.launch(self.kernel, self.cwd,
-                                                                          self.id)
+        # Launched in a thread: a kernel forked from the zygote waits for the zygote's answer
+        # (and the first one for the zygote's start), which the event loop must not.
+        km = self.contexts.take_prelaunched(self) or await asyncio.get_running_loop(
+            ).run_in_executor(None, self.contexts.launch, self.kernel, self.cwd, self.id)
         kc = KernelClient(km.info)
         try:
             await kc.connect(km.alive, START_TIMEOUT)
@@ -118,6 +121,9 @@ class Contexts:
         self._launched: List[KernelProcess] = [prelaunched] if prelaunched is not None else []
         self._all: Dict[str, Context] = {}
         self._defaults: Dict[str, str] = {}
+        #: Forks every kernel after the default one (started when the first is asked for).
+        self.zygote = KernelZygote()
+        self._closed = False
 
     def kernel_env(self) -> Dict[str, str]:
         return dict(self.env)
@@ -133,8 +139,12 @@ class Contexts:
 
     def launch(self, kernel: str, cwd: str, name: str) -> KernelProcess:
         """Start a kernel process (tracked, so that closing stops it even mid-start)."""
-        km = KernelProcess.from_spec(self.spec(kernel), self.kernel_env(), cwd, self.work, name)
+        km = KernelProcess.from_spec(self.spec(kernel), self.kernel_env(), cwd, self.work, name,
+                                     self.zygote)
         self._launched = [k for k in self._launched if k.alive()] + [km]
+        if self._closed:                # closed while it started (in a thread)
+            km.stop()
+            raise RuntimeError("the interpreter is stopping")
         return km
 
     def take_prelaunched(self, ctx: "Context") -> Optional[KernelProcess]:
@@ -213,10 +223,12 @@ class Contexts:
         for ctx in self._all.values():
             if ctx.kc is not None:
                 ctx.kc.close()
+        self._closed = True
         self._prelaunched = None
         for km in self._launched:
             km.stop()
         self._launched = []
+        self.zygote.close()
 
 
 __all__ = ["Context", "Contexts", "DEFAULT_CWD"]

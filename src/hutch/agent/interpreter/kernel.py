@@ -14,13 +14,16 @@ import json
 import os
 import signal
 import subprocess
+from typing import Optional
+
+from .zygote import Forked, KernelZygote
 
 _CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
 
 
 class KernelProcess:
     def __init__(self, argv: list[str], env: dict[str, str], cwd: str, work: str,
-                 name: str) -> None:
+                 name: str, zygote: Optional[KernelZygote] = None) -> None:
         self.launch_env: dict[str, str] = dict(env)
         self.prefix = os.path.join(work, f"kernel-{name}")
         self.connection_file = self.prefix + ".json"
@@ -36,8 +39,10 @@ class KernelProcess:
         os.makedirs(cwd, exist_ok=True)
         # A session of its own: an interrupt (SIGINT) reaches the kernel, not the interpreter,
         # and stopping it reaches whatever it started (bash, node) too. JPY_PARENT_PID makes
-        # ipykernel exit if the interpreter dies.
-        self.process = subprocess.Popen(
+        # ipykernel exit if the interpreter dies. Forked from the zygote where it can be (the
+        # same process, its imports already made; the fork sets up all of the above itself).
+        self.forked: Optional[Forked] = zygote.fork(argv, env, cwd) if zygote else None
+        self.process: "subprocess.Popen | Forked" = self.forked or subprocess.Popen(
             argv, env={**env, "JPY_PARENT_PID": str(os.getpid())}, cwd=cwd,
             stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True)
         # When the sandbox runs out of memory, the kernel holding the user's data is the one
@@ -50,15 +55,19 @@ class KernelProcess:
 
     @classmethod
     def from_spec(cls, spec: dict[str, object], env: dict[str, str], cwd: str, work: str,
-                  name: str) -> "KernelProcess":
-        km = cls(list(spec["argv"]), {**env, **spec.get("env", {})}, cwd, work, name)
+                  name: str, zygote: Optional[KernelZygote] = None) -> "KernelProcess":
+        km = cls(list(spec["argv"]), {**env, **spec.get("env", {})}, cwd, work, name, zygote)
         km.launch_env = dict(env)       # the sandbox environment it started with
         return km
 
     def alive(self) -> bool:
+        if self.forked is not None:
+            return self.forked.running()
         return self.process.poll() is None
 
     def exit_code(self) -> int | None:
+        if self.forked is not None:
+            return self.forked.exit_code()
         return self.process.poll()
 
     def interrupt(self) -> None:
@@ -69,10 +78,13 @@ class KernelProcess:
     def stop(self) -> None:
         """Kill the kernel and everything it started, and remove its sockets."""
         self._signal(signal.SIGKILL)
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
+        if self.forked is not None:
+            self.forked.running(timeout=5)
+        else:
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
         for path in [self.connection_file] + [f"{self.prefix}-{n}" for n in range(1, 6)]:
             try:
                 os.unlink(path)
@@ -80,7 +92,7 @@ class KernelProcess:
                 pass
 
     def _signal(self, signum: int) -> None:
-        if self.process.poll() is not None:
+        if not self.alive():
             return
         try:
             os.killpg(self.process.pid, signum)

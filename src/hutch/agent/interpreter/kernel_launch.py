@@ -24,6 +24,7 @@ def _hutch_launch():
         # output is made, so that a kernel waiting for room to send stops reading its
         # language's output (rather than queueing it in memory for the IOPub thread). The
         # changes below were measured on IPython's kernel alone and stay with it.
+        _send_to_the_shell_at_once()
         IPKernelApp.launch_instance(kernel_class=kernel_class)
         return
 
@@ -77,6 +78,27 @@ def _named_kernel_class(argv):
             module, _, name = arg.partition("=")[2].partition(":")
             return getattr(importlib.import_module(module), name)
     return None
+
+
+def _send_to_the_shell_at_once():
+    # bash_kernel drives bash through pexpect, whose every send first sleeps 50 ms (so that
+    # a password prompt has time to turn echo off), and it sends a cell line by line, waiting
+    # for bash's prompt after each: a one-line cell took 50 ms more than it needed, and the
+    # kernel's start (40 lines of set-up) 2.3 s. The prompt is what keeps the two in step;
+    # the kernel turns echo off when it spawns bash, before any send. Spawns made here
+    # (bash_kernel's; user code in a bash kernel is bash) send at once.
+    try:
+        from pexpect import spawn
+    except ImportError:
+        return
+    init = spawn.__init__
+
+    def __init__(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        if getattr(self, "delaybeforesend", None) == 0.05:
+            self.delaybeforesend = None
+
+    spawn.__init__ = __init__
 
 
 def _publish_without_loss(IPKernelApp):

@@ -27,6 +27,10 @@ LAUNCHER = os.path.join(HERE, "kernel_launch.py")
 LAUNCH = ("import sys; sys.modules['debugpy'] = None; import ipykernel.kernelapp; "
           f"exec(compile(open({LAUNCHER!r}).read(), {LAUNCHER!r}, 'exec'))")
 
+#: The kernels' zygote (``python -c``, see zygote.py): kernel_zygote.py, run as the launcher is.
+ZYGOTE_PROGRAM = os.path.join(HERE, "kernel_zygote.py")
+ZYGOTE = f"exec(compile(open({ZYGOTE_PROGRAM!r}).read(), {ZYGOTE_PROGRAM!r}, 'exec'))"
+
 #: Language names the API accepts -> the canonical language.
 LANGUAGES = {
     "python": "python", "python3": "python", "py": "python",
