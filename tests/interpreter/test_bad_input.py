@@ -32,6 +32,10 @@ def test_raw_requests_get_json_errors(ci, hutch_server):
         r = http.post("/execute", json={"code": "1", "timeout": "soon"})
         assert r.status_code == 400
         assert http.get("/nowhere").status_code == 404
+        r = http.post("/warm", json={"imports": ["os"], "zygote": "yes"})
+        assert r.status_code == 400 and r.json()["message"] == "zygote must be true or false"
+        r = http.post("/warm", json={"imports": ["not a module"]})
+        assert r.status_code == 400
         r = http.post("/execute", json={"code": "1"}, headers={"X-Access-Token": "wrong"})
         assert r.status_code == 401
 

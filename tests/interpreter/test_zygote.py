@@ -190,12 +190,13 @@ def test_what_a_fork_must_share_with_its_zygote():
     base = {"PATH": "/usr/bin", "HOME": "/root", "LANG": "C.UTF-8"}
     key = start_up(python, base)
     # Read after the start (by the kernel, or not at all by Python): forks share a zygote.
-    assert start_up(python, {**base, "MPLBACKEND": "agg", "PATH": "/bin", "X": "1"}) == key
+    assert start_up(python, {**base, "MPLBACKEND": "agg", "PATH": "/bin", "X": "1",
+                             "TZ": "Asia/Tokyo", "LC_TIME": "de_DE.UTF-8"}) == key
     # The agent library the JavaScript kernel's spec puts on the path holds only hutch.
     assert start_up(python, {**base, "PYTHONPATH": kernelspecs.LIB}) == key
     # Read as Python starts: each needs a zygote of its own.
     for change in ({"PYTHONPATH": "/opt/mine"}, {"LANG": "de_DE.UTF-8"}, {"LC_ALL": "C"},
-                   {"PYTHONHASHSEED": "0"}, {"LD_PRELOAD": "/x.so"}, {"HOME": "/home/u"},
-                   {"TZ": "UTC"}):
+                   {"LC_CTYPE": "C"}, {"PYTHONHASHSEED": "0"}, {"LD_PRELOAD": "/x.so"},
+                   {"HOME": "/home/u"}):
         assert start_up(python, {**base, **change}) != key, change
     assert start_up("/usr/local/bin/python3", base) != key

@@ -14,6 +14,7 @@ import pytest
 
 from hutch.runtime import cgroup
 
+from ..interpreter.test_zygote import processes, zygotes
 from .conftest import DATA_DIR, INSTANCE
 from .test_api import _agent, _run
 from .test_restart import _list_ids
@@ -183,6 +184,11 @@ def test_a_pooled_code_interpreter_has_its_kernel_warm(pooled_server, monkeypatc
                             ).text == "\"it's set\\n\""
         stats = pools(server)["code-interpreter"]
         assert stats["hits"] == 1
+        # The kernels' zygote was started with the pool: the first new context is its fork.
+        (zygote,) = zygotes(processes(sbx))
+        ctx = sbx.create_code_context()
+        kernel = int(sbx.run_code("import os; os.getpid()", context=ctx).text)
+        assert processes(sbx)[kernel]["ppid"] == zygote
     finally:
         sbx.kill()
     # A variable only read as Python starts: the kernel is restarted with it instead.

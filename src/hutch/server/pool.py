@@ -122,7 +122,7 @@ class WarmPool:
         if live.interpreter:
             try:
                 status, body = await live.port(CODE_INTERPRETER_PORT).call(
-                    "POST", "/warm", {"imports": WARM_IMPORTS}, timeout=WARM_TIMEOUT)
+                    "POST", "/warm", {"imports": WARM_IMPORTS, "zygote": True}, timeout=WARM_TIMEOUT)
                 if status != 200:
                     raise RuntimeError(f"the interpreter refused /warm: {status} {body[:200]!r}")
             except BaseException as exc:

@@ -147,6 +147,13 @@ class Contexts:
             raise RuntimeError("the interpreter is stopping")
         return km
 
+    def prepare_zygote(self) -> bool:
+        """Start the kernels' zygote now rather than with the first kernel after the default
+        one (a warm-pool sandbox: its first new context then is a fork too). Blocks for the
+        zygote's start: call it in a thread."""
+        spec = self.spec(kernelspecs.DEFAULT_PYTHON)
+        return self.zygote.prepare(list(spec["argv"]), {**self.kernel_env(), **spec["env"]})
+
     def take_prelaunched(self, ctx: "Context") -> Optional[KernelProcess]:
         km, self._prelaunched = self._prelaunched, None
         if km is not None and ctx.language == "python" and ctx.cwd == DEFAULT_CWD \

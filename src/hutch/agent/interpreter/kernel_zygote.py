@@ -29,6 +29,7 @@ def _hutch_zygote():
     import signal
     import sys
     import threading
+    import time
 
     # The imports of kernelspecs.LAUNCH and those IPKernelApp.launch_instance makes first.
     sys.modules.setdefault("debugpy", None)
@@ -185,6 +186,7 @@ def _hutch_zygote():
     env["JPY_PARENT_PID"] = str(os.getppid())     # ends with the zygote, as with its parent
     os.environ.clear()
     os.environ.update(env)
+    time.tzset()                        # TZ, read when the zygote imported time
     os.chdir(cwd)
     if own_path is not None:
         sys.path[1:1 + len(own_path)] = python_path(env, cwd)

@@ -2,8 +2,9 @@
 
 ``POST /execute`` (NDJSON stream), ``POST /contexts``, ``GET /contexts``,
 ``POST /contexts/{id}/restart``, ``DELETE /contexts/{id}``, ``GET /health``; and hutch's own
-``POST /warm`` (``{"imports": [...]}``), which the server sends a warm-pool sandbox so the
-default Python kernel is started and the data stack imported before anyone asks.
+``POST /warm`` (``{"imports": [...], "zygote": true}``), which the server sends a warm-pool
+sandbox so the default Python kernel is started, the data stack imported and the kernels'
+zygote started (zygote.py) before anyone asks.
 
 It reuses the agent's HTTP/1.1 server, so streams are written as they are produced and a client
 that hangs up is noticed at once (the execution is then interrupted).
@@ -11,6 +12,7 @@ that hangs up is noticed at once (the execution is then interrupted).
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any, AsyncIterator, Dict
 
@@ -102,12 +104,18 @@ class InterpreterApp:
 
 
     async def _warm(self, request: Request) -> Response:
-        imports = (await _body(request)).get("imports") or []
+        body = await _body(request)
+        imports = body.get("imports") or []
         if not isinstance(imports, list) or not all(
                 isinstance(m, str) and m and all(p.isidentifier() for p in m.split("."))
                 for m in imports):
             raise InvalidArgumentError("imports must be a list of module names")
+        zygote = body.get("zygote", False)
+        if not isinstance(zygote, bool):
+            raise InvalidArgumentError("zygote must be true or false")
         await execution.warm(self.contexts.default("python"), imports)
+        if zygote:
+            await asyncio.get_running_loop().run_in_executor(None, self.contexts.prepare_zygote)
         return _json(200, {})
 
 

@@ -41,9 +41,11 @@ START_TIMEOUT = 60.0
 #: How long a fork may take to be answered.
 FORK_TIMEOUT = 30.0
 #: Prefixes and names of the variables Python (and the dynamic linker under it) reads as it
-#: starts, before any kernel code: a fork inherits what the zygote made of them.
-_START_UP = ("PYTHON", "LD_", "LC_")
-_START_UP_NAMES = ("LANG", "LANGUAGE", "TZ", "HOME")
+#: starts, before any kernel code: a fork inherits what the zygote made of them. Of the
+#: locale, Python's start sets only the character type (LC_CTYPE, from LC_ALL, LC_CTYPE or
+#: LANG), and the time zone its time module reads on import is read again in each fork.
+_START_UP = ("PYTHON", "LD_")
+_START_UP_NAMES = ("LC_ALL", "LC_CTYPE", "LANG", "HOME")
 
 
 def start_up(python: str, env: Dict[str, str]) -> tuple:
@@ -72,23 +74,12 @@ class KernelZygote:
         """A kernel of ``argv`` forked in ``env`` and ``cwd``; None if it must be started."""
         if len(argv) < 3 or argv[1:3] != ["-c", kernelspecs.LAUNCH]:
             return None
-        key = start_up(argv[0], env)
         request = {"code": argv[2], "args": argv[3:], "env": env, "cwd": cwd}
         with self._lock:
             for _ in range(2):              # a second time after a {"stale"} zygote
-                if self._closed:
+                zygote = self._ready(argv[0], env)
+                if zygote is None:
                     return None
-                zygote = self._current
-                if zygote is None or not zygote.running() or zygote.key != key:
-                    self._retire()
-                    zygote = _Process.start(argv[0], env, key)
-                    if zygote is None:
-                        return None
-                    self._all = [z for z in self._all if z.running()] + [zygote]
-                    if self._closed:
-                        zygote.kill()
-                        return None
-                    self._current = zygote
                 reply = zygote.ask(request, FORK_TIMEOUT)
                 if reply is not None and "pid" in reply:
                     return Forked(int(reply["pid"]), zygote)
@@ -103,6 +94,34 @@ class KernelZygote:
                     self._retire()
                 return None
         return None
+
+    def prepare(self, argv: List[str], env: Dict[str, str]) -> bool:
+        """Start the zygote for kernels of ``argv`` and ``env`` now, if none is running for
+        them (a warm-pool sandbox, whose first new context then forks at once)."""
+        if len(argv) < 3 or argv[1:3] != ["-c", kernelspecs.LAUNCH]:
+            return False
+        with self._lock:
+            return self._ready(argv[0], env) is not None
+
+    def _ready(self, python: str, env: Dict[str, str]) -> Optional["_Process"]:
+        """The running zygote for kernels of ``python`` and ``env``, started if need be
+        (the caller holds the lock)."""
+        if self._closed:
+            return None
+        key = start_up(python, env)
+        zygote = self._current
+        if zygote is not None and zygote.running() and zygote.key == key:
+            return zygote
+        self._retire()
+        zygote = _Process.start(python, env, key)
+        if zygote is None:
+            return None
+        self._all = [z for z in self._all if z.running()] + [zygote]
+        if self._closed:
+            zygote.kill()
+            return None
+        self._current = zygote
+        return zygote
 
     def pid(self) -> Optional[int]:
         """The current zygote's pid, if one runs."""
