@@ -71,6 +71,16 @@ async def test_stdin_write_and_eof(sbx):
     assert await proc.stdout.read() == "hello\nbytes too"
 
 
+async def test_eof_to_a_process_that_has_ended_is_no_error(sbx):
+    # The README's example: a process that exits once it has read its line may be gone before
+    # write_eof reaches it. Here it certainly is.
+    proc = await sbx.exec("python3", "-c", "print(input().upper())")
+    await proc.stdin.write("shout\n")
+    assert await proc.wait() == 0
+    await proc.stdin.write_eof()
+    assert await proc.stdout.read() == "SHOUT\n"
+
+
 async def test_pid_and_kill(sbx):
     proc = await sbx.exec("sleep", "600")
     assert proc.pid > 0

@@ -72,6 +72,16 @@ def test_stdin_write_and_eof(sbx):
     assert proc.stdout.read() == "hello\nbytes too"
 
 
+def test_eof_to_a_process_that_has_ended_is_no_error(sbx):
+    # The README's example: a process that exits once it has read its line may be gone before
+    # write_eof reaches it. Here it certainly is.
+    proc = sbx.exec("python3", "-c", "print(input().upper())")
+    proc.stdin.write("shout\n")
+    assert proc.wait() == 0
+    proc.stdin.write_eof()
+    assert proc.stdout.read() == "SHOUT\n"
+
+
 def test_pid_and_kill(sbx):
     proc = sbx.exec("sleep", "600")
     assert proc.pid > 0

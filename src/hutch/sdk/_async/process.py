@@ -74,8 +74,15 @@ class AsyncStreamWriter:
             await self._handle.send_stdin(data)
 
     async def write_eof(self) -> None:
-        """The process reads end-of-file from now on."""
-        await self._handle.close_stdin()
+        """The process reads end-of-file from now on (nothing to do if it has ended: a
+        process that exits as soon as it has read what it was sent often has, before this
+        call reaches it, and its stdin went with it)."""
+        try:
+            await self._handle.close_stdin()
+        except errors.SandboxNotFoundError:
+            raise
+        except errors.NotFoundError:
+            pass                        # the process, not the sandbox
 
     async def drain(self) -> None:
         """Nothing to flush (writes are not buffered); here for code written for Modal."""

@@ -75,8 +75,15 @@ class StreamWriter:
             self._handle.send_stdin(data)
 
     def write_eof(self) -> None:
-        """The process reads end-of-file from now on."""
-        self._handle.close_stdin()
+        """The process reads end-of-file from now on (nothing to do if it has ended: a
+        process that exits as soon as it has read what it was sent often has, before this
+        call reaches it, and its stdin went with it)."""
+        try:
+            self._handle.close_stdin()
+        except errors.SandboxNotFoundError:
+            raise
+        except errors.NotFoundError:
+            pass                        # the process, not the sandbox
 
     def drain(self) -> None:
         """Nothing to flush (writes are not buffered); here for code written for Modal."""
