@@ -138,14 +138,22 @@ def make_fake_host(name: str, host_if: str, addresses: list[str]) -> Path:
         f"link add {host_if} type veth peer name eth0 netns {name}",
         f"link set {host_if} up",
     ] + [f"route add {a}/32 dev {host_if}" for a in addresses]
-    subprocess.run(["ip", "-batch", "-"], input="\n".join(cmds) + "\n", text=True, check=True)
     inner = [f"addr add {a}/32 dev eth0" for a in addresses] + [
         "link set lo up", "link set eth0 up", "route add default dev eth0"]
-    subprocess.run(["ip", "-n", name, "-batch", "-"], input="\n".join(inner) + "\n",
-                   text=True, check=True)
-    # Replies to sandboxes: the host answers ARP for them on this veth.
-    with open(f"/proc/sys/net/ipv4/conf/{host_if}/proxy_arp", "w") as f:
-        f.write("1")
+    try:
+        # A route that exists already (another fixture's fake host, or a real one) fails the
+        # batch: nothing made up to there is left behind.
+        subprocess.run(["ip", "-batch", "-"], input="\n".join(cmds) + "\n", text=True,
+                       check=True, capture_output=True)
+        subprocess.run(["ip", "-n", name, "-batch", "-"], input="\n".join(inner) + "\n",
+                       text=True, check=True, capture_output=True)
+        # Replies to sandboxes: the host answers ARP for them on this veth.
+        with open(f"/proc/sys/net/ipv4/conf/{host_if}/proxy_arp", "w") as f:
+            f.write("1")
+    except (subprocess.CalledProcessError, OSError) as exc:
+        remove_fake_host(name, host_if)
+        detail = getattr(exc, "stderr", "") or exc
+        raise RuntimeError(f"fake host {name} ({', '.join(addresses)}): {detail}") from None
     return Path("/run/netns") / name
 
 

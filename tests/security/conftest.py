@@ -49,7 +49,9 @@ def _routed_elsewhere(addr: str) -> bool:
     return bool(out) and gw is not None and f"via {gw}" not in out
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: tests/runtime's fake hosts route some of the same addresses,
+# and the two must never be up at once, whichever order the modules run in.
+@pytest.fixture(scope="module")
 def fake_network():
     for addr in (PUBLIC, METADATA, PRIVATE, LINK_HOST):
         if _routed_elsewhere(addr):
