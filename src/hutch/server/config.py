@@ -231,8 +231,10 @@ SETTINGS: tuple[Setting, ...] = (
             "none). A create takes one in milliseconds and gives it the request's env, "
             "metadata, timeout, CPU, memory and egress policy; a create a pool cannot serve "
             "(another disk size or network mode, no access token) starts cold. "
-            "`code-interpreter` sandboxes are pooled with their Python kernel started and "
-            "numpy, pandas and matplotlib imported."),
+            "`code-interpreter` sandboxes are pooled with their Python kernel started, "
+            "numpy, pandas and matplotlib imported, and the kernels' zygote started (a new "
+            "context or restart is ready in about 40 ms; docs/design.md, \"The code "
+            "interpreter\")."),
     Setting("audit_retention_days", "HUTCH_AUDIT_RETENTION_DAYS", "30", _non_negative_float,
             "Days the audit trail (GET /sandboxes/{id}/audit: API calls, lifecycle, "
             "processes, files, egress) keeps an event; older ones are deleted at start and "
