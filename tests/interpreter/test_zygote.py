@@ -173,6 +173,21 @@ def test_changed_packages_get_a_new_zygote_and_the_old_one_ends_with_its_last_ke
     assert zygotes(processes(sbx)) == {second}
 
 
+def test_a_kernel_sees_what_was_installed_since_the_zygote_started(sbx):
+    sbx.create_code_context()
+    (first,) = zygotes(processes(sbx))
+    # A .pth file in the site directory, as an editable install leaves: a new Python's start
+    # puts its directory on the path, so a new kernel must have it too.
+    sbx.commands.run("mkdir -p /opt/extra && echo 'VALUE = 7' > /opt/extra/hutch_extra.py && "
+                     "python3 -c 'import site; print(site.getsitepackages()[0])' | "
+                     "xargs -I{} sh -c 'echo /opt/extra > {}/hutch-extra.pth'", user="root")
+    ctx = sbx.create_code_context()
+    run = sbx.run_code("import hutch_extra; hutch_extra.VALUE", context=ctx)
+    assert run.error is None, run.error
+    assert run.text == "7"
+    assert zygotes(processes(sbx)) - {first}
+
+
 def test_a_killed_zygote_is_replaced_by_the_next_kernel(sbx):
     sbx.create_code_context()
     (first,) = zygotes(processes(sbx))

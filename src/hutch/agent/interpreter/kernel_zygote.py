@@ -31,6 +31,19 @@ def _hutch_zygote():
     import threading
     import time
 
+    def stat(path):
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns
+
+    # The path's directories as this Python's start found them (see `changed` below), taken
+    # before the imports: anything installed from here on is a change.
+    import site
+
+    watched = {p: stat(p) for p in [p for p in sys.path if p] + [site.getusersitepackages()]}
+
     # The imports of kernelspecs.LAUNCH and those IPKernelApp.launch_instance makes first.
     sys.modules.setdefault("debugpy", None)
     for module in ("ipykernel.kernelapp", "ipykernel.ipkernel", "ipykernel.zmqshell", "IPython"):
@@ -55,34 +68,22 @@ def _hutch_zygote():
     if sys.path[1:1 + len(own_path)] != own_path:
         own_path = None                 # not as expected: kernels asking another path start
 
-    # Where the imported code lives: pip replacing a package renames its files out of (and
-    # new ones into) these directories, which changes their modification time. A kernel
-    # forked after that would run the old code the zygote holds, so a request then gets
-    # {"stale"} instead.
-    def directories():
-        found = {}
-        for module in list(sys.modules.values()):
-            path = getattr(module, "__file__", None)
-            if isinstance(path, str):
-                d = os.path.dirname(path)
-                if d not in found:
-                    try:
-                        st = os.stat(d)
-                    except OSError:
-                        continue
-                    found[d] = (st.st_ino, st.st_mtime_ns)
-        return found
-
-    watched = directories()
+    # What a kernel started now would find on disk, as the zygote found it. The path's
+    # directories, the user's site directory among them whether it exists or not: a package
+    # installed there, or a .pth file that adds to the path, is seen by a new Python's start
+    # and not by a fork. And where the imported code lives: pip replacing a package renames
+    # its files out of (and new ones into) these directories, which changes their
+    # modification time, and a kernel forked after that would run the old code the zygote
+    # holds. A request after any such change gets {"stale"} instead.
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if isinstance(path, str) and os.path.dirname(path) not in watched:
+            watched[os.path.dirname(path)] = stat(os.path.dirname(path))
 
     def changed():
-        for d, seen in watched.items():
-            try:
-                st = os.stat(d)
-            except OSError:
-                return d
-            if (st.st_ino, st.st_mtime_ns) != seen:
-                return d
+        for path, seen in watched.items():
+            if stat(path) != seen:
+                return path
         return None
 
     kernels = set()

@@ -17,9 +17,9 @@ and is its first fork; every later one is a fork. A warm-pool sandbox has it sta
 A kernel is forked only where the fork is the kernel the spec would have started: one of
 hutch's own specs (the template's Python running ``kernelspecs.LAUNCH``), and an environment
 the zygote's matches in everything Python reads as it starts (:func:`start_up`). A change
-there (a warm-pool claim's env vars, say) starts a new zygote; so does a change on disk to
-the code it imported (``pip install --upgrade ipykernel``; the zygote checks the directories
-it imported from before each fork). Whatever the zygote cannot do, the kernel is started
+there (a warm-pool claim's env vars, say) starts a new zygote; so does a change on disk
+that a new Python would see (``pip install``, ``pip install --upgrade ipykernel``: before
+each fork the zygote checks its path's directories and those it imported from). Whatever the zygote cannot do, the kernel is started
 the usual way, so a zygote that fails costs only its own start.
 """
 
