@@ -5,8 +5,10 @@ Each round is a fresh code-interpreter sandbox whose default kernel has answered
 through the interpreter's routes as the SDKs call them, each timed from the request that
 makes the kernel to the result line of the first `run_code` in it: a new Python context (the
 sandbox's first after the default one, which starts the zygote), three more (forked), a
-restart of one, a JavaScript context and a bash context. The last round's sandbox is then
-measured by process: the default kernel (started), the zygote, a forked Python kernel.
+restart of one, a JavaScript context and a bash context; then warm three-line cells in the
+bash context (each line is a round trip to bash, which used to pause 50 ms before each
+send). The last round's sandbox is then measured by process: the default kernel (started),
+the zygote, a forked Python kernel.
 
     .venv/bin/python bench/contexts.py     # this measure alone, against its own server
 """
@@ -19,6 +21,8 @@ from pathlib import Path
 
 #: Later Python contexts per round.
 LATER = 3
+#: Warm three-line bash cells per round.
+WARM = 10
 
 
 def _new_context(b, sbx: dict, language: str = "python") -> str:
@@ -61,7 +65,7 @@ def kernels_by_kind(sbx: dict, pids_of, pss_mib) -> dict[str, list[float]]:
 
 
 def measure(b, template: str, n: int, pct, summary, pids_of, pss_mib) -> list[tuple[str, str, str]]:
-    first, later, restart, js, bash = [], [], [], [], []
+    first, later, restart, js, bash, bash_warm = [], [], [], [], [], []
     memory: dict[str, list[float]] = {}
     for i in range(n):
         sbx = b.create(templateID=template)
@@ -81,8 +85,12 @@ def measure(b, template: str, n: int, pct, summary, pids_of, pss_mib) -> list[tu
             restart.append(_first_result(b, sbx, restarted, "1+1")[0])
             js.append(_first_result(b, sbx, lambda: _new_context(b, sbx, "javascript"),
                                     "1+1")[0])
-            bash.append(_first_result(b, sbx, lambda: _new_context(b, sbx, "bash"),
-                                      "echo 1")[0])
+            ms, shell = _first_result(b, sbx, lambda: _new_context(b, sbx, "bash"), "echo 1")
+            bash.append(ms)
+            for _ in range(WARM):
+                t0 = time.perf_counter()
+                seen = b.run_code(sbx, "echo 1\necho 2\necho 3", context=shell)
+                bash_warm.append((seen["end_of_execution"] - t0) * 1000)
             if i == n - 1:
                 time.sleep(3.0)
                 memory = kernels_by_kind(sbx, pids_of, pss_mib)
@@ -97,6 +105,7 @@ def measure(b, template: str, n: int, pct, summary, pids_of, pss_mib) -> list[tu
         ("`restart_code_context` → result of the next `run_code`", summary(restart), "–"),
         ("a new JavaScript context → result of its first `run_code`", summary(js), "–"),
         ("a new bash context → result of its first `run_code`", summary(bash), "–"),
+        ("a three-line bash cell, warm context (to `end_of_execution`)", summary(bash_warm), "–"),
     ]
     if memory.get("zygote") and memory.get("forked") and memory.get("started"):
         forked = sum(memory["forked"]) / len(memory["forked"])
