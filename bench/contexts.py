@@ -25,13 +25,6 @@ LATER = 3
 WARM = 10
 
 
-def _new_context(b, sbx: dict, language: str = "python") -> str:
-    r = b.data.post("/contexts", json={"language": language},
-                    headers=b.headers(sbx, b.interpreter_port))
-    r.raise_for_status()
-    return r.json()["id"]
-
-
 def _first_result(b, sbx: dict, make, code: str) -> tuple[float, str]:
     """ms from `make()` (which makes a kernel and returns its context) to the first output of
     `code`'s first run there (a result, or bash's stdout), and the context."""
@@ -71,7 +64,7 @@ def measure(b, template: str, n: int, pct, summary, pids_of, pss_mib) -> list[tu
         sbx = b.create(templateID=template)
         try:
             b.run_code(sbx, "1+1")
-            python = lambda: _new_context(b, sbx)  # noqa: E731
+            python = lambda: b.new_context(sbx)  # noqa: E731
             first.append(_first_result(b, sbx, python, "1+1")[0])
             for _ in range(LATER):
                 ms, ctx = _first_result(b, sbx, python, "1+1")
@@ -83,9 +76,9 @@ def measure(b, template: str, n: int, pct, summary, pids_of, pss_mib) -> list[tu
                 return ctx
 
             restart.append(_first_result(b, sbx, restarted, "1+1")[0])
-            js.append(_first_result(b, sbx, lambda: _new_context(b, sbx, "javascript"),
+            js.append(_first_result(b, sbx, lambda: b.new_context(sbx, "javascript"),
                                     "1+1")[0])
-            ms, shell = _first_result(b, sbx, lambda: _new_context(b, sbx, "bash"), "echo 1")
+            ms, shell = _first_result(b, sbx, lambda: b.new_context(sbx, "bash"), "echo 1")
             bash.append(ms)
             for _ in range(WARM):
                 t0 = time.perf_counter()

@@ -144,6 +144,13 @@ class Bench:
 
     interpreter_port = INTERPRETER_PORT
 
+    def new_context(self, sbx: dict, language: str = "python") -> str:
+        """`POST /contexts` to the sandbox's code interpreter; the new context's id."""
+        r = self.data.post("/contexts", json={"language": language},
+                           headers=self.headers(sbx, INTERPRETER_PORT))
+        r.raise_for_status()
+        return r.json()["id"]
+
     def run_code(self, sbx: dict, code: str, context: str | None = None) -> dict[str, float]:
         """`POST /execute` to the sandbox's code interpreter, as `run_code` sends it, read to
         the stream's end; return when each line type was first read (`perf_counter`), so one

@@ -65,6 +65,11 @@ def start_up(python: str, env: Dict[str, str]) -> tuple:
     return tuple(out)
 
 
+def _forkable(argv: List[str]) -> bool:
+    """A command line of hutch's own specs: the template's Python running the launcher."""
+    return len(argv) >= 3 and argv[1:3] == ["-c", kernelspecs.LAUNCH]
+
+
 class KernelZygote:
     def __init__(self) -> None:
         self._lock = threading.Lock()       # one request at a time (launches run in threads)
@@ -74,7 +79,7 @@ class KernelZygote:
 
     def fork(self, argv: List[str], env: Dict[str, str], cwd: str) -> Optional["Forked"]:
         """A kernel of ``argv`` forked in ``env`` and ``cwd``; None if it must be started."""
-        if len(argv) < 3 or argv[1:3] != ["-c", kernelspecs.LAUNCH]:
+        if not _forkable(argv):
             return None
         request = {"code": argv[2], "args": argv[3:], "env": env, "cwd": cwd}
         with self._lock:
@@ -100,7 +105,7 @@ class KernelZygote:
     def prepare(self, argv: List[str], env: Dict[str, str]) -> bool:
         """Start the zygote for kernels of ``argv`` and ``env`` now, if none is running for
         them (a warm-pool sandbox, whose first new context then forks at once)."""
-        if len(argv) < 3 or argv[1:3] != ["-c", kernelspecs.LAUNCH]:
+        if not _forkable(argv):
             return False
         with self._lock:
             return self._ready(argv[0], env) is not None
