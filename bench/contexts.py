@@ -113,14 +113,8 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import run as suite
 
-    proc, url, key = suite.start_server()
-    try:
-        b = suite.Bench(url, key)
-        for row in measure(b, suite.CODE_TEMPLATE, 5, suite.pct, suite.summary,
-                           suite.sandbox_pids, suite.pss_mib):
-            print(" | ".join(row))
-    finally:
-        suite.stop_server(proc)
+    suite.print_alone(lambda b: measure(b, suite.CODE_TEMPLATE, 5, suite.pct, suite.summary,
+                                        suite.sandbox_pids, suite.pss_mib))
 
 
 if __name__ == "__main__":

@@ -531,6 +531,17 @@ def stop_server(proc: subprocess.Popen) -> None:
     subprocess.run([sys.executable, "-c", code], env=env, check=False)
 
 
+def print_alone(rows_of: Callable[[Bench], list]) -> None:
+    """A bench module run on its own (its `main`): a server of the bench's, the module's
+    rows printed from it, the server stopped."""
+    proc, url, key = start_server()
+    try:
+        for row in rows_of(Bench(url, key)):
+            print(" | ".join(row))
+    finally:
+        stop_server(proc)
+
+
 def machine() -> str:
     cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
                 if l.startswith("model name")), platform.processor())

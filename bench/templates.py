@@ -77,13 +77,8 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import run as suite
 
-    proc, url, key = suite.start_server()
-    try:
-        b = suite.Bench(url, key)
-        for row in measure(b, lambda sbx, cmd: b.run(sbx, cmd), 10, suite.pct, suite.summary):
-            print(" | ".join(row))
-    finally:
-        suite.stop_server(proc)
+    suite.print_alone(lambda b: measure(b, lambda sbx, cmd: b.run(sbx, cmd), 10, suite.pct,
+                                        suite.summary))
 
 
 if __name__ == "__main__":
